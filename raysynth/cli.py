@@ -1,0 +1,170 @@
+"""The ``raysynth`` command line (DESIGN §4). The only place that reads argv or calls ray.init()."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from raysynth import __version__
+from raysynth.errors import RaysynthError
+
+log = logging.getLogger("raysynth")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="a preset shipped with raysynth (see --list-presets)")
+    p.add_argument("--config", help="a YAML config file (differences from the defaults)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set tune.num_samples=40 (repeatable)",
+    )
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local one)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raysynth",
+        description="Better image classifiers from synthetic images, scaled out on Ray.",
+    )
+    parser.add_argument("--version", action="version", version=f"raysynth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="validate a config and show what each stage would do")
+    _add_config_args(run)
+    run.add_argument("--out", help="run directory")
+    run.add_argument("--dry-run", action="store_true", help="resolve and validate, then exit")
+    run.add_argument("--list-presets", action="store_true", help="list the shipped presets")
+
+    study = sub.add_parser("study", help="controlled studies")
+    study_sub = study.add_subparsers(dest="study", required=True)
+    ctl = study_sub.add_parser(
+        "controlled", help="UniCon's controlled study on the bundled digits (paper 000 §4.4)"
+    )
+    ctl.add_argument("--classes", nargs="+", required=True, help="digit classes, e.g. 0 9")
+    ctl.add_argument(
+        "--synthetic",
+        default="same-class",
+        help="same-class | swapped | morph:R1,R2,... | noise:S (default same-class)",
+    )
+    ctl.add_argument("--k", type=int, default=16, help="real images per class (default 16)")
+    ctl.add_argument(
+        "--n-synthetic", type=int, default=0, help="synthetic images per class (default: all left)"
+    )
+    ctl.add_argument("--out", help="run directory (default runs/study-<kind>-<classes>-k<K>)")
+    ctl.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    ctl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ctl.add_argument("--address", help="Ray cluster address")
+
+    bench = sub.add_parser("bench", help="measure raysynth on this machine (ratios, JSON)")
+    bench.add_argument("name", choices=["loss", "tune"], help="what to measure")
+    bench.add_argument("--out", help="JSON file (default bench-NAME.json)")
+    bench.add_argument("--concurrency", type=int, default=2, help="tune: parallel trials")
+    bench.add_argument("--evals", type=int, default=16, help="tune: evaluations per searcher")
+    return parser
+
+
+def _connect_ray(address: str | None, quiet: bool = True) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"log_to_driver": not quiet, "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from raysynth.config import build_config, dump_yaml, list_presets, parse_set
+
+    if args.list_presets:
+        print("\n".join(list_presets()))
+        return 0
+    preset = args.preset or (None if args.config else "digits")
+    cfg = build_config(preset, args.config, parse_set(args.set))
+    if not args.dry_run:
+        raise RaysynthError(
+            "the full `raysynth run` pipeline (synthesis → filter → search → final training) "
+            "is not available in this version yet; use --dry-run to validate a config, or "
+            "`raysynth study controlled` for the learning core"
+        )
+    from raysynth.data import load_dataset, make_splits
+
+    print(dump_yaml(cfg))
+    images = load_dataset(cfg.data)
+    splits = make_splits(images, cfg.data, cfg.seed)
+    counts = splits.counts(images.labels, images.num_classes)
+    print(f"data: {len(images)} images, {images.num_classes} classes, {images.channels} channel(s)")
+    if images.skipped:
+        print(f"skipped {len(images.skipped)} unreadable image(s):")
+        for src, why in images.skipped:
+            print(f"  {src}: {why}")
+    for name in ("train", "pool", "val", "test"):
+        print(f"  {name}: {sum(counts[name])} images, per class {counts[name]}")
+    if splits.groups:
+        print(f"  long-tail groups: {splits.groups}")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from raysynth.config import build_config, parse_set
+    from raysynth.study.controlled import StudySpec, run_controlled, study_config
+
+    spec = StudySpec(tuple(args.classes), args.synthetic, args.k, args.n_synthetic)
+    cfg = study_config(spec, build_config(overrides=parse_set(args.set)))
+    kind = args.synthetic.replace(":", "-").replace(",", "_")
+    out = Path(args.out or f"runs/study-{kind}-{'_'.join(args.classes)}-k{args.k}")
+    _connect_ray(args.address)
+    report = run_controlled(spec, cfg, out, resume=args.resume)
+    print((out / "report.md").read_text())
+    print(f"report: {out / 'report.json'}")
+    del report
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    out = args.out or f"bench-{args.name}.json"
+    if args.name == "loss":
+        from raysynth.bench.loss import run as bench_loss
+
+        bench_loss(out=out)
+        return 0
+    from raysynth.bench.tune import run as bench_tune
+
+    _connect_ray(None)
+    result = bench_tune(out=out, concurrency=args.concurrency, evals=args.evals)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "study": cmd_study, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        code = COMMANDS[args.command](args)
+    except RaysynthError as e:
+        print(f"raysynth: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raysynth: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+        return 130
+    log.info("done in %.1f s", time.perf_counter() - t0)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

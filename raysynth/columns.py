@@ -1,0 +1,22 @@
+"""Column names of every Parquet table raysynth writes, named once (DESIGN §1)."""
+
+SAMPLE_ID = "sample_id"
+LABEL = "label"
+CLASS_NAME = "class_name"
+IMAGE = "image"  # PNG bytes, never decoded arrays
+SPLIT = "split"
+SOURCE = "source"  # where a real image came from (file path or dataset index)
+
+# Synthetic rows (provenance)
+PROMPT = "prompt"
+NEGATIVE_PROMPT = "negative_prompt"
+SEED = "seed"
+ROUND = "round"
+COND_ID = "cond_id"  # real sample_id used for conditioning and for the filter
+GENERATOR = "generator"  # JSON: model id/path, scheduler + config, guidance, LoRA
+REAL_COS = "real_cos"
+TEXT_COS = "text_cos"
+CRITERION = "criterion"
+ACCEPTED = "accepted"
+
+REAL_COLUMNS = (SAMPLE_ID, LABEL, CLASS_NAME, IMAGE, SPLIT, SOURCE)

@@ -1,0 +1,232 @@
+"""The real splits in the run directory: ``real/<split>.parquet`` and ``real/classes.json``.
+
+Layout (DESIGN §4)::
+
+    run_dir/real/train.parquet  pool.parquet  val.parquet  test.parquet   (REAL_COLUMNS)
+    run_dir/real/classes.json   class names, channels, skipped images, long-tail groups, counts
+
+Every file is written under a hidden temporary name, flushed to disk and then renamed over the
+final name (``os.replace`` is atomic), so a killed writer leaves either the old file or the new
+one, never half of one; readers (and Ray Data) ignore the hidden names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raysynth import columns as col
+from raysynth.data.sources import ImageSet
+from raysynth.data.splits import SPLIT_NAMES, Splits
+from raysynth.errors import DataError, RunDirError
+
+REAL_DIR = "real"
+CLASSES_FILE = "classes.json"
+ROW_GROUP_SIZE = 1024  # rows per Parquet row group: the unit of parallel reads in Ray Data
+
+REAL_SCHEMA = pa.schema(
+    [
+        pa.field(col.SAMPLE_ID, pa.string(), nullable=False),
+        pa.field(col.LABEL, pa.int64(), nullable=False),
+        pa.field(col.CLASS_NAME, pa.string(), nullable=False),
+        pa.field(col.IMAGE, pa.binary(), nullable=False),
+        pa.field(col.SPLIT, pa.string(), nullable=False),
+        pa.field(col.SOURCE, pa.string(), nullable=False),
+    ]
+)
+
+
+def real_path(run_dir: str | Path, split: str) -> Path:
+    """``run_dir/real/<split>.parquet``."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
+    return Path(run_dir) / REAL_DIR / f"{split}.parquet"
+
+
+def real_exists(run_dir: str | Path) -> bool:
+    """Whether the data stage has finished in ``run_dir`` (all splits and classes.json)."""
+    real = Path(run_dir) / REAL_DIR
+    return (real / CLASSES_FILE).is_file() and all(
+        real_path(run_dir, s).is_file() for s in SPLIT_NAMES
+    )
+
+
+def write_real(run_dir: str | Path, data: ImageSet, splits: Splits) -> Path:
+    """Write the four real splits and ``classes.json`` atomically; returns ``run_dir/real``.
+
+    ``classes.json`` is written last, so its presence means the splits are complete.
+    """
+    out = Path(run_dir) / REAL_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLIT_NAMES:
+        table = real_table(data, getattr(splits, split), split)
+        write_table_atomic(table, real_path(run_dir, split))
+    meta = {
+        "class_names": list(data.class_names),
+        "channels": int(data.channels),
+        "num_images": len(data),
+        "groups": splits.groups,
+        "counts": splits.counts(data.labels, data.num_classes),
+        "skipped": [[source, reason] for source, reason in data.skipped],
+    }
+    write_json_atomic(meta, out / CLASSES_FILE)
+    return out
+
+
+def real_table(data: ImageSet, indices: Sequence[int] | np.ndarray, split: str) -> pa.Table:
+    """The rows ``indices`` of ``data`` as a table of :data:`REAL_SCHEMA`."""
+    idx = np.asarray(indices, dtype=np.int64)
+    labels = data.labels[idx]
+    return pa.Table.from_arrays(
+        [
+            pa.array([data.sample_ids[i] for i in idx], pa.string()),
+            pa.array(labels, pa.int64()),
+            pa.array([data.class_names[y] for y in labels], pa.string()),
+            pa.array([data.images[i] for i in idx], pa.binary()),
+            pa.array([split] * len(idx), pa.string()),
+            pa.array([data.sources[i] for i in idx], pa.string()),
+        ],
+        schema=REAL_SCHEMA,
+    )
+
+
+def read_classes(run_dir: str | Path) -> dict[str, Any]:
+    """``real/classes.json`` as a dict (class_names, channels, groups, counts, skipped)."""
+    path = Path(run_dir) / REAL_DIR / CLASSES_FILE
+    if not path.is_file():
+        raise RunDirError(
+            f"{path} is missing: the data stage has not finished in {run_dir}; "
+            "run `raysynth run` on it (with --resume to keep what is there)"
+        )
+    return json.loads(path.read_text())
+
+
+def read_real(run_dir: str | Path, split: str) -> ImageSet:
+    """One split of the real data as an :class:`ImageSet` (ids and sources kept)."""
+    meta = read_classes(run_dir)
+    path = real_path(run_dir, split)
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing; re-run the data stage on {run_dir}")
+    table = pq.read_table(path)
+    missing = [c for c in col.REAL_COLUMNS if c not in table.column_names]
+    if missing:
+        raise RunDirError(
+            f"{path} lacks columns {', '.join(missing)} (has {', '.join(table.column_names)}); "
+            "it was written by another version; re-run the data stage in a new run directory"
+        )
+    return ImageSet(
+        images=table.column(col.IMAGE).to_pylist(),
+        labels=table.column(col.LABEL).to_numpy().astype(np.int64),
+        class_names=list(meta["class_names"]),
+        sources=table.column(col.SOURCE).to_pylist(),
+        skipped=[(s, r) for s, r in meta.get("skipped", [])],
+        channels=int(meta["channels"]),
+        sample_ids=table.column(col.SAMPLE_ID).to_pylist(),
+    )
+
+
+def read_real_splits(run_dir: str | Path) -> tuple[ImageSet, Splits]:
+    """All real rows as one :class:`ImageSet` plus :class:`Splits` indexing into it.
+
+    Rows are ordered train, pool, val, test, so ``splits.train`` is ``0..len(train)-1`` and so on.
+    """
+    parts = [read_real(run_dir, s) for s in SPLIT_NAMES]
+    first = parts[0]
+    data = ImageSet(
+        images=[img for p in parts for img in p.images],
+        labels=np.concatenate([p.labels for p in parts]),
+        class_names=first.class_names,
+        sources=[s for p in parts for s in p.sources],
+        skipped=first.skipped,
+        channels=first.channels,
+        sample_ids=[i for p in parts for i in p.sample_ids],
+    )
+    bounds = np.cumsum([0] + [len(p) for p in parts])
+    ranges = {
+        s: np.arange(bounds[i], bounds[i + 1], dtype=np.int64) for i, s in enumerate(SPLIT_NAMES)
+    }
+    groups = {k: [int(c) for c in v] for k, v in read_classes(run_dir).get("groups", {}).items()}
+    return data, Splits(**ranges, groups=groups)
+
+
+# Generic Parquet helpers ---------------------------------------------------------------------
+
+
+def parquet_files(path: str | Path) -> tuple[pafs.FileSystem, list[str]]:
+    """The filesystem and sorted ``.parquet`` files at ``path`` (a file, a folder or a URI).
+
+    Folders are searched recursively; names starting with ``.`` or ``_`` (temporary files,
+    ``_SUCCESS`` markers) are left out, as Ray Data and Spark do.
+    """
+    text = str(path)
+    if "://" in text:
+        fs, root = pafs.FileSystem.from_uri(text)
+    else:
+        fs, root = pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"{text} does not exist; give a Parquet file or a folder of them")
+    if info.type == pafs.FileType.File:
+        return fs, [root]
+    found = []
+    for entry in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        rel = entry.path[len(root) :].strip("/").split("/")
+        hidden = any(part.startswith((".", "_")) for part in rel)
+        if entry.type == pafs.FileType.File and entry.path.endswith(".parquet") and not hidden:
+            found.append(entry.path)
+    if not found:
+        raise DataError(f"{text} holds no .parquet files")
+    return fs, sorted(found)
+
+
+def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a Parquet file or folder (see :func:`parquet_files`) into one table.
+
+    Files whose schemas differ (a column added later) are combined, missing values as nulls.
+    """
+    fs, files = parquet_files(path)
+    tables = [
+        pq.read_table(f, columns=list(columns) if columns else None, filesystem=fs) for f in files
+    ]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
+    """Write ``table`` to ``path`` via a hidden temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, row_group_size=ROW_GROUP_SIZE)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,1 @@
+"""Encoder training: contrastive losses and the training loop."""

@@ -1,0 +1,129 @@
+"""Classifiers: the frozen-embedding MLP of the UniCon protocol and the end-to-end classifier of the
+feedback-guidance paper (real/synthetic share per mini-batch, balanced softmax)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raysynth.config.schema import ClassifierConfig, EndToEndConfig
+from raysynth.train.arrays import LabeledArrays
+from raysynth.train.augment import augment
+from raysynth.train.models import ImageClassifier, MLPClassifier, build_encoder
+
+METHODS = ("supcon_real", "supcon_mixed", "unicon")
+
+
+def fit_mlp(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    cfg: ClassifierConfig,
+    seed: int,
+) -> MLPClassifier:
+    """Train the 3-layer MLP on frozen embeddings ``feats: [N, D]`` with cross-entropy."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = MLPClassifier(feats.shape[1], num_classes, cfg.hidden).to(feats.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    n = len(labels)
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen).to(feats.device)
+        for i in range(0, n, cfg.batch_size):
+            b = perm[i : i + cfg.batch_size]
+            loss = F.cross_entropy(model(feats[b]), labels[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+@torch.no_grad()
+def group_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, groups: dict[str, list[int]]
+) -> dict[str, float]:
+    """Overall accuracy plus one per class group (many/medium/few on long-tailed splits)."""
+    out = {"overall": accuracy(logits, labels)}
+    for name, classes in groups.items():
+        mask = torch.isin(labels, torch.as_tensor(classes, device=labels.device))
+        out[name] = accuracy(logits[mask], labels[mask])
+    return out
+
+
+def effective_prior(
+    y_real: np.ndarray, y_syn: np.ndarray, num_classes: int, synthetic_share: float
+) -> np.ndarray:
+    """Class prior of the training batches: ``(1-s)·p_real + s·p_syn`` (balanced softmax)."""
+    p_real = np.bincount(y_real, minlength=num_classes).astype(np.float64)
+    p_real /= max(p_real.sum(), 1)
+    if synthetic_share == 0 or len(y_syn) == 0:
+        return p_real
+    p_syn = np.bincount(y_syn, minlength=num_classes).astype(np.float64)
+    p_syn /= p_syn.sum()
+    return (1 - synthetic_share) * p_real + synthetic_share * p_syn
+
+
+def fit_end_to_end(
+    real: LabeledArrays,
+    synthetic: LabeledArrays,
+    num_classes: int,
+    encoder_cfg: dict[str, Any],
+    cfg: EndToEndConfig,
+    aug_kind: str,
+    seed: int,
+    device: torch.device,
+    on_epoch: Any = None,
+    start_epoch: int = 0,
+    model: ImageClassifier | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> ImageClassifier:
+    """Train encoder + linear head on real ∪ synthetic.
+
+    Each mini-batch holds ``round(B·synthetic_share)`` synthetic rows (drawn at random) and the
+    rest real rows (an epoch is one pass over the real rows). With ``balanced_softmax`` the loss
+    uses ``logits + log prior`` (prior of the batches), so the plain logits are balanced at test
+    time (paper 002 §4).
+    """
+    torch.manual_seed(seed)
+    model = model or ImageClassifier(build_encoder(encoder_cfg), num_classes).to(device)
+    optimizer = optimizer or torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    share = cfg.synthetic_share if len(synthetic) else 0.0
+    prior = effective_prior(real.y, synthetic.y, num_classes, share)
+    log_prior = torch.log(torch.as_tensor(prior, dtype=torch.float32).clamp_min(1e-12)).to(device)
+    xr, yr = torch.from_numpy(real.x).to(device), torch.from_numpy(real.y).to(device)
+    xs, ys = torch.from_numpy(synthetic.x).to(device), torch.from_numpy(synthetic.y).to(device)
+    n_syn = round(cfg.batch_size * share)
+    n_real = cfg.batch_size - n_syn
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(len(yr), generator=gen)
+        total, steps = 0.0, 0
+        model.train()
+        for i in range(0, len(yr), n_real):
+            b = perm[i : i + n_real].to(device)
+            x, y = xr[b], yr[b]
+            if n_syn:
+                s = torch.randint(len(ys), (n_syn,), generator=gen).to(device)
+                x, y = torch.cat([x, xs[s]]), torch.cat([y, ys[s]])
+            logits = model(augment(x, aug_kind, gen))
+            if cfg.balanced_softmax:
+                logits = logits + log_prior
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss)
+            steps += 1
+        if on_epoch is not None:
+            on_epoch(epoch, total / max(steps, 1), model, optimizer)
+    return model.eval()

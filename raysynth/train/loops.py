@@ -1,0 +1,136 @@
+"""Ray Train ``train_loop_per_worker`` functions. Each takes one config dict (see the keys below)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raysynth.seeding import stable_seed
+from raysynth.train.arrays import LabeledArrays, ProtocolData, sample_per_class
+from raysynth.train.checkpoint import write_checkpoint
+from raysynth.train.classifier import accuracy, fit_end_to_end, fit_mlp, group_accuracy
+from raysynth.train.contrastive import fit_encoder
+from raysynth.train.session import TrainSession
+
+
+def _threads(config: dict[str, Any]) -> None:
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+
+
+def contrastive_run_loop(config: dict[str, Any]) -> None:
+    """One encoder run of UniCon's Alg. 1, then ``n_classif`` classifier runs on its embeddings.
+
+    Keys: ``data`` (:class:`ProtocolData`, synthetic already drawn for this run), ``method``,
+    ``weights`` (per class, or None), ``encoder`` (EncoderConfig), ``classifier``
+    (ClassifierConfig), ``model_cfg``, ``aug_kind``, ``seed``, ``n_classif``, optional
+    ``checkpoint_dir`` / ``checkpoint_every`` (resume), ``save_dir`` (final model), ``threads``.
+    Reports ``accs`` (one eval accuracy per classifier run) and ``group_accs``.
+    """
+    _threads(config)
+    data: ProtocolData = config["data"]
+    session = TrainSession(config.get("checkpoint_dir"), config.get("checkpoint_every", 0))
+    dev = session.device
+
+    def on_epoch(epoch: int, loss: float, model: torch.nn.Module, opt: torch.optim.Optimizer):
+        session.end_epoch(
+            epoch, config["encoder"].epochs, loss, model, config["model_cfg"], opt,
+            f"{config['method']} encoder",
+        )
+
+    weights = config.get("weights")
+    model = fit_encoder(
+        data.train,
+        data.synthetic,
+        config["method"],
+        None if weights is None else np.asarray(weights, np.float32),
+        data.num_classes,
+        config["encoder"],
+        config["model_cfg"],
+        config["aug_kind"],
+        config["seed"],
+        dev,
+        rank=session.rank,
+        world_size=session.world_size,
+        prepare=session.prepare,
+        restore=session.restore,
+        on_epoch=on_epoch,
+    )
+    metrics: dict[str, Any] = {"accs": [], "group_accs": []}
+    if session.rank == 0:
+        if config.get("save_dir"):
+            write_checkpoint(config["save_dir"], model, config["model_cfg"])
+        metrics = classify_runs(model, data, config["classifier"], config["seed"], config["n_classif"], dev)
+    session.report(metrics)
+
+
+def classify_runs(
+    model: torch.nn.Module,
+    data: ProtocolData,
+    cfg: Any,
+    seed: int,
+    n_classif: int,
+    device: torch.device,
+) -> dict[str, list]:
+    """``n_classif`` MLPs on frozen embeddings, each on its own draw from the pool."""
+    pool_f = model.embed(torch.from_numpy(data.pool.x).to(device), cfg.features)
+    eval_f = model.embed(torch.from_numpy(data.eval.x).to(device), cfg.features)
+    pool_y = torch.from_numpy(data.pool.y).to(device)
+    eval_y = torch.from_numpy(data.eval.y).to(device)
+    accs, groups = [], []
+    for j in range(n_classif):
+        s = stable_seed(seed, "classifier", j)
+        idx = sample_per_class(data.pool.y, cfg.per_class, np.random.default_rng(s), data.num_classes)
+        idx_t = torch.from_numpy(idx).to(device)
+        mlp = fit_mlp(pool_f[idx_t], pool_y[idx_t], data.num_classes, cfg, s)
+        with torch.no_grad():
+            logits = mlp(eval_f)
+        accs.append(accuracy(logits, eval_y))
+        groups.append(group_accuracy(logits, eval_y, data.groups))
+    return {"accs": accs, "group_accs": groups}
+
+
+def end_to_end_loop(config: dict[str, Any]) -> None:
+    """End-to-end classifier on real ∪ synthetic; reports per-group accuracy on ``eval``.
+
+    Keys: ``real``, ``synthetic``, ``eval`` (:class:`LabeledArrays`), ``groups``, ``num_classes``,
+    ``encoder_cfg`` (model JSON of the encoder), ``cfg`` (EndToEndConfig), ``aug_kind``,
+    ``seed``, optional ``checkpoint_dir`` / ``checkpoint_every``, ``save_dir``, ``threads``.
+    """
+    _threads(config)
+    session = TrainSession(config.get("checkpoint_dir"), config.get("checkpoint_every", 0))
+    dev = session.device
+    from raysynth.train.models import ImageClassifier, build_encoder
+
+    model_cfg = {"kind": "classifier", "encoder": config["encoder_cfg"], "num_classes": config["num_classes"]}
+    torch.manual_seed(config["seed"])
+    model = session.prepare(ImageClassifier(build_encoder(config["encoder_cfg"]), config["num_classes"]))
+    cfg = config["cfg"]
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = session.restore(model, opt)
+
+    def on_epoch(epoch: int, loss: float, m: torch.nn.Module, o: torch.optim.Optimizer) -> None:
+        session.end_epoch(epoch, cfg.epochs, loss, m, model_cfg, o, "end-to-end classifier")
+
+    real: LabeledArrays = config["real"]
+    if session.world_size > 1:
+        usable = len(real) - len(real) % session.world_size  # equal shards keep DDP in step
+        real = real.take(np.arange(session.rank, usable, session.world_size))
+    model = fit_end_to_end(
+        real, config["synthetic"], config["num_classes"], config["encoder_cfg"], cfg,
+        config["aug_kind"], config["seed"], dev, on_epoch=on_epoch, start_epoch=start,
+        model=model, optimizer=opt,
+    )
+    metrics: dict[str, Any] = {}
+    if session.rank == 0:
+        net = model.module if hasattr(model, "module") else model
+        if config.get("save_dir"):
+            write_checkpoint(Path(config["save_dir"]), net, model_cfg)
+        ev: LabeledArrays = config["eval"]
+        with torch.no_grad():
+            logits = net.eval()(torch.from_numpy(ev.x).to(dev))
+        metrics = group_accuracy(logits, torch.from_numpy(ev.y).to(dev), config.get("groups", {}))
+    session.report(metrics)

@@ -1,0 +1,118 @@
+"""UniCon's evaluation protocol (paper 000, Alg. 1): n_contr encoder runs × n_classif classifier
+runs, each resampling its data; the mean of the n_contr·n_classif accuracies is the objective.
+
+The test split is only ever passed here for the final report; the search uses validation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raysynth.config.schema import RunConfig
+from raysynth.rundir import atomic_write_text
+from raysynth.seeding import stable_seed
+from raysynth.train.arrays import ProtocolData, sample_per_class
+from raysynth.train.augment import resolve_kind
+from raysynth.train.loops import contrastive_run_loop
+from raysynth.train.models import encoder_config
+from raysynth.train.session import run_trainer
+
+
+@dataclass
+class ProtocolResult:
+    """Accuracies of every classifier run (``n_contr · n_classif`` values)."""
+
+    accs: list[float]
+    group_accs: list[dict[str, float]]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accs))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.accs))
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mean": self.mean, "std": self.std, "runs": len(self.accs)}
+        groups = [k for k in (self.group_accs[0] if self.group_accs else {}) if k != "overall"]
+        for g in groups:
+            vals = [ga[g] for ga in self.group_accs]
+            out[g] = {"mean": float(np.nanmean(vals)), "std": float(np.nanstd(vals))}
+        return out
+
+
+def model_config(cfg: RunConfig, data: ProtocolData) -> dict[str, Any]:
+    enc = encoder_config(
+        cfg.encoder.arch, data.channels, data.image_size, cfg.encoder.width, cfg.encoder.feat_dim
+    )
+    return {"kind": "contrastive", "encoder": enc, "proj_dim": cfg.encoder.proj_dim}
+
+
+def draw_synthetic(data: ProtocolData, seed: int) -> ProtocolData:
+    """This run's synthetic set: ``synthetic_per_class`` rows per class (all when 0)."""
+    if not data.synthetic_per_class or len(data.synthetic) == 0:
+        return data
+    rng = np.random.default_rng(seed)
+    idx = sample_per_class(data.synthetic.y, data.synthetic_per_class, rng, data.num_classes)
+    return replace(data, synthetic=data.synthetic.take(idx))
+
+
+def evaluate(
+    data: ProtocolData,
+    method: str,
+    weights: np.ndarray | list[float] | None,
+    cfg: RunConfig,
+    seed: int,
+    storage: str | Path,
+    name: str,
+    *,
+    save_models: bool = False,
+    resumable: bool = False,
+    threads: int = 0,
+) -> ProtocolResult:
+    """Run the protocol for one method (and one weight vector for UniCon).
+
+    Each encoder run is one Ray Train run named ``{name}-r{r}`` under ``storage``. With
+    ``resumable`` the runs checkpoint to ``storage/{name}-r{r}/ckpt`` and resume from there;
+    with ``save_models`` the final encoder is written to ``storage/{name}-r{r}/model``.
+    """
+    accs: list[float] = []
+    groups: list[dict[str, float]] = []
+    mcfg = model_config(cfg, data)
+    aug = resolve_kind(cfg.encoder.augment, data.image_size)
+    for r in range(cfg.protocol.n_contr):
+        run_seed = stable_seed(seed, method, r)
+        run_dir = Path(storage) / f"{name}-r{r}"
+        loop_cfg = {
+            "data": draw_synthetic(data, run_seed),
+            "method": method,
+            "weights": None if weights is None else [float(w) for w in weights],
+            "encoder": cfg.encoder,
+            "classifier": cfg.classifier,
+            "model_cfg": mcfg,
+            "aug_kind": aug,
+            "seed": run_seed,
+            "n_classif": cfg.protocol.n_classif,
+            "threads": threads,
+        }
+        if resumable:
+            loop_cfg["checkpoint_dir"] = str(run_dir / "ckpt")
+            loop_cfg["checkpoint_every"] = cfg.train.checkpoint_every
+        if save_models:
+            loop_cfg["save_dir"] = str(run_dir / "model")
+        done = run_dir / "result.json"
+        if resumable and done.is_file():  # finished before an interruption: not redone
+            metrics = json.loads(done.read_text())
+        else:
+            metrics = run_trainer(contrastive_run_loop, loop_cfg, cfg.train, f"{name}-r{r}", storage)
+            if resumable:
+                atomic_write_text(done, json.dumps(metrics))
+        accs.extend(metrics["accs"])
+        groups.extend(metrics["group_accs"])
+    return ProtocolResult(accs, groups)

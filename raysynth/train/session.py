@@ -1,0 +1,181 @@
+"""The thin layer between raysynth's train loops and Ray Train.
+
+Every loop is a Ray Train ``train_loop_per_worker``; :class:`TrainSession` gives it rank, world
+size, DDP wrapping, metric reports and checkpoint save/restore. ``num_workers=0`` is Ray Train's
+local mode (the loop runs in this process); Ray does not persist checkpoints there, so a session
+also mirrors its checkpoint to ``checkpoint_dir`` in the run directory and resumes from whichever
+is newer.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raysynth.config.schema import ScalingConfig
+from raysynth.errors import TrainingError
+from raysynth.train.checkpoint import read_state, restore_training, write_checkpoint
+
+
+class TrainSession:
+    """Rank-aware reporting and checkpointing for one train loop.
+
+    ``checkpoint_every=0`` disables intermediate checkpoints (used inside search trials, where the
+    trial is the unit of retry).
+    """
+
+    def __init__(self, checkpoint_dir: str | None = None, checkpoint_every: int = 0) -> None:
+        import ray.train
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.checkpoint_every = checkpoint_every
+
+    @property
+    def device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device() if self.world_size > 1 else _local_device()
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move to the device and wrap in DDP when there are several workers."""
+        if self.world_size > 1:
+            import ray.train.torch
+
+            return ray.train.torch.prepare_model(model)
+        return model.to(self.device)
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        """Load the newest checkpoint (Ray's or the run directory's); returns the next epoch."""
+        candidates: list[tuple[int, Callable[[], dict]]] = []
+        ray_ckpt = self._train.get_checkpoint()
+        if ray_ckpt is not None:
+            with ray_ckpt.as_directory() as d:
+                state = read_state(d)
+            if state is not None:
+                candidates.append((state["epoch"], lambda: self._restore_ray(ray_ckpt, model, optimizer)))
+        if self.checkpoint_dir is not None and (self.checkpoint_dir / "state.json").is_file():
+            state = read_state(self.checkpoint_dir)
+            assert state is not None
+            folder = self.checkpoint_dir
+            candidates.append(
+                (state["epoch"], lambda: restore_training(folder, model, optimizer))
+            )
+        if not candidates:
+            return 0
+        epoch, load = max(candidates, key=lambda c: c[0])
+        load()
+        return epoch + 1
+
+    @staticmethod
+    def _restore_ray(ckpt: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        with ckpt.as_directory() as d:
+            return restore_training(d, model, optimizer)
+
+    def end_epoch(
+        self,
+        epoch: int,
+        epochs: int,
+        loss: float,
+        model: torch.nn.Module,
+        model_cfg: dict,
+        optimizer: torch.optim.Optimizer,
+        what: str,
+    ) -> None:
+        """Check the loss, and checkpoint + report on schedule and at the last epoch."""
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"{what}: the loss became {loss} at epoch {epoch + 1} of {epochs}; training "
+                "stopped. Lower the learning rate or check the inputs for NaN/inf values."
+            )
+        due = self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0)
+        if not due:
+            return
+        metrics = {"epoch": epoch, "loss": loss}
+        state = {"epoch": epoch, "loss": loss}
+        if self.rank == 0:
+            if self.checkpoint_dir is not None:
+                write_checkpoint(self.checkpoint_dir, model, model_cfg, optimizer, state)
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = write_checkpoint(Path(tmp) / "ckpt", model, model_cfg, optimizer, state)
+                from ray.train import Checkpoint
+
+                self._train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)))
+        else:
+            self._train.report(metrics)
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        self._train.report(metrics)
+
+
+def _local_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_trainer(
+    loop: Callable[[dict], None],
+    loop_config: dict[str, Any],
+    scaling: ScalingConfig,
+    name: str,
+    storage_path: str | Path,
+) -> dict[str, Any]:
+    """Run ``loop`` under a Ray Train ``TorchTrainer``; returns the last reported metrics.
+
+    Workers' failures are retried ``scaling.max_failures`` times, each retry resuming from the
+    last checkpoint. ``num_workers=0`` runs in-process (Ray Train local mode).
+    """
+    from ray.train import FailureConfig, RunConfig
+    from ray.train import ScalingConfig as RayScaling
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        scaling_config=RayScaling(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray wraps worker errors; surface a TrainingError unchanged
+        cause = _find_cause(e, TrainingError)
+        if cause is not None:
+            raise cause from e
+        raise
+    return dict(result.metrics or {})
+
+
+def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kind):
+            return e
+        for attr in ("cause", "__cause__", "__context__", "error"):
+            nxt = getattr(e, attr, None)
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+        for nxt in getattr(e, "worker_failures", {}).values() if hasattr(e, "worker_failures") else []:
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    return None
