@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ctl.add_argument("--k", type=int, default=16, help="real images per class (default 16)")
     ctl.add_argument(
-        "--n-synthetic", type=int, default=0, help="synthetic images per class (default: all left)"
+        "--n-synthetic", type=int, default=0, help="synthetic images per class (default: k)"
     )
     ctl.add_argument("--out", help="run directory (default runs/study-<kind>-<classes>-k<K>)")
     ctl.add_argument("--resume", action="store_true", help="continue an interrupted study")

@@ -85,7 +85,10 @@ class ClassifierConfig:
     batch_size: int = 32
     lr: float = 1e-3
     per_class: int = 16
-    features: str = "encoder"  # encoder (h) | projection (v = g(h)) — the frozen features
+    # The frozen features the classifier reads: the projection v = g(h) (default; the space the
+    # contrastive loss and the UniCon weights shape, so the search objective responds to w) or
+    # the encoder output h.
+    features: str = "projection"
 
     def __post_init__(self) -> None:
         _check_choice(self.features, "classifier.features", ("encoder", "projection"))

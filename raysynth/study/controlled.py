@@ -45,7 +45,7 @@ class StudySpec:
     classes: tuple[str, ...]
     synthetic: str = "same-class"
     k: int = 16
-    n_synthetic: int = 0  # per class; 0 = every leftover image of the class
+    n_synthetic: int = 0  # per class; 0 = k (as many synthetic as real images per class)
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2:
@@ -116,9 +116,7 @@ def build_study_data(spec: StudySpec, cfg: RunConfig) -> tuple[ProtocolData, Pro
     c = len(spec.classes)
     rng = np.random.default_rng(stable_seed(cfg.seed, "study", spec.synthetic))
     leftover = [rng.permutation(np.flatnonzero((y == k) & ~used)) for k in range(c)]
-    n_syn = min(len(v) for v in leftover)
-    if spec.n_synthetic:
-        n_syn = min(n_syn, spec.n_synthetic)
+    n_syn = min(min(len(v) for v in leftover), spec.n_synthetic or spec.k)
     if n_syn == 0:
         raise DataError(
             "no digits are left for synthetic images after the splits; lower --k or "

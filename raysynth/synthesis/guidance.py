@@ -110,7 +110,9 @@ class ClassGaussians:
     logdet: torch.Tensor
 
     def to(self, device: str | torch.device) -> ClassGaussians:
-        return ClassGaussians(self.mean.to(device), self.precision.to(device), self.logdet.to(device))
+        return ClassGaussians(
+            self.mean.to(device), self.precision.to(device), self.logdet.to(device)
+        )
 
 
 def ledoit_wolf_shrinkage(centered: torch.Tensor) -> float:
@@ -148,7 +150,9 @@ def class_gaussians(
     features' device; a class with no sample is a :class:`DataError`.
     """
     if isinstance(shrinkage, str) and shrinkage != "ledoit-wolf":
-        raise ConfigError(f"shrinkage must be 'ledoit-wolf' or a number in [0, 1], got {shrinkage!r}")
+        raise ConfigError(
+            f"shrinkage must be 'ledoit-wolf' or a number in [0, 1], got {shrinkage!r}"
+        )
     if not isinstance(shrinkage, str) and not 0 <= shrinkage <= 1:
         raise ConfigError(f"shrinkage must lie in [0, 1], got {shrinkage}")
     feats = features.detach().to(torch.float64)
@@ -169,7 +173,9 @@ def class_gaussians(
         if len(rows) < 2:
             shrinks.append(1.0)
         else:
-            shrinks.append(ledoit_wolf_shrinkage(centered) if shrinkage == "ledoit-wolf" else shrinkage)
+            shrinks.append(
+                ledoit_wolf_shrinkage(centered) if shrinkage == "ledoit-wolf" else shrinkage
+            )
     known = [s for s in scales if s is not None]
     pooled = sum(known) / len(known) if known and sum(known) > 0 else 1.0
     sigmas = []
@@ -180,9 +186,7 @@ def class_gaussians(
     chol = torch.linalg.cholesky(sigma)
     precision = torch.cholesky_inverse(chol)
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    return ClassGaussians(
-        torch.stack(means).float(), precision.float(), logdet.float()
-    )
+    return ClassGaussians(torch.stack(means).float(), precision.float(), logdet.float())
 
 
 # 2. guidance -----------------------------------------------------------------------------------
@@ -232,7 +236,9 @@ class FeedbackGuidance:
                     "criterion 'hardness' needs gaussians=class_gaussians(real features, labels, C)"
                 )
             if not callable(getattr(self.classifier, "features", None)):
-                raise ConfigError("criterion 'hardness' needs a classifier with a features(x) method")
+                raise ConfigError(
+                    "criterion 'hardness' needs a classifier with a features(x) method"
+                )
 
     def is_active(self, step_index: int) -> bool:
         """Whether ``apply`` changes ``x_t`` at this step."""

@@ -68,7 +68,7 @@ class PixelDiffusionConfig:
     layers_per_block: int = 2
     norm_num_groups: int = 8
     mid_attention: bool = True
-    train_steps: int = 3000
+    train_steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-3
     ema_decay: float = 0.995
@@ -79,12 +79,16 @@ class PixelDiffusionConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
+        object.__setattr__(
+            self, "block_out_channels", tuple(int(c) for c in self.block_out_channels)
+        )
         chans = self.block_out_channels
         _check(self.image_size >= 1, "image_size", "must be >= 1")
         _check(self.in_channels in (1, 3), "in_channels", "must be 1 or 3")
         _check(self.num_classes >= 1, "num_classes", "must be >= 1")
-        _check(len(chans) >= 1 and min(chans) >= 1, "block_out_channels", "needs >= 1 positive entry")
+        _check(
+            len(chans) >= 1 and min(chans) >= 1, "block_out_channels", "needs >= 1 positive entry"
+        )
         _check(
             self.image_size % 2 ** (len(chans) - 1) == 0,
             "image_size",
@@ -193,7 +197,9 @@ def _check_data(x: np.ndarray, y: np.ndarray, cfg: PixelDiffusionConfig) -> tupl
     y = np.ascontiguousarray(y, dtype=np.int64).reshape(-1)
     want = (cfg.in_channels, cfg.image_size, cfg.image_size)
     if x.ndim != 4 or x.shape[1:] != want or len(x) == 0:
-        raise DataError(f"pixel diffusion needs images [N, {', '.join(map(str, want))}], got {x.shape}")
+        raise DataError(
+            f"pixel diffusion needs images [N, {', '.join(map(str, want))}], got {x.shape}"
+        )
     if len(y) != len(x):
         raise DataError(f"{len(x)} images but {len(y)} labels")
     if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
@@ -261,7 +267,7 @@ def train_pixel_model(
         if ema is not None:
             _ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, float(loss.detach()))
     model = ema if ema is not None else unet
     model.eval().requires_grad_(False)
     return model, sampling_scheduler_config(cfg)

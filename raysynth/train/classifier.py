@@ -122,7 +122,7 @@ def fit_end_to_end(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += float(loss.detach())
             steps += 1
         if on_epoch is not None:
             on_epoch(epoch, total / max(steps, 1), model, optimizer)

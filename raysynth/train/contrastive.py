@@ -102,7 +102,7 @@ def fit_encoder(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
             steps += 1
         if on_epoch is not None:
             on_epoch(epoch, total / max(steps, 1), model, opt)

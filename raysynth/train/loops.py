@@ -59,11 +59,13 @@ def contrastive_run_loop(config: dict[str, Any]) -> None:
         restore=session.restore,
         on_epoch=on_epoch,
     )
-    metrics: dict[str, Any] = {"accs": [], "group_accs": []}
+    metrics: dict[str, Any] = {"accs": [], "group_accs": [], "world_size": session.world_size}
     if session.rank == 0:
         if config.get("save_dir"):
             write_checkpoint(config["save_dir"], model, config["model_cfg"])
-        metrics = classify_runs(model, data, config["classifier"], config["seed"], config["n_classif"], dev)
+        metrics.update(
+            classify_runs(model, data, config["classifier"], config["seed"], config["n_classif"], dev)
+        )
     session.report(metrics)
 
 

@@ -9,6 +9,8 @@ is newer.
 
 from __future__ import annotations
 
+import contextvars
+import json
 import math
 import tempfile
 from collections.abc import Callable
@@ -30,12 +32,17 @@ class TrainSession:
     """
 
     def __init__(self, checkpoint_dir: str | None = None, checkpoint_every: int = 0) -> None:
-        import ray.train
+        self._local = _IN_PROCESS.get()
+        if self._local is not None:  # run in-process by run_trainer (inside a Tune trial)
+            self._train = None
+            self.rank, self.world_size = 0, 1
+        else:
+            import ray.train
 
-        self._train = ray.train
-        ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
-        self.world_size = ctx.get_world_size()
+            self._train = ray.train
+            ctx = ray.train.get_context()
+            self.rank = ctx.get_world_rank()
+            self.world_size = ctx.get_world_size()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every = checkpoint_every
 
@@ -56,7 +63,7 @@ class TrainSession:
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
         """Load the newest checkpoint (Ray's or the run directory's); returns the next epoch."""
         candidates: list[tuple[int, Callable[[], dict]]] = []
-        ray_ckpt = self._train.get_checkpoint()
+        ray_ckpt = self._train.get_checkpoint() if self._train else None
         if ray_ckpt is not None:
             with ray_ckpt.as_directory() as d:
                 state = read_state(d)
@@ -104,6 +111,8 @@ class TrainSession:
         if self.rank == 0:
             if self.checkpoint_dir is not None:
                 write_checkpoint(self.checkpoint_dir, model, model_cfg, optimizer, state)
+            if self._train is None:
+                return
             with tempfile.TemporaryDirectory() as tmp:
                 folder = write_checkpoint(Path(tmp) / "ckpt", model, model_cfg, optimizer, state)
                 from ray.train import Checkpoint
@@ -113,7 +122,32 @@ class TrainSession:
             self._train.report(metrics)
 
     def report(self, metrics: dict[str, Any]) -> None:
-        self._train.report(metrics)
+        """The final report. Ray Train V2 keeps only metrics attached to a checkpoint, so rank 0
+        attaches a small one (``metrics.json``); the other ranks report nothing but the barrier."""
+        if self._local is not None:
+            self._local["metrics"] = metrics
+            return
+        if self.rank != 0:
+            self._train.report({})
+            return
+        from ray.train import Checkpoint
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
+            self._train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+# Set while run_trainer runs a loop in this very process (see run_trainer).
+_IN_PROCESS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("in_process", default=None)
+
+
+def _in_tune_trial() -> bool:
+    try:
+        from ray.tune import get_context
+
+        return get_context().get_trial_id() is not None
+    except Exception:
+        return False
 
 
 def _local_device() -> torch.device:
@@ -130,8 +164,18 @@ def run_trainer(
     """Run ``loop`` under a Ray Train ``TorchTrainer``; returns the last reported metrics.
 
     Workers' failures are retried ``scaling.max_failures`` times, each retry resuming from the
-    last checkpoint. ``num_workers=0`` runs in-process (Ray Train local mode).
+    last checkpoint. ``num_workers=0`` runs in-process (Ray Train local mode); inside a Ray
+    Tune trial, where Ray Train's local mode is not available, the loop is called directly with
+    the same session semantics (the trial is then the unit of retry).
     """
+    if scaling.num_workers == 0 and _in_tune_trial():
+        box: dict[str, Any] = {"metrics": {}}
+        token = _IN_PROCESS.set(box)
+        try:
+            loop(loop_config)
+        finally:
+            _IN_PROCESS.reset(token)
+        return dict(box["metrics"])
     from ray.train import FailureConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
