@@ -97,10 +97,10 @@ def build_config(
         raise ConfigError("pass either --preset or --config, not both")
     file_values: dict[str, Any] = {}
     if preset:
-        file_values = flatten(read_yaml(preset_path(preset)))
+        file_values = _read_layered(preset_path(preset))
         file_values.setdefault("preset", preset)
     elif config_file:
-        file_values = flatten(read_yaml(config_file))
+        file_values = _read_layered(Path(config_file))
         file_values.setdefault("preset", Path(config_file).stem)
     sets = dict(overrides or {})
     budget = sets.get("budget", file_values.get("budget", "default"))
@@ -110,13 +110,33 @@ def build_config(
     return from_flat(merged)
 
 
+def _read_layered(path: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A YAML file's dotted values; ``base: PRESET`` starts from a shipped preset first."""
+    values = flatten(read_yaml(path))
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or base in seen:
+        raise ConfigError(f"{path}: base must name a preset ({', '.join(list_presets())}) once")
+    return {**_read_layered(preset_path(base), (*seen, base)), **values}
+
+
 def from_flat(values: dict[str, Any], cls: type = RunConfig) -> Any:
     """Build ``cls`` from dotted keys, checking every key and coercing every value."""
     keys = valid_keys(cls)
     for key in values:
         if key not in keys:
-            raise ConfigError(f"unknown config key {key!r}; valid keys are: {', '.join(keys)}")
+            raise ConfigError(f"unknown config key {key!r}; {_suggest(key, keys)}")
     return _build(cls, values, "")
+
+
+def _suggest(key: str, keys: list[str]) -> str:
+    """The valid keys of the same section (or every key when the section is unknown too)."""
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    near = [k for k in keys if section and k.startswith(section) and "." not in k[len(section) :]]
+    if near:
+        return f"valid keys in {section[:-1]} are: {', '.join(near)}"
+    return f"valid keys are: {', '.join(keys)}"
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -173,15 +173,136 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
-class SynthesisConfig:
-    """How many synthetic images per class (the synthesis stage adds the generator settings)."""
+class GeneratorConfig:
+    """Which diffusion model makes the images, and how it samples (DESIGN §1, METHODS §2–3)."""
 
-    per_class: int = 0  # fixed count; 0 = use per_class_fraction of k
-    per_class_fraction: float = 0.5  # UniCon uses k/2
+    kind: str = "pixel"  # pixel (trained on the real split) | text2image | unclip
+    model: str = ""  # Hugging Face id or local folder (text2image, unclip)
+    dtype: str = "float32"  # float32 | float16 | bfloat16
+    device: str = "auto"  # auto (cuda when the actor has a GPU) | cpu | cuda
+    scheduler: str = "ddim"  # ddim | ddpm | pndm | euler | euler_ancestral | dpm_solver
+    num_steps: int = 30
+    guidance_scale: float = 3.0  # classifier-free guidance (1 + γ in DiffCoRe-Mix terms)
+    image_size: int = 0  # output side in pixels; 0 = the model's own
+    image_dropout: float = 0.0  # unCLIP: probability of dropping the image embedding
+    negative_class: bool = False  # pixel model: guide away from the next class (negative prompt)
+    lora: tuple[str, ...] = ()  # LoRA adapter folders (peft / diffusers format)
+    lora_weights: tuple[float, ...] = ()  # one per adapter; empty = 1.0 each
+    safety_checker: bool = False  # drop (and count) images the SD safety checker flags
+    # The pixel model raysynth trains for the digits preset (cached in the run directory).
+    pixel_train_steps: int = 4000
+    pixel_channels: tuple[int, ...] = (32, 64)
+    pixel_batch_size: int = 64
 
     def __post_init__(self) -> None:
+        g = "synthesis.generator"
+        _check_choice(self.kind, f"{g}.kind", ("pixel", "text2image", "unclip"))
+        if self.kind != "pixel":
+            _check(bool(self.model), f"{g}.model", f"{g}.kind={self.kind} needs a model id or path")
+        _check_choice(self.dtype, f"{g}.dtype", ("float32", "float16", "bfloat16"))
+        _check_choice(self.device, f"{g}.device", ("auto", "cpu", "cuda"))
+        _check_choice(
+            self.scheduler,
+            f"{g}.scheduler",
+            ("ddim", "ddpm", "pndm", "euler", "euler_ancestral", "dpm_solver"),
+        )
+        _check(self.num_steps >= 1, f"{g}.num_steps", "must be >= 1")
+        _check(self.guidance_scale >= 0, f"{g}.guidance_scale", "must be >= 0")
+        _check(0 <= self.image_dropout <= 1, f"{g}.image_dropout", "must be in [0, 1]")
+        _check(
+            not self.lora_weights or len(self.lora_weights) == len(self.lora),
+            f"{g}.lora_weights",
+            "give one weight per adapter in synthesis.generator.lora",
+        )
+        _check(self.pixel_train_steps >= 1, f"{g}.pixel_train_steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Classifier feedback guidance (paper 002): raise a criterion of a real-data classifier."""
+
+    criterion: str = "none"  # none | loss | entropy | hardness
+    scale: float = 0.0  # ω
+    every: int = 5  # apply at every k-th sampling step
+    rescale: bool = True  # ω·‖x_t‖/‖∇‖ (reference code) or plain ω·∇
+    classifier: str = ""  # checkpoint folder; "" = the classifier raysynth trains on the real split
+
+    def __post_init__(self) -> None:
+        f = "synthesis.feedback"
+        _check_choice(self.criterion, f"{f}.criterion", ("none", "loss", "entropy", "hardness"))
+        _check(self.scale >= 0, f"{f}.scale", "must be >= 0")
+        _check(self.every >= 1, f"{f}.every", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """How many images per class, with which prompts, on which actors."""
+
+    quota: str = "fraction"  # fixed (per_class) | fraction (of k) | top_up (to top_up_to)
+    per_class: int = 0
+    per_class_fraction: float = 0.5  # UniCon uses k/2
+    top_up_to: int = 0  # top_up: every class to this many real + synthetic images
+    prompt: str = "a photo of {class}"  # placeholders: {class}, {context}
+    negative_prompt: str = ""
+    context: str = ""  # dataset context, e.g. "Flowers" or "in the snow"
+    batch_size: int = 8
+    min_actors: int = 1
+    max_actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.quota, "synthesis.quota", ("fixed", "fraction", "top_up"))
         _check(self.per_class >= 0, "synthesis.per_class", "must be >= 0")
+        if self.quota == "fixed":
+            _check(self.per_class >= 1, "synthesis.per_class", "quota=fixed needs per_class >= 1")
         _check(self.per_class_fraction >= 0, "synthesis.per_class_fraction", "must be >= 0")
+        if self.quota == "top_up":
+            _check(self.top_up_to >= 1, "synthesis.top_up_to", "quota=top_up needs top_up_to >= 1")
+        _check(self.batch_size >= 1, "synthesis.batch_size", "must be >= 1")
+        _check(self.min_actors >= 1, "synthesis.min_actors", "must be >= 1")
+        _check(
+            self.max_actors >= self.min_actors,
+            "synthesis.max_actors",
+            "must be >= synthesis.min_actors",
+        )
+        _check(self.gpus_per_actor >= 0, "synthesis.gpus_per_actor", "must be >= 0")
+        _check(self.cpus_per_actor > 0, "synthesis.cpus_per_actor", "must be > 0")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """CLIP / classifier-feature filtering against the real images of each class (METHODS §3)."""
+
+    enabled: bool = True
+    embedder: str = "auto"  # auto (classifier for <= 32 px, else open_clip) | classifier | open_clip
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"  # open_clip pretrained tag, or a local checkpoint file
+    threshold: str = "pairs"  # pairs (mean cosine of z real pairs) | fixed
+    fixed_threshold: float = 0.8
+    pairs: int = 100  # z real–real pairs per class (all pairs when fewer)
+    max_rounds: int = 3  # regeneration rounds for rejected images
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check_choice(self.embedder, "filter.embedder", ("auto", "classifier", "open_clip"))
+        _check_choice(self.threshold, "filter.threshold", ("pairs", "fixed"))
+        _check(self.pairs >= 1, "filter.pairs", "must be >= 1")
+        _check(self.max_rounds >= 0, "filter.max_rounds", "must be >= 0")
+        _check(self.batch_size >= 1, "filter.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """DiffCoRe-Mix pixel/patch mixing of real and accepted synthetic images (METHODS §3)."""
+
+    enabled: bool = False
+    fraction: float = 0.5  # share of the training data that is mixed (DiffCoRe-Mix-50 / -100)
+
+    def __post_init__(self) -> None:
+        _check(0 < self.fraction <= 1, "mix.fraction", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -189,10 +310,15 @@ class RunConfig:
     """The whole run: one section per stage."""
 
     preset: str = "custom"
+    # unicon: contrastive encoder with searched per-class weights (paper 000);
+    # classifier: end-to-end classifier on real ∪ synthetic, balanced softmax (paper 002, 003).
+    flow: str = "unicon"
     seed: int = 0
     budget: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     end_to_end: EndToEndConfig = field(default_factory=EndToEndConfig)
@@ -202,6 +328,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_choice(self.budget, "budget", BUDGETS)
+        _check_choice(self.flow, "flow", ("unicon", "classifier"))
         _check(self.seed >= 0, "seed", "must be >= 0")
 
 

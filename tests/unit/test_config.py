@@ -33,7 +33,9 @@ def test_unknown_key_names_key_and_lists_valid_ones():
     with pytest.raises(ConfigError) as e:
         build_config(overrides={"tune.num_sampels": 3})
     msg = str(e.value)
-    assert "tune.num_sampels" in msg and "tune.num_samples" in msg and "data.k" in msg
+    assert "tune.num_sampels" in msg and "tune.num_samples" in msg and "tune.max_concurrent" in msg
+    with pytest.raises(ConfigError, match="valid keys are: preset, seed"):
+        build_config(overrides={"nosection.key": 1})
 
 
 def test_wrong_type_names_key():
@@ -91,3 +93,13 @@ def test_replace_and_from_flat():
     cfg = replace(RunConfig(), **{"protocol.n_contr": 2})
     assert cfg.protocol.n_contr == 2 and cfg.protocol.n_classif == 3
     assert from_flat({"seed": 4}).seed == 4
+
+
+def test_config_file_can_start_from_a_preset(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("base: digits\ndata:\n  k: 4\n")
+    cfg = build_config(config_file=f)
+    assert cfg.data.source == "digits" and cfg.data.k == 4 and cfg.preset == "digits"
+    f.write_text("base: nothing-like-this\n")
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config(config_file=f)
