@@ -34,7 +34,7 @@ def test_unknown_key_names_key_and_lists_valid_ones():
         build_config(overrides={"tune.num_sampels": 3})
     msg = str(e.value)
     assert "tune.num_sampels" in msg and "tune.num_samples" in msg and "tune.max_concurrent" in msg
-    with pytest.raises(ConfigError, match="valid keys are: preset, seed"):
+    with pytest.raises(ConfigError, match="valid keys are: preset, flow, seed"):
         build_config(overrides={"nosection.key": 1})
 
 
