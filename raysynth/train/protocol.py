@@ -99,7 +99,9 @@ def evaluate(
             "aug_kind": aug,
             "seed": run_seed,
             "n_classif": cfg.protocol.n_classif,
-            "threads": threads,
+            # Torch threads per worker: the CPUs it was given (oversubscribing tiny models on a
+            # busy machine costs more than it gains).
+            "threads": threads or max(1, int(cfg.train.cpus_per_worker)),
         }
         if resumable:
             loop_cfg["checkpoint_dir"] = str(run_dir / "ckpt")
