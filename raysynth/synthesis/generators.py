@@ -1,0 +1,201 @@
+"""One small interface over every diffusion generator raysynth drives (DESIGN §1).
+
+A :class:`Generator` turns plan rows into images. It is built once per Ray Data actor (models load
+in the actor's ``__init__``) from a :class:`GeneratorSpec` — plain data that travels to the actors.
+``pixel`` is the class-conditional pixel model raysynth trains (the digits preset); ``text2image``
+and ``unclip`` are latent diffusion pipelines loaded with diffusers' own ``from_pretrained``
+(:mod:`raysynth.synthesis.latent`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from raysynth import columns as col
+from raysynth.config.schema import FeedbackConfig, GeneratorConfig
+from raysynth.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class GeneratedImage:
+    """One result: PNG bytes (None when the safety checker dropped it), the feedback criterion
+    of the final image (None without feedback guidance), and whether it was flagged."""
+
+    png: bytes | None
+    criterion: float | None = None
+    flagged: bool = False
+
+
+@dataclass
+class GeneratorSpec:
+    """Everything an actor needs to build its generator (small, picklable).
+
+    ``pixel_folder``: the trained pixel model (kind ``pixel``); ``classifier_folder``: the
+    guiding classifier checkpoint (feedback guidance); ``gaussians``: per-class mean, precision
+    and log-det for the hardness criterion (numpy arrays); ``real_images``: path of the real
+    Parquet split whose images condition unCLIP (looked up by ``cond_id``).
+    """
+
+    generator: GeneratorConfig
+    feedback: FeedbackConfig
+    class_names: list[str]
+    pixel_folder: str = ""
+    classifier_folder: str = ""
+    gaussians: dict[str, np.ndarray] | None = None
+    real_images: str = ""
+    channels: int = 3
+    image_size: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Generator(Protocol):
+    """Makes one image per plan row; same row (same seed) → byte-identical image."""
+
+    def identity(self) -> dict[str, Any]:
+        """Provenance stored with every image: model, scheduler and config, guidance, LoRA."""
+        ...
+
+    def generate(self, rows: list[dict[str, Any]]) -> list[GeneratedImage]: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "synthesis.generator.device=cuda but this worker has no CUDA device; use auto or cpu, "
+            "or give the actors GPUs with synthesis.gpus_per_actor"
+        )
+    return torch.device(name)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """``uint8 [H, W, C]`` → PNG bytes (deterministic encoder settings)."""
+    from PIL import Image
+
+    arr = image[..., 0] if image.shape[-1] == 1 else image
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def load_guiding_classifier(folder: str, device: torch.device) -> torch.nn.Module:
+    """The classifier whose criterion feedback guidance raises (a raysynth checkpoint)."""
+    from raysynth.train.checkpoint import load_model
+
+    if not folder:
+        raise ConfigError(
+            "synthesis.feedback.criterion needs a classifier: set synthesis.feedback.classifier "
+            "to a checkpoint folder (model.safetensors + model.json)"
+        )
+    model = load_model(folder, device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def build_feedback(spec: GeneratorSpec, device: torch.device, decode: Any = None) -> Any:
+    """The :class:`FeedbackGuidance` of a spec, or None when feedback guidance is off."""
+    fb = spec.feedback
+    if fb.criterion == "none" or fb.scale == 0:
+        return None
+    from raysynth.synthesis.guidance import ClassGaussians, FeedbackGuidance
+
+    classifier = load_guiding_classifier(spec.classifier_folder, device)
+    gaussians = None
+    if fb.criterion == "hardness":
+        if spec.gaussians is None:
+            raise ConfigError("feedback criterion hardness needs per-class gaussians of real features")
+        g = {k: torch.as_tensor(v) for k, v in spec.gaussians.items()}
+        gaussians = ClassGaussians(g["mean"], g["precision"], g["logdet"]).to(device)
+    kwargs: dict[str, Any] = {
+        "criterion": fb.criterion,
+        "scale": fb.scale,
+        "every": fb.every,
+        "rescale": fb.rescale,
+        "classifier": classifier,
+        "gaussians": gaussians,
+    }
+    if decode is not None:
+        kwargs["decode"] = decode
+    return FeedbackGuidance(**kwargs)
+
+
+class PixelGenerator:
+    """The class-conditional pixel-space model of the digits preset (diffusers UNet2DModel+DDIM)."""
+
+    def __init__(self, spec: GeneratorSpec) -> None:
+        from raysynth.synthesis.pixel import load_pixel_model
+
+        g = spec.generator
+        if g.scheduler != "ddim":
+            raise ConfigError(
+                f"synthesis.generator.scheduler={g.scheduler}: the pixel model samples with ddim"
+            )
+        self.spec = spec
+        self.device = resolve_device(g.device)
+        self.dtype = DTYPES[g.dtype]
+        self.model = load_pixel_model(spec.pixel_folder, self.device, self.dtype)
+        self.feedback = build_feedback(spec, self.device)
+        self.num_classes = len(spec.class_names)
+
+    def identity(self) -> dict[str, Any]:
+        g = self.spec.generator
+        return {
+            "kind": "pixel",
+            "model": str(Path(self.spec.pixel_folder).name),
+            "scheduler": "ddim",
+            "scheduler_config": {
+                k: v for k, v in self.model.scheduler_config.items() if not k.startswith("_")
+            },
+            "num_steps": g.num_steps,
+            "guidance_scale": g.guidance_scale,
+            "negative_class": g.negative_class,
+            "feedback": asdict(self.spec.feedback),
+        }
+
+    def generate(self, rows: list[dict[str, Any]]) -> list[GeneratedImage]:
+        from raysynth.synthesis.sampling import sample_pixel
+
+        g = self.spec.generator
+        labels = [int(r[col.LABEL]) for r in rows]
+        negatives = [(y + 1) % self.num_classes for y in labels] if g.negative_class else None
+        images, crit = sample_pixel(
+            self.model.unet,
+            self.model.scheduler_config,
+            labels,
+            [int(r[col.SEED]) for r in rows],
+            num_steps=g.num_steps,
+            guidance_scale=g.guidance_scale,
+            negative_labels=negatives,
+            feedback=self.feedback,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        values = [None] * len(rows) if crit is None else [float(c) for c in crit]
+        return [GeneratedImage(png_bytes(img), v) for img, v in zip(images, values)]
+
+
+def build_generator(spec: GeneratorSpec) -> Generator:
+    """Construct the generator a spec names (called once per actor)."""
+    kind = spec.generator.kind
+    if kind == "pixel":
+        return PixelGenerator(spec)
+    if kind in ("text2image", "unclip"):
+        from raysynth.synthesis import latent
+
+        return latent.build_latent_generator(spec)
+    raise ConfigError(f"synthesis.generator.kind={kind!r} is not a generator raysynth knows")
+
+
+def identity_json(gen: Generator) -> str:
+    return json.dumps(gen.identity(), sort_keys=True, default=str)

@@ -1,0 +1,614 @@
+"""Latent diffusion generators: Stable Diffusion 1.x/2.x (``text2image``) and Stable unCLIP 2.1
+(``unclip``), loaded with diffusers' own ``from_pretrained`` (DESIGN §1, METHODS §2–3).
+
+Both run ONE denoising loop (:meth:`LatentSampler.denoise`) on the pipeline's components rather
+than ``pipe(...)``, so feedback guidance can act between the UNet call and the scheduler step:
+
+- classifier-free guidance ``ε̃ = ε(P_n) + s (ε(P_c) − ε(P_n))`` with ``s = guidance_scale`` and the
+  row's negative prompt ``P_n`` (the empty prompt when there is none) as the unconditional branch.
+  DiffCoRe-Mix's context guidance ``(1+γ) ε(P_c) − γ ε(P_n)`` is exactly this with ``s = 1+γ``
+  (METHODS §3). ``s = 1`` skips the unconditional half (it would cancel);
+- feedback guidance (METHODS §2): the criterion is evaluated on the VAE decode of the predicted
+  clean latents ``x̂0`` and its gradient flows back through the VAE to the latents;
+  ``prediction_type`` (epsilon / v_prediction) is the model's own, read from its scheduler config;
+- per-row randomness: every row has its own ``torch.Generator`` seeded with the row's seed (initial
+  latents, then unCLIP's dropout draw and embedding noise, then any ancestral step noise), and text
+  and image embeddings are computed one prompt / one image at a time and cached, so an image is
+  byte-identical whatever batch it is in.
+
+unCLIP conditioning (``StableUnCLIPImg2ImgPipeline``): the UNet's ``class_labels`` are the CLIP image
+embedding of the real image named by the row's ``cond_id`` (noised at ``noise_level`` 0 by the
+pipeline's own normaliser and noising scheduler) concatenated with the sinusoidal noise-level
+embedding; the unconditional branch is the all-zero vector, as in the diffusers pipeline. With
+probability ``image_dropout`` (a per-row draw) the conditional vector is zeroed too — the same
+"no image" input the model saw in training — so only the prompt conditions that row (paper 002's
+dual conditioning with dropout for diversity).
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raysynth import columns as col
+from raysynth.config.schema import GeneratorConfig
+from raysynth.errors import ConfigError, DataError
+from raysynth.synthesis.generators import (
+    DTYPES,
+    GeneratedImage,
+    Generator,
+    GeneratorSpec,
+    build_feedback,
+    png_bytes,
+    resolve_device,
+)
+
+KEY = "synthesis.generator"
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "dpm_solver": "DPMSolverMultistepScheduler",
+}
+PIPELINES = {
+    "text2image": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
+    "unclip": ("StableUnCLIPImg2ImgPipeline",),
+}
+_EMBED_CACHE_SIZE = 4096
+
+
+# 1. driver-side checks (cheap: no model is loaded) -----------------------------------------------
+
+
+def check_scheduler(name: str) -> type:
+    """The diffusers scheduler class a config name stands for; unknown names list the valid ones."""
+    if name not in SCHEDULERS:
+        raise ConfigError(
+            f"{KEY}.scheduler={name!r} is not a scheduler raysynth knows; "
+            f"choose one of {', '.join(SCHEDULERS)}"
+        )
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[name])
+
+
+def _is_local_path(model: str) -> bool:
+    return (
+        Path(model).expanduser().exists()
+        or model.startswith(("/", ".", "~"))
+        or model.count("/") > 1
+        or "\\" in model
+    )
+
+
+def check_model_available(cfg: GeneratorConfig) -> dict[str, Any]:
+    """Check that ``cfg.model`` can be loaded offline and is a pipeline ``cfg.kind`` can drive.
+
+    A local folder must hold ``model_index.json``; a Hugging Face id must already be in the local
+    cache. Returns the parsed ``model_index.json``. Raises :class:`ConfigError` saying what to pass.
+    """
+    model = cfg.model
+    if not model:
+        raise ConfigError(f"{KEY}.model is empty; pass a Hugging Face id or a local folder")
+    if _is_local_path(model):
+        index = Path(model).expanduser() / "model_index.json"
+        if not index.is_file():
+            raise ConfigError(
+                f"{KEY}.model={model!r}: no diffusers pipeline there ({index} is missing); pass a "
+                "folder written by DiffusionPipeline.save_pretrained or a Hugging Face id"
+            )
+    else:
+        index = _cached_model_index(model)
+    info = json.loads(Path(index).read_text())
+    _check_pipeline_class(cfg, info.get("_class_name", ""))
+    check_scheduler(cfg.scheduler)
+    return info
+
+
+def _cached_model_index(model: str) -> str:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(model, "model_index.json")
+    except Exception as exc:  # HFValidationError: not a valid repo id
+        raise ConfigError(
+            f"{KEY}.model={model!r} is neither an existing folder nor a Hugging Face id ({exc})"
+        ) from exc
+    if not isinstance(path, str):
+        raise ConfigError(
+            f"{KEY}.model={model!r} is not in the local Hugging Face cache and cannot be loaded "
+            f"offline; download it first (`hf download {model}`) or pass a local folder"
+        )
+    return path
+
+
+def _check_pipeline_class(cfg: GeneratorConfig, name: str) -> None:
+    if name in PIPELINES[cfg.kind]:
+        return
+    if "XL" in name:
+        raise ConfigError(
+            f"{KEY}.model={cfg.model!r} is an SDXL pipeline ({name}), which raysynth does not "
+            "drive; pass a Stable Diffusion 1.x/2.x model (kind text2image) or Stable unCLIP "
+            "(kind unclip)"
+        )
+    other = next((k for k, names in PIPELINES.items() if name in names), None)
+    hint = f"; set {KEY}.kind={other}" if other else ""
+    raise ConfigError(
+        f"{KEY}.model={cfg.model!r} is a {name or 'unknown'} pipeline but {KEY}.kind={cfg.kind} "
+        f"needs one of {', '.join(PIPELINES[cfg.kind])}{hint}"
+    )
+
+
+def check_adapters(cfg: GeneratorConfig) -> None:
+    """Every LoRA entry is a folder with a weights file (or a ``.safetensors`` file).
+
+    Whether an adapter fits the model is only known once it is loaded; :func:`load_pipeline`
+    then raises :class:`ConfigError` naming the adapter.
+    """
+    for i, entry in enumerate(cfg.lora):
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            ok = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+        else:
+            ok = path.is_file() and path.suffix in (".safetensors", ".bin")
+        if not ok:
+            raise ConfigError(
+                f"{KEY}.lora[{i}]={entry!r} is not a LoRA adapter: pass a folder written by "
+                "save_lora_weights (pytorch_lora_weights.safetensors) or that .safetensors file"
+            )
+
+
+# 2. loading ------------------------------------------------------------------------------------
+
+
+def load_pipeline(cfg: GeneratorConfig, device: torch.device) -> Any:
+    """Load the diffusers pipeline of ``cfg`` (offline), swap in the configured scheduler, load
+    the LoRA adapters, move it to ``device``."""
+    import diffusers
+
+    info = check_model_available(cfg)
+    check_adapters(cfg)
+    cls = getattr(
+        diffusers, "StableDiffusionPipeline" if cfg.kind == "text2image" else info["_class_name"]
+    )
+    kwargs: dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "local_files_only": True}
+    if cfg.kind == "text2image" and not cfg.safety_checker:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = cls.from_pretrained(
+            str(Path(cfg.model).expanduser()) if _is_local_path(cfg.model) else cfg.model, **kwargs
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{KEY}.model={cfg.model!r} could not be loaded: {exc}") from exc
+    if cfg.safety_checker and getattr(pipe, "safety_checker", None) is None:
+        raise ConfigError(
+            f"{KEY}.safety_checker=true but {cfg.model!r} ships no safety checker; set it to "
+            "false or use a model folder that has one (safety_checker/ + feature_extractor/)"
+        )
+    pipe.scheduler = check_scheduler(cfg.scheduler).from_config(pipe.scheduler.config)
+    _load_adapters(pipe, cfg)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _load_adapters(pipe: Any, cfg: GeneratorConfig) -> None:
+    if not cfg.lora:
+        return
+    names = []
+    for i, entry in enumerate(cfg.lora):
+        name, path = f"a{i}", Path(entry).expanduser()
+        where = {"weight_name": path.name} if path.is_file() else {}
+        folder = path.parent if path.is_file() else path
+        try:
+            pipe.load_lora_weights(str(folder), adapter_name=name, **where)
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            raise ConfigError(
+                f"{KEY}.lora[{i}]={entry!r} does not fit {cfg.model!r}: {exc}; pass an adapter "
+                "trained for this model"
+            ) from exc
+        loaded = {n for names_ in pipe.get_list_adapters().values() for n in names_}
+        if name not in loaded:
+            raise ConfigError(
+                f"{KEY}.lora[{i}]={entry!r} has no layer that fits {cfg.model!r} (nothing was "
+                "loaded); pass an adapter trained for this model"
+            )
+        names.append(name)
+    weights = list(cfg.lora_weights) or [1.0] * len(names)
+    pipe.set_adapters(names, adapter_weights=weights)
+
+
+def build_latent_generator(spec: GeneratorSpec) -> Generator:
+    """The generator of ``spec.generator.kind`` (``text2image`` or ``unclip``)."""
+    if spec.generator.kind == "text2image":
+        return Text2ImageGenerator(spec)
+    if spec.generator.kind == "unclip":
+        return UnclipGenerator(spec)
+    raise ConfigError(f"{KEY}.kind={spec.generator.kind!r} is not a latent diffusion generator")
+
+
+# 3. the shared sampler ---------------------------------------------------------------------------
+
+
+def _row_generators(rows: Sequence[dict[str, Any]]) -> list[torch.Generator]:
+    return [torch.Generator(device="cpu").manual_seed(int(r[col.SEED])) for r in rows]
+
+
+def _guidance_frame(scheduler: Any, t: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """``(c, ᾱ_t)`` with ``c · latents`` the DDPM-frame ``x_t`` in which x̂0 is defined.
+
+    Euler-type schedulers keep ``latents = x0 + σ ε`` and scale the model input by
+    ``c = 1/√(σ²+1) = √ᾱ``; the others keep ``x_t`` itself (``c = 1``).
+    """
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    if isinstance(scheduler, (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)):
+        sigma = scheduler.sigmas[scheduler.step_index].float()
+        abar = 1.0 / (sigma**2 + 1.0)
+        return float(abar.sqrt()), abar
+    return 1.0, scheduler.alphas_cumprod[int(t)].float()
+
+
+class LatentSampler:
+    """A loaded latent diffusion pipeline plus everything both generators share: prompt
+    embeddings, the denoising loop, decoding, safety checking and provenance."""
+
+    def __init__(self, spec: GeneratorSpec) -> None:
+        g = spec.generator
+        self.spec = spec
+        self.device = resolve_device(g.device)
+        self.dtype = DTYPES[g.dtype]
+        self.pipe = load_pipeline(g, self.device)
+        self.scheduler_config = dict(self.pipe.scheduler.config)
+        self.prediction_type = self.pipe.scheduler.config.prediction_type
+        self.image_size = spec.image_size or g.image_size
+        self.feedback = build_feedback(spec, self.device, decode=self.decode_for_classifier)
+        # the same criterion on already decoded pixels (final images: no second VAE decode)
+        self.pixel_feedback = (
+            None if self.feedback is None else replace(self.feedback, decode=self.adapt_pixels)
+        )
+        self._text_cache: dict[str, torch.Tensor] = {}
+        unet = self.pipe.unet
+        size = unet.config.sample_size
+        size = int(size if isinstance(size, int) else size[0])
+        self.latent_shape = (unet.config.in_channels, size, size)
+
+    # -- conditioning ---------------------------------------------------------------------------
+
+    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """``[B, S, D]`` text-encoder states, each prompt encoded alone and cached."""
+        out = []
+        for p in prompts:
+            if p not in self._text_cache:
+                if len(self._text_cache) >= _EMBED_CACHE_SIZE:
+                    self._text_cache.clear()
+                with torch.no_grad():
+                    emb, _ = self.pipe.encode_prompt([p], self.device, 1, False)
+                self._text_cache[p] = emb[0]
+            out.append(self._text_cache[p])
+        return torch.stack(out)
+
+    def initial_latents(self, generators: list[torch.Generator]) -> torch.Tensor:
+        """Unit Gaussian latents ``[B, C, h, w]``, one row per generator (drawn first)."""
+        noise = [torch.randn(self.latent_shape, generator=g) for g in generators]
+        return torch.stack(noise).to(self.device)
+
+    # -- the denoising loop ---------------------------------------------------------------------
+
+    def new_scheduler(self) -> Any:
+        return check_scheduler(self.spec.generator.scheduler).from_config(self.scheduler_config)
+
+    def denoise(
+        self,
+        noise: torch.Tensor,
+        generators: list[torch.Generator],
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str],
+        labels: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Denoise ``noise [B, C, h, w]`` → clean latents ``[B, C, h, w]`` (float32).
+
+        ``class_labels [B, E]`` (unCLIP) condition the UNet; their unconditional branch is zero.
+        ``labels [B]`` are the classes feedback guidance scores against.
+        """
+        g = self.spec.generator
+        unet = self.pipe.unet
+        scheduler = self.new_scheduler()
+        scheduler.set_timesteps(g.num_steps, device=self.device)
+        use_uncond = g.guidance_scale != 1
+        text = self.text_embeddings(prompts)
+        if use_uncond:
+            text = torch.cat([self.text_embeddings(negative_prompts), text])
+        text = text.to(self.dtype)
+        cls = class_labels
+        if cls is not None:
+            cls = (torch.cat([torch.zeros_like(cls), cls]) if use_uncond else cls).to(self.dtype)
+        step_kwargs = (
+            {"generator": generators}
+            if "generator" in inspect.signature(scheduler.step).parameters
+            else {}
+        )
+
+        def guided_output(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            inp = torch.cat([x_in, x_in]) if use_uncond else x_in
+            out = unet(inp.to(self.dtype), t, encoder_hidden_states=text, class_labels=cls)
+            out = out.sample.float()
+            if not use_uncond:
+                return out
+            unc, cond = out.chunk(2)
+            return unc + g.guidance_scale * (cond - unc)
+
+        latents = noise.float() * scheduler.init_noise_sigma
+        # no_grad, not inference_mode: feedback guidance needs autograd inside the loop
+        with torch.no_grad():
+            for i, t in enumerate(scheduler.timesteps):
+                x_in = scheduler.scale_model_input(latents, t)
+                model_output = guided_output(x_in, t)
+                if self.feedback is not None and self.feedback.is_active(i):
+                    latents = self._feedback_step(
+                        i, scheduler, t, latents, model_output, labels, guided_output
+                    )
+                latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+        return latents
+
+    def _feedback_step(
+        self,
+        i: int,
+        scheduler: Any,
+        t: torch.Tensor,
+        latents: torch.Tensor,
+        model_output: torch.Tensor,
+        labels: torch.Tensor,
+        guided_output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        c, abar = _guidance_frame(scheduler, t)
+        x_t = latents * c
+        new, _ = self.feedback.apply(
+            i,
+            x_t,
+            model_output,
+            0,
+            abar.reshape(1),
+            self.prediction_type,
+            labels,
+            model_fn=lambda z: guided_output(z, t),
+        )
+        return latents + (new - x_t) / c
+
+    # -- decoding and output --------------------------------------------------------------------
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in about [-1, 1] (differentiable)."""
+        vae = self.pipe.vae
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+
+    def adapt_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Model-resolution RGB in [-1, 1] → what the classifier sees: the output size and
+        channels of the stored images (differentiable twin of :meth:`to_png`)."""
+        if self.spec.channels == 1:
+            w = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype)
+            images = (images * w.view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if self.image_size and images.shape[-1] != self.image_size:
+            size = (self.image_size, self.image_size)
+            images = F.interpolate(images, size=size, mode="bilinear", antialias=True)
+        return images
+
+    def decode_for_classifier(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.adapt_pixels(self.vae_decode(latents))
+
+    def finish(self, latents: torch.Tensor, labels: torch.Tensor) -> list[GeneratedImage]:
+        """Decode, score (feedback criterion), safety-check and encode the final latents."""
+        with torch.no_grad():
+            pixels = self.vae_decode(latents).clamp(-1, 1)
+            crit: list[float | None] = [None] * len(latents)
+            if self.pixel_feedback is not None:
+                values = self.pixel_feedback.evaluate(pixels, labels).float().cpu()
+                crit = [float(v) for v in values]
+        arrays = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        flags = self.safety_flags(arrays)
+        return [
+            GeneratedImage(None if flagged else self.to_png(a), c, flagged)
+            for a, c, flagged in zip(arrays, crit, flags)
+        ]
+
+    def to_png(self, image: np.ndarray) -> bytes:
+        """``uint8 [H, W, 3]`` → PNG at the output size (PIL bicubic, antialiased) and channels."""
+        from PIL import Image
+
+        img = Image.fromarray(image)
+        if self.image_size and img.size != (self.image_size, self.image_size):
+            img = img.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        if self.spec.channels == 1:
+            return png_bytes(np.asarray(img.convert("L"))[..., None])
+        return png_bytes(np.asarray(img))
+
+    def safety_flags(self, images: np.ndarray) -> list[bool]:
+        """The pipeline's safety checker on ``uint8 [B, H, W, 3]``; all False when it is off."""
+        checker = getattr(self.pipe, "safety_checker", None)
+        if not self.spec.generator.safety_checker or checker is None:
+            return [False] * len(images)
+        from PIL import Image
+
+        inputs = self.pipe.feature_extractor(
+            [Image.fromarray(a) for a in images], return_tensors="pt"
+        )
+        clip_input = inputs.pixel_values.to(self.device, checker.dtype)
+        with torch.no_grad():
+            _, flags = checker(clip_input=clip_input, images=images.astype(np.float32) / 255)
+        return [bool(f) for f in flags]
+
+    def identity(self) -> dict[str, Any]:
+        g = self.spec.generator
+        sched = self.new_scheduler()
+        config = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
+        return {
+            "kind": g.kind,
+            "model": g.model,
+            "pipeline": type(self.pipe).__name__,
+            "dtype": g.dtype,
+            "scheduler": type(sched).__name__,
+            "scheduler_config": json.loads(json.dumps(config, default=str)),
+            "prediction_type": self.prediction_type,
+            "num_steps": g.num_steps,
+            "guidance_scale": g.guidance_scale,
+            "negative_prompt": "unconditional branch of classifier-free guidance "
+            "(empty prompt when the row has none)",
+            "image_size": self.image_size,
+            "lora": [str(p) for p in g.lora],
+            "lora_weights": list(g.lora_weights) or [1.0] * len(g.lora),
+            "safety_checker": g.safety_checker,
+            "feedback": asdict(self.spec.feedback),
+        }
+
+
+def _prompts(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    return (
+        [str(r.get(col.PROMPT) or "") for r in rows],
+        [str(r.get(col.NEGATIVE_PROMPT) or "") for r in rows],
+    )
+
+
+def _labels(rows: Sequence[dict[str, Any]], device: torch.device) -> torch.Tensor:
+    return torch.tensor([int(r[col.LABEL]) for r in rows], device=device, dtype=torch.long)
+
+
+# 4. the generators -------------------------------------------------------------------------------
+
+
+class Text2ImageGenerator:
+    """Stable Diffusion 1.x/2.x: the row's prompt, negative prompt and seed → one image."""
+
+    def __init__(self, spec: GeneratorSpec) -> None:
+        self.sampler = LatentSampler(spec)
+
+    def identity(self) -> dict[str, Any]:
+        return self.sampler.identity()
+
+    def generate(self, rows: list[dict[str, Any]]) -> list[GeneratedImage]:
+        if not rows:
+            return []
+        s = self.sampler
+        generators = _row_generators(rows)
+        noise = s.initial_latents(generators)
+        prompts, negatives = _prompts(rows)
+        labels = _labels(rows, s.device)
+        latents = s.denoise(noise, generators, prompts, negatives, labels)
+        return s.finish(latents, labels)
+
+
+class UnclipGenerator:
+    """Stable unCLIP 2.1: the row's prompt plus the CLIP image embedding of its ``cond_id`` image."""
+
+    def __init__(self, spec: GeneratorSpec) -> None:
+        if not spec.real_images:
+            raise ConfigError(
+                f"{KEY}.kind=unclip conditions on real images: the generator spec needs "
+                "real_images (the real split's Parquet path)"
+            )
+        self.sampler = LatentSampler(spec)
+        self.real_images = spec.real_images
+        self._embeds: dict[str, torch.Tensor] = {}
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            **self.sampler.identity(),
+            "image_dropout": self.sampler.spec.generator.image_dropout,
+            "noise_level": 0,
+            "image_conditioning": "CLIP image embedding of cond_id; dropped → zero vector",
+        }
+
+    def generate(self, rows: list[dict[str, Any]]) -> list[GeneratedImage]:
+        if not rows:
+            return []
+        s = self.sampler
+        generators = _row_generators(rows)
+        noise = s.initial_latents(generators)
+        class_labels = self.image_conditioning(rows, generators)
+        prompts, negatives = _prompts(rows)
+        labels = _labels(rows, s.device)
+        latents = s.denoise(noise, generators, prompts, negatives, labels, class_labels)
+        return s.finish(latents, labels)
+
+    def image_conditioning(
+        self, rows: Sequence[dict[str, Any]], generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """``[B, 2E]``: noised image embedding ⊕ noise-level embedding, zeroed where dropped.
+
+        Per row, after its initial latents: one uniform draw decides the dropout, then the
+        embedding noise (``noise_level`` 0 still adds ``√(1−ᾱ_0)`` of it).
+        """
+        pipe = self.sampler.pipe
+        embeds = self.image_embeddings([r.get(col.COND_ID) for r in rows])
+        p = self.sampler.spec.generator.image_dropout
+        drop = torch.tensor([float(torch.rand((), generator=g)) < p for g in generators])
+        noise = torch.stack([torch.randn(embeds.shape[1], generator=g) for g in generators])
+        with torch.no_grad():
+            out = pipe.noise_image_embeddings(
+                embeds, noise_level=0, noise=noise.to(embeds.device, embeds.dtype)
+            )
+        return out * (~drop).to(out.device, out.dtype).unsqueeze(1)
+
+    def image_embeddings(self, cond_ids: Sequence[Any]) -> torch.Tensor:
+        """``[B, E]`` CLIP image embeddings, each image encoded alone and cached by id."""
+        missing = sorted({str(i) for i in cond_ids if i is not None} - set(self._embeds))
+        if None in cond_ids:
+            raise DataError(f"unCLIP rows need a {col.COND_ID}; a row of this batch has none")
+        if missing:
+            if len(self._embeds) + len(missing) > _EMBED_CACHE_SIZE:
+                self._embeds.clear()
+            for cid, png in self._read_images(missing).items():
+                self._embeds[cid] = self._encode_image(png)
+        return torch.stack([self._embeds[str(i)] for i in cond_ids])
+
+    def _read_images(self, ids: list[str]) -> dict[str, bytes]:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(
+            self.real_images,
+            columns=[col.SAMPLE_ID, col.IMAGE],
+            filters=[(col.SAMPLE_ID, "in", ids)],
+        )
+        found = dict(
+            zip(table.column(col.SAMPLE_ID).to_pylist(), table.column(col.IMAGE).to_pylist())
+        )
+        absent = [i for i in ids if i not in found]
+        if absent:
+            raise DataError(
+                f"cond_id {absent[:5]} not found in the real images {self.real_images}; the plan "
+                "must name real sample_ids of that split"
+            )
+        return found
+
+    def _encode_image(self, png: bytes) -> torch.Tensor:
+        from PIL import Image
+
+        pipe = self.sampler.pipe
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        pixels = pipe.feature_extractor(images=image, return_tensors="pt").pixel_values
+        encoder = pipe.image_encoder
+        with torch.no_grad():
+            return encoder(pixels.to(self.sampler.device, encoder.dtype)).image_embeds[0]
+
+
+__all__ = [
+    "SCHEDULERS",
+    "LatentSampler",
+    "Text2ImageGenerator",
+    "UnclipGenerator",
+    "build_latent_generator",
+    "check_adapters",
+    "check_model_available",
+    "check_scheduler",
+    "load_pipeline",
+]

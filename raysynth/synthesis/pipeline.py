@@ -1,0 +1,138 @@
+"""Plan → generate (→ filter) as one Ray Data streaming pipeline writing the synthetic table.
+
+The driver holds the plan rows (small) and nothing else: images stream from the generator actor
+pool through any scoring stages straight into Parquet files under ``<run>/synthetic/``. A rerun
+on the same directory plans the same ``sample_id``s and generates only those not written yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from raysynth import columns as col
+from raysynth.config.schema import SynthesisConfig
+from raysynth.synthesis.generators import GeneratorSpec
+from raysynth.synthesis.plan import (
+    make_plan,
+    quotas_fixed,
+    quotas_fraction_of_k,
+    quotas_top_up,
+)
+from raysynth.synthesis.stage import SYNTHETIC_SCHEMA, DiffusionGenerator, plan_table
+from raysynth.synthesis.table import existing_ids
+
+log = logging.getLogger("raysynth.synthesis")
+
+Stage = Callable[[Any], Any]  # ray.data.Dataset → ray.data.Dataset
+
+
+@dataclass
+class GenerationStats:
+    planned: int
+    skipped: int  # already in the table (resume)
+    generated: int
+    wall_s: float
+
+
+def quotas(cfg: SynthesisConfig, train_counts: Sequence[int]) -> dict[int, int]:
+    """Images to make per class: fixed, a fraction of k, or top-up to a target."""
+    if cfg.quota == "fixed":
+        return quotas_fixed(len(train_counts), cfg.per_class)
+    if cfg.quota == "top_up":
+        return quotas_top_up(list(train_counts), cfg.top_up_to)
+    return quotas_fraction_of_k(list(train_counts), cfg.per_class_fraction)
+
+
+def plan_round(
+    cfg: SynthesisConfig,
+    class_names: list[str],
+    real_ids_by_class: dict[int, list[str]],
+    counts: dict[int, int],
+    run_seed: int,
+    round_: int,
+    start_index: dict[int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Plan rows for one round (round 0: the quota; later rounds: replacements)."""
+    return make_plan(
+        class_names,
+        real_ids_by_class,
+        counts,
+        run_seed,
+        round=round_,
+        prompt_template=cfg.prompt,
+        negative_prompt=cfg.negative_prompt,
+        context=cfg.context,
+        start_index=start_index,
+    )
+
+
+def actor_pool(cfg: SynthesisConfig) -> dict[str, Any]:
+    """``map_batches`` arguments of the generator pool (resources from config)."""
+    from ray.data import ActorPoolStrategy
+
+    return {
+        "compute": ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
+        "batch_size": cfg.batch_size,
+        "num_gpus": cfg.gpus_per_actor,
+        "num_cpus": cfg.cpus_per_actor,
+        # A killed actor is restarted and its batch retried: nothing is lost.
+        "ray_remote_args_fn": _restartable,
+    }
+
+
+def _restartable() -> dict[str, Any]:
+    return {"max_restarts": -1, "max_task_retries": -1}
+
+
+def generate(
+    rows: list[dict[str, Any]],
+    spec: GeneratorSpec,
+    out_root: str | Path,
+    cfg: SynthesisConfig,
+    stages: Sequence[Stage] = (),
+    name: str = "round-000",
+) -> GenerationStats:
+    """Generate the rows whose ``sample_id`` is not in ``out_root`` yet; stream them through
+    ``stages`` (e.g. embed + filter) and write them to ``out_root/name/``. Needs Ray connected."""
+    import ray
+
+    t0 = time.perf_counter()
+    out_root = Path(out_root)
+    done = existing_ids(out_root)
+    todo = [r for r in rows if r[col.SAMPLE_ID] not in done]
+    stats = GenerationStats(len(rows), len(rows) - len(todo), 0, 0.0)
+    if not todo:
+        stats.wall_s = time.perf_counter() - t0
+        return stats
+    blocks = max(1, math.ceil(len(todo) / cfg.batch_size))
+    ds = ray.data.from_arrow(plan_table(todo)).repartition(blocks)
+    ds = ds.map_batches(
+        DiffusionGenerator,
+        fn_constructor_kwargs={"spec": spec},
+        batch_format="numpy",
+        **actor_pool(cfg),
+    )
+    for stage in stages:
+        ds = stage(ds)
+    ds = ds.map_batches(_conform, batch_format="pyarrow", batch_size=None)
+    ds.write_parquet(str(out_root / name))
+    stats.generated = len(todo)
+    stats.wall_s = time.perf_counter() - t0
+    log.info(
+        "%s: generated %d images (%d already there) in %.1f s",
+        name, len(todo), stats.skipped, stats.wall_s,
+    )
+    return stats
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """Every written file has exactly the synthetic schema (columns, order, types)."""
+    return table.select(SYNTHETIC_SCHEMA.names).cast(SYNTHETIC_SCHEMA)

@@ -1,0 +1,87 @@
+"""The synthetic table: a Parquet dataset under ``<run>/synthetic/`` (DESIGN §1–2).
+
+Written by Ray Data's streaming ``write_parquet`` (one file per block), read back here. A file
+left half-written by a killed driver cannot be read; it is moved aside (``*.corrupt``) and its
+rows count as missing, so the next run makes them again. Rows are unique by ``sample_id``: a
+``sample_id`` seen twice (a retried write) keeps its first row — generation is deterministic, so
+both rows hold the same image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raysynth import columns as col
+
+log = logging.getLogger("raysynth.synthesis")
+
+
+def parquet_files(root: str | Path) -> list[Path]:
+    """Readable Parquet files under ``root`` (sorted); unreadable ones are quarantined."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    good = []
+    for f in sorted(root.rglob("*.parquet")):
+        if any(part.startswith((".", "_")) for part in f.relative_to(root).parts):
+            continue
+        try:
+            pq.ParquetFile(f).metadata  # noqa: B018 - reading the footer validates the file
+        except Exception as e:  # a truncated file from an interrupted write
+            bad = f.with_suffix(".parquet.corrupt")
+            log.warning("moving unreadable synthetic file %s aside (%s); its rows are redone", f, e)
+            os.replace(f, bad)
+            continue
+        good.append(f)
+    return good
+
+
+def existing_ids(root: str | Path) -> set[str]:
+    """``sample_id``s already written under ``root`` (reads only that column)."""
+    ids: set[str] = set()
+    for f in parquet_files(root):
+        ids.update(pq.read_table(f, columns=[col.SAMPLE_ID])[col.SAMPLE_ID].to_pylist())
+    return ids
+
+
+def iter_tables(
+    root: str | Path, columns: Sequence[str] | None = None
+) -> Iterator[pa.Table]:
+    """Stream the table file by file, first occurrence of each ``sample_id`` only."""
+    seen: set[str] = set()
+    for f in parquet_files(root):
+        cols = None if columns is None else list(dict.fromkeys([col.SAMPLE_ID, *columns]))
+        t = pq.read_table(f, columns=cols)
+        ids = t[col.SAMPLE_ID].to_pylist()
+        keep = [i not in seen and not seen.add(i) for i in ids]  # type: ignore[func-returns-value]
+        if not all(keep):
+            t = t.filter(pa.array(keep))
+        yield t if columns is None or col.SAMPLE_ID in columns else t.drop([col.SAMPLE_ID])
+
+
+def read_table(root: str | Path, columns: Sequence[str] | None = None) -> pa.Table | None:
+    """The whole (deduplicated) table, or None when nothing was written yet.
+
+    Only for small tables or narrow column sets: the driver holds what it returns.
+    """
+    parts = list(iter_tables(root, columns))
+    if not parts:
+        return None
+    return pa.concat_tables(parts, promote_options="default")
+
+
+def count_by(root: str | Path, column: str) -> dict:
+    """Row counts per value of ``column`` (e.g. per label), reading only that column."""
+    counts: dict = {}
+    for t in iter_tables(root, [column]):
+        vc = pc.value_counts(t[column]).to_pylist()
+        for item in vc:
+            counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return counts
