@@ -37,11 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"raysynth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="validate a config and show what each stage would do")
+    run = sub.add_parser(
+        "run", help="the main job: data → synthesis + filter → weight search → training → report"
+    )
     _add_config_args(run)
-    run.add_argument("--out", help="run directory")
+    run.add_argument("--out", help="run directory (default runs/<preset>)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run")
     run.add_argument("--dry-run", action="store_true", help="resolve and validate, then exit")
     run.add_argument("--list-presets", action="store_true", help="list the shipped presets")
+    for name, text in (
+        ("synthesize", "plan + generate + filter only"),
+        ("tune", "weight search on an existing run directory"),
+        ("train", "final training + baselines with the given or best weights"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_config_args(p)
+        p.add_argument("--out", required=True, help="run directory")
+    rep = sub.add_parser("report", help="(re)build report.md/html from report.json")
+    rep.add_argument("dir", help="run directory")
 
     study = sub.add_parser("study", help="controlled studies")
     study_sub = study.add_subparsers(dest="study", required=True)
@@ -64,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--address", help="Ray cluster address")
 
     bench = sub.add_parser("bench", help="measure raysynth on this machine (ratios, JSON)")
-    bench.add_argument("name", choices=["loss", "tune"], help="what to measure")
+    bench.add_argument(
+        "name", choices=["loss", "tune", "guidance"], help="what to measure"
+    )
     bench.add_argument("--out", help="JSON file (default bench-NAME.json)")
     bench.add_argument("--concurrency", type=int, default=2, help="tune: parallel trials")
     bench.add_argument("--evals", type=int, default=16, help="tune: evaluations per searcher")
@@ -93,11 +108,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     preset = args.preset or (None if args.config else "digits")
     cfg = build_config(preset, args.config, parse_set(args.set))
     if not args.dry_run:
-        raise RaysynthError(
-            "the full `raysynth run` pipeline (synthesis → filter → search → final training) "
-            "is not available in this version yet; use --dry-run to validate a config, or "
-            "`raysynth study controlled` for the learning core"
-        )
+        from raysynth.pipeline.run import run_pipeline
+
+        out = Path(args.out or f"runs/{cfg.preset}")
+        _connect_ray(args.address)
+        report = run_pipeline(cfg, out, resume=args.resume)
+        print((out / "report.md").read_text() if (out / "report.md").is_file() else report)
+        print(f"report: {out / 'report.html'}")
+        return 0
     from raysynth.data import load_dataset, make_splits
 
     print(dump_yaml(cfg))
@@ -139,6 +157,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         bench_loss(out=out)
         return 0
+    if args.name == "guidance":
+        from raysynth.bench.guidance import run as bench_guidance
+
+        print(json.dumps(bench_guidance(out=out), indent=2))
+        return 0
     from raysynth.bench.tune import run as bench_tune
 
     _connect_ray(None)
@@ -147,7 +170,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "study": cmd_study, "bench": cmd_bench}
+def cmd_stage(args: argparse.Namespace) -> int:
+    """``synthesize`` / ``tune`` / ``train``: the main job up to (or from) one stage."""
+    from raysynth.config import build_config, parse_set
+    from raysynth.pipeline.run import run_pipeline
+    from raysynth.rundir import RunDir
+
+    cfg = build_config(args.preset, args.config, parse_set(args.set))
+    run = RunDir(args.out)
+    if args.command != "synthesize" and not run.exists():
+        raise RaysynthError(
+            f"{args.out} holds no run; start one with `raysynth synthesize` or `raysynth run`"
+        )
+    _connect_ray(args.address)
+    stop = {"synthesize": "synthesis", "tune": "search", "train": None}[args.command]
+    result = run_pipeline(cfg, args.out, resume=run.exists(), stop_after=stop)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str)[:4000])
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raysynth.report import render_report
+
+    md, html = render_report(args.dir)
+    print(f"wrote {md} and {html}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "synthesize": cmd_stage,
+    "tune": cmd_stage,
+    "train": cmd_stage,
+    "report": cmd_report,
+    "study": cmd_study,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

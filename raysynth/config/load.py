@@ -1,6 +1,7 @@
 """Build a :class:`RunConfig` from defaults, a budget, a preset or YAML file and ``--set`` overrides.
 
-Resolution order (later wins): dataclass defaults → budget overlay → preset/config file →
+Resolution order (later wins): dataclass defaults → preset/config file → budget overlay
+(``smoke``/``paper`` scale epochs, trials and repeats; ``default`` changes nothing) →
 ``--set key=value``. An unknown key or a value of the wrong type raises :class:`ConfigError`
 naming the key and listing the valid ones.
 """
@@ -106,7 +107,7 @@ def build_config(
     budget = sets.get("budget", file_values.get("budget", "default"))
     if budget not in BUDGETS:
         raise ConfigError(f"budget: got {budget!r}; choose one of {', '.join(BUDGETS)}")
-    merged = {**BUDGET_OVERRIDES[budget], **file_values, **sets}
+    merged = {**file_values, **BUDGET_OVERRIDES[budget], **sets}
     return from_flat(merged)
 
 

@@ -190,7 +190,7 @@ class GeneratorConfig:
     lora_weights: tuple[float, ...] = ()  # one per adapter; empty = 1.0 each
     safety_checker: bool = False  # drop (and count) images the SD safety checker flags
     # The pixel model raysynth trains for the digits preset (cached in the run directory).
-    pixel_train_steps: int = 4000
+    pixel_train_steps: int = 1500
     pixel_channels: tuple[int, ...] = (32, 64)
     pixel_batch_size: int = 64
 
@@ -342,6 +342,8 @@ BUDGET_OVERRIDES: dict[str, dict[str, object]] = {
         "protocol.n_classif": 2,
         "tune.num_samples": 4,
         "tune.n_initial_points": 2,
+        "synthesis.generator.pixel_train_steps": 300,
+        "synthesis.generator.num_steps": 20,
     },
     "default": {},
     "paper": {

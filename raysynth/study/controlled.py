@@ -18,7 +18,6 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -26,16 +25,14 @@ from raysynth.config import RunConfig, replace
 from raysynth.config.schema import DataConfig
 from raysynth.data import load_dataset, make_splits, to_tensor_array
 from raysynth.errors import ConfigError, DataError
+from raysynth.pipeline.learn import METHODS, final_accuracies, search
 from raysynth.rundir import RunDir
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays, ProtocolData
-from raysynth.train.protocol import evaluate
-from raysynth.tune.search import SearchResult
 
 log = logging.getLogger("raysynth.study")
 
 KINDS = ("same-class", "swapped", "morph", "noise")
-METHODS = ("supcon_real", "supcon_mixed", "unicon")
 
 
 @dataclass(frozen=True)
@@ -148,38 +145,6 @@ def build_study_data(spec: StudySpec, cfg: RunConfig) -> tuple[ProtocolData, Pro
     return val, test
 
 
-def final_accuracies(
-    data: ProtocolData, weights: list[float], cfg: RunConfig, storage: Path, resume: bool
-) -> dict[str, dict[str, Any]]:
-    """SupCon-Real, SupCon-Mixed and UniCon (at ``weights``) under the same protocol."""
-    seed = stable_seed(cfg.seed, "final")
-    out = {}
-    for method in METHODS:
-        w = weights if method == "unicon" else None
-        res = evaluate(data, method, w, cfg, seed, storage, method, resumable=True)
-        out[method] = res.summary()
-        log.info("final %s: %.4f ± %.4f", method, res.mean, res.std)
-    del resume
-    return out
-
-
-def run_search(val: ProtocolData, cfg: RunConfig, run: RunDir, resume: bool) -> SearchResult:
-    if cfg.tune.weights:
-        if len(cfg.tune.weights) != val.num_classes:
-            raise ConfigError(
-                f"tune.weights has {len(cfg.tune.weights)} values; give one per class "
-                f"({val.num_classes})"
-            )
-        return SearchResult(list(cfg.tune.weights), float("nan"), float("nan"), 0, 0, 0.0)
-    if cfg.tune.searcher == "gp":
-        from raysynth.tune.gp import search_weights_gp
-
-        return search_weights_gp(val, cfg, run.sub("tune") / "gp")
-    from raysynth.tune.search import search_weights
-
-    return search_weights(val, cfg, run.sub("tune"), resume=resume)
-
-
 def run_controlled(spec: StudySpec, cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     """Search the weights on val, then report the three methods on test. Needs Ray connected."""
     t0 = time.perf_counter()
@@ -192,14 +157,9 @@ def run_controlled(spec: StudySpec, cfg: RunConfig, out: str | Path, resume: boo
             "study %s: classes %s, k=%d, %d synthetic per class",
             spec.synthetic, ",".join(spec.classes), spec.k, len(val.synthetic) // val.num_classes,
         )
-        search = run.read_json("tune/summary.json")
-        if search is None:
-            result = run_search(val, cfg, run, resume)
-            search = {**result.summary(), "best_weights": result.best_weights,
-                      "history": result.history}
-            run.write_json("tune/summary.json", search)
-        weights = search["best_weights"]
-        accuracy = final_accuracies(test, weights, cfg, run.sub("train"), resume)
+        search_summary = search(val, cfg, run, resume)
+        weights = search_summary["best_weights"]
+        accuracy = final_accuracies(test, weights, cfg, run.sub("train"))
         report = {
             "preset": cfg.preset,
             "classes": list(spec.classes),
@@ -211,7 +171,10 @@ def run_controlled(spec: StudySpec, cfg: RunConfig, out: str | Path, resume: boo
             "weights": dict(zip(spec.classes, (float(w) for w in weights))),
             "accuracy": accuracy,
             "split": "test",
-            "tune": {k: search[k] for k in ("trials", "concurrency", "best_val_acc", "wall_s")},
+            "tune": {
+                k: search_summary[k]
+                for k in ("trials", "concurrency", "best_val_acc", "wall_s", "best_so_far")
+            },
             "timings": {"total_s": time.perf_counter() - t0},
         }
         run.write_json("report.json", report)

@@ -191,7 +191,8 @@ def load_pipeline(cfg: GeneratorConfig, device: torch.device) -> Any:
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{KEY}.model={cfg.model!r} could not be loaded: {exc}") from exc
-    if cfg.safety_checker and getattr(pipe, "safety_checker", None) is None:
+    has_checker = getattr(pipe, "safety_checker", None) is not None
+    if cfg.safety_checker and not (has_checker and getattr(pipe, "feature_extractor", None)):
         raise ConfigError(
             f"{KEY}.safety_checker=true but {cfg.model!r} ships no safety checker; set it to "
             "false or use a model folder that has one (safety_checker/ + feature_extractor/)"
@@ -214,8 +215,8 @@ def _load_adapters(pipe: Any, cfg: GeneratorConfig) -> None:
             pipe.load_lora_weights(str(folder), adapter_name=name, **where)
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
             raise ConfigError(
-                f"{KEY}.lora[{i}]={entry!r} does not fit {cfg.model!r}: {exc}; pass an adapter "
-                "trained for this model"
+                f"{KEY}.lora[{i}]={entry!r} does not fit {cfg.model!r}: {_brief(exc)}; pass an "
+                "adapter trained for this model"
             ) from exc
         loaded = {n for names_ in pipe.get_list_adapters().values() for n in names_}
         if name not in loaded:
@@ -226,6 +227,12 @@ def _load_adapters(pipe: Any, cfg: GeneratorConfig) -> None:
         names.append(name)
     weights = list(cfg.lora_weights) or [1.0] * len(names)
     pipe.set_adapters(names, adapter_weights=weights)
+
+
+def _brief(exc: Exception, lines: int = 3, chars: int = 600) -> str:
+    """The head of a long library message (a shape mismatch lists every layer)."""
+    text = "\n".join(str(exc).strip().splitlines()[:lines])
+    return text if len(text) <= chars else text[:chars] + " …"
 
 
 def build_latent_generator(spec: GeneratorSpec) -> Generator:
@@ -269,7 +276,14 @@ class LatentSampler:
         self.device = resolve_device(g.device)
         self.dtype = DTYPES[g.dtype]
         self.pipe = load_pipeline(g, self.device)
-        self.scheduler_config = dict(self.pipe.scheduler.config)
+        self.scheduler_config = dict(self.pipe.scheduler.config)  # the swapped-in scheduler's
+        try:
+            self.new_scheduler().set_timesteps(g.num_steps)
+        except ValueError as exc:  # e.g. PNDM's Runge-Kutta warm-up needs num_steps >= 4
+            raise ConfigError(
+                f"{KEY}.scheduler={g.scheduler} cannot run num_steps={g.num_steps} with this "
+                f"model's scheduler config ({exc}); raise num_steps or pick another scheduler"
+            ) from exc
         self.prediction_type = self.pipe.scheduler.config.prediction_type
         self.image_size = spec.image_size or g.image_size
         self.feedback = build_feedback(spec, self.device, decode=self.decode_for_classifier)

@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from raysynth.config.schema import ClassifierConfig, EndToEndConfig
+from raysynth.mix.mixing import mix_batch
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import augment
 from raysynth.train.models import ImageClassifier, MLPClassifier, build_encoder
-
-METHODS = ("supcon_real", "supcon_mixed", "unicon")
 
 
 def fit_mlp(
@@ -84,13 +83,15 @@ def fit_end_to_end(
     start_epoch: int = 0,
     model: ImageClassifier | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    mix_fraction: float = 0.0,
 ) -> ImageClassifier:
     """Train encoder + linear head on real ∪ synthetic.
 
     Each mini-batch holds ``round(B·synthetic_share)`` synthetic rows (drawn at random) and the
     rest real rows (an epoch is one pass over the real rows). With ``balanced_softmax`` the loss
     uses ``logits + log prior`` (prior of the batches), so the plain logits are balanced at test
-    time (paper 002 §4).
+    time (paper 002 §4). ``mix_fraction > 0`` applies DiffCoRe-Mix to that share of the real
+    rows of each batch, each mixed with a synthetic image of its class (paper 003).
     """
     torch.manual_seed(seed)
     model = model or ImageClassifier(build_encoder(encoder_cfg), num_classes).to(device)
@@ -112,6 +113,8 @@ def fit_end_to_end(
         for i in range(0, len(yr), n_real):
             b = perm[i : i + n_real].to(device)
             x, y = xr[b], yr[b]
+            if mix_fraction and len(ys):
+                x, _ = mix_batch(x, y, xs, ys, mix_fraction, gen)
             if n_syn:
                 s = torch.randint(len(ys), (n_syn,), generator=gen).to(device)
                 x, y = torch.cat([x, xs[s]]), torch.cat([y, ys[s]])

@@ -124,7 +124,7 @@ def end_to_end_loop(config: dict[str, Any]) -> None:
     model = fit_end_to_end(
         real, config["synthetic"], config["num_classes"], config["encoder_cfg"], cfg,
         config["aug_kind"], config["seed"], dev, on_epoch=on_epoch, start_epoch=start,
-        model=model, optimizer=opt,
+        model=model, optimizer=opt, mix_fraction=config.get("mix_fraction", 0.0),
     )
     metrics: dict[str, Any] = {}
     if session.rank == 0:

@@ -103,3 +103,10 @@ def test_config_file_can_start_from_a_preset(tmp_path):
     f.write_text("base: nothing-like-this\n")
     with pytest.raises(ConfigError, match="does not exist"):
         build_config(config_file=f)
+
+
+def test_budget_overrides_the_preset_but_not_set():
+    preset = build_config("digits")
+    paper = build_config("digits", overrides={"budget": "paper"})
+    assert preset.encoder.epochs < paper.encoder.epochs == 200
+    assert build_config("digits", overrides={"budget": "smoke"}).tune.num_samples == 4

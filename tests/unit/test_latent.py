@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from raysynth import columns as col
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
@@ -20,6 +21,7 @@ from raysynth.synthesis.generators import GeneratorSpec, build_generator, identi
 from raysynth.synthesis.guidance import predicted_x0
 from raysynth.synthesis.latent import (
     SCHEDULERS,
+    _guidance_frame,
     check_adapters,
     check_model_available,
     check_scheduler,
@@ -363,6 +365,28 @@ def test_one_guided_step_raises_the_entropy_of_the_decoded_prediction(models):
     assert (after > before).all(), (before, after)
 
 
+def test_euler_guidance_frame_matches_the_schedulers_own_prediction():
+    """Euler keeps ``x0 + σε``; guidance works on ``c·latents`` with ᾱ = 1/(σ²+1)."""
+    from diffusers import EulerDiscreteScheduler
+
+    sched = EulerDiscreteScheduler.from_config(_scheduler("v_prediction").config)
+    sched.set_timesteps(4)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 8, 8, generator=g) * sched.init_noise_sigma
+    v = torch.randn(1, 4, 8, 8, generator=g)
+    t = sched.timesteps[1]
+    x_in = sched.scale_model_input(latents, t)
+    c, abar = _guidance_frame(sched, t)
+    torch.testing.assert_close(x_in, latents * c)
+    expected = sched.step(v, t, latents).pred_original_sample
+    torch.testing.assert_close(predicted_x0(x_in, v, abar, "v_prediction"), expected)
+
+
+def test_pndm_with_too_few_steps_is_a_config_error(models):
+    with pytest.raises(ConfigError, match="num_steps=2"):
+        build_generator(_spec(models, scheduler="pndm", num_steps=2))
+
+
 # model, scheduler and prediction type --------------------------------------------------------------
 
 
@@ -418,10 +442,17 @@ def test_lora_adapter_changes_the_output(models):
     assert gen.identity()["lora"] == [models["lora"]]
 
 
-def test_lora_for_another_architecture_names_the_adapter(models):
-    with pytest.raises(ConfigError, match="lora_other_arch") as err:
+def test_lora_for_another_architecture_names_the_adapter(models, tmp_path):
+    with pytest.raises(ConfigError, match="(?s)lora_other_arch.*size mismatch"):
         build_generator(_spec(models, lora=(models["lora_bad"],)))
-    print(err.value)
+    # the same adapter with its target modules renamed away, and one for another component
+    weights = load_file(f"{models['lora']}/pytorch_lora_weights.safetensors")
+    for name, rename in (("absent", ("attn", "attnX")), ("elsewhere", ("unet.", "prior."))):
+        (tmp_path / name).mkdir()
+        moved = {k.replace(*rename): v for k, v in weights.items()}
+        save_file(moved, str(tmp_path / name / "pytorch_lora_weights.safetensors"))
+        with pytest.raises(ConfigError, match=f"lora\\[0\\]='.*{name}'"):
+            build_generator(_spec(models, lora=(str(tmp_path / name),)))
 
 
 def test_missing_adapter_folder_is_a_config_error(models, tmp_path):

@@ -1,0 +1,1 @@
+"""The main job wired from the stages: prepare, synthesize, learn, run."""

@@ -1,0 +1,194 @@
+"""Plan → generate → filter rounds (DESIGN §1, METHODS §3).
+
+Round 0 plans each class's quota. After each round the accepted images are counted per class
+and every class short of its quota gets a new round of rows (new ``sample_id``s and seeds, as
+``round`` is part of their hash), until every quota is met or ``filter.max_rounds`` is reached;
+whatever stays unfilled is reported. Accepted and rejected rows both stay in the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raysynth import columns as col
+from raysynth.config.schema import RunConfig
+from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
+from raysynth.filter.threshold import class_thresholds
+from raysynth.pipeline.prepare import RealData
+from raysynth.rundir import RunDir
+from raysynth.seeding import stable_seed
+from raysynth.synthesis.generators import GeneratorSpec
+from raysynth.synthesis.pipeline import generate, plan_round, quotas
+from raysynth.synthesis.table import iter_tables
+
+log = logging.getLogger("raysynth.pipeline")
+
+
+def embedder_spec(cfg: RunConfig, real: RealData, classifier_folder: Path | None) -> EmbedderSpec:
+    return EmbedderSpec(
+        filter=cfg.filter,
+        classifier_folder=str(classifier_folder or ""),
+        channels=real.channels,
+        image_size=real.image_size,
+        device=cfg.synthesis.generator.device,
+    )
+
+
+def real_embeddings(run: RunDir, real: RealData, spec: EmbedderSpec, cfg: RunConfig) -> dict:
+    """Embeddings of the real train images, computed once per run (``real/embeddings.npz``)."""
+    path = run.root / "real" / "embeddings.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        return dict(zip(z["ids"].tolist(), z["emb"]))
+    import ray
+
+    from raysynth.data.store import real_path
+
+    ds = ray.data.read_parquet(str(real_path(run.root, "train")), columns=[col.SAMPLE_ID, col.LABEL, col.IMAGE])
+    from ray.data import ActorPoolStrategy
+
+    ds = ds.map_batches(
+        ImageEmbedder,
+        fn_constructor_kwargs={"spec": spec},
+        batch_size=cfg.filter.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=cfg.synthesis.max_actors),
+        num_gpus=cfg.synthesis.gpus_per_actor,
+        num_cpus=cfg.synthesis.cpus_per_actor,
+    )
+    ids, emb = [], []
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        ids.extend(str(i) for i in batch[col.SAMPLE_ID])
+        emb.extend(np.asarray(e, np.float32) for e in batch["embedding"])
+    arr = np.stack(emb)
+    tmp = path.with_name(".embeddings.tmp.npz")
+    np.savez(tmp, ids=np.array(ids), emb=arr)
+    tmp.replace(path)
+    return dict(zip(ids, arr))
+
+
+def thresholds(cfg: RunConfig, real: RealData, emb: dict) -> np.ndarray:
+    """Per-class acceptance thresholds (mean cosine of real pairs, or the fixed value)."""
+    if cfg.filter.threshold == "fixed":
+        return np.full(real.num_classes, cfg.filter.fixed_threshold)
+    idx = real.splits.train
+    ids = [real.images.sample_ids[i] for i in idx]
+    vectors = np.stack([emb[i] for i in ids])
+    return class_thresholds(
+        vectors, real.images.labels[idx], real.num_classes, cfg.filter.pairs,
+        stable_seed(cfg.seed, "pairs"),
+    )
+
+
+def accepted_per_class(
+    root: Path, num_classes: int, before_round: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Accepted and rejected counts per class (rounds ``< before_round`` when given).
+
+    Counting only earlier rounds makes round r's plan a function of rounds 0..r-1 alone, so a
+    run interrupted inside round r plans exactly the same rows when it resumes.
+    """
+    acc = np.zeros(num_classes, np.int64)
+    rej = np.zeros(num_classes, np.int64)
+    for t in iter_tables(root, [col.LABEL, col.ACCEPTED, col.ROUND]):
+        y = np.asarray(t[col.LABEL].to_numpy(zero_copy_only=False), np.int64)
+        a = np.asarray(t[col.ACCEPTED].fill_null(False).to_numpy(zero_copy_only=False), bool)
+        if before_round is not None:
+            keep = np.asarray(t[col.ROUND].to_numpy(zero_copy_only=False)) < before_round
+            y, a = y[keep], a[keep]
+        np.add.at(acc, y[a], 1)
+        np.add.at(rej, y[~a], 1)
+    return acc, rej
+
+
+def synthesize(
+    run: RunDir,
+    cfg: RunConfig,
+    real: RealData,
+    gen_spec: GeneratorSpec,
+    classifier_folder: Path | None,
+) -> dict[str, Any]:
+    """Run the rounds; returns the ``synthesis`` section of report.json."""
+    t0 = time.perf_counter()
+    root = run.sub("synthetic")
+    quota = quotas(cfg.synthesis, real.train_counts())
+    espec = embedder_spec(cfg, real, classifier_folder)
+    emb = real_embeddings(run, real, espec, cfg)
+    tau = thresholds(cfg, real, emb)
+    fspec = FilterSpec(espec, emb, tau, enabled=cfg.filter.enabled)
+
+    def filter_stage(ds: Any) -> Any:
+        from ray.data import ActorPoolStrategy
+
+        return ds.map_batches(
+            FilterScorer,
+            fn_constructor_kwargs={"spec": fspec},
+            batch_size=cfg.filter.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=1, max_size=cfg.synthesis.max_actors),
+            num_gpus=cfg.synthesis.gpus_per_actor,
+            num_cpus=cfg.synthesis.cpus_per_actor,
+        )
+
+    want = np.array([quota.get(c, 0) for c in range(real.num_classes)])
+    planned = generated = 0
+    rounds = 0
+    for r in range(cfg.filter.max_rounds + 1):
+        acc, _ = accepted_per_class(root, real.num_classes, before_round=r)
+        deficit = np.maximum(want - acc, 0) if r else want
+        if r and not deficit.any():
+            break
+        counts = {c: int(n) for c, n in enumerate(deficit) if n > 0}
+        rows = plan_round(cfg.synthesis, real.class_names, real.ids_by_class(), counts, cfg.seed, r)
+        log.info("synthesis round %d: %d images for %d classes", r, len(rows), len(counts))
+        stats = generate(rows, gen_spec, root, cfg.synthesis, [filter_stage], f"round-{r:03d}")
+        planned += stats.planned
+        generated += stats.generated
+        rounds = r + 1
+        if not cfg.filter.enabled:
+            break
+    acc, rej = accepted_per_class(root, real.num_classes)
+    unfilled = np.maximum(want - acc, 0)
+    if unfilled.any():
+        short = {real.class_names[c]: int(n) for c, n in enumerate(unfilled) if n}
+        log.warning("after %d rounds some classes are short of their quota: %s", rounds, short)
+    return {
+        "planned": int(want.sum()),
+        "generated": int(acc.sum() + rej.sum()),
+        "generated_this_run": int(generated),
+        "accepted": int(acc.sum()),
+        "rejected": int(rej.sum()),
+        "rounds": rounds,
+        "wall_s": time.perf_counter() - t0,
+        "per_class": {
+            real.class_names[c]: {
+                "quota": int(want[c]),
+                "accepted": int(acc[c]),
+                "rejected": int(rej[c]),
+                "threshold": None if np.isnan(tau[c]) else float(tau[c]),
+                "unfilled": int(unfilled[c]),
+            }
+            for c in range(real.num_classes)
+        },
+    }
+
+
+def accepted_arrays(root: Path, real: RealData) -> Any:
+    """The accepted synthetic images as training arrays (decoded on the driver: few-shot scale)."""
+    from raysynth.data import to_tensor_array
+    from raysynth.train.arrays import LabeledArrays
+
+    pngs: list[bytes] = []
+    labels: list[int] = []
+    for t in iter_tables(root, [col.LABEL, col.IMAGE, col.ACCEPTED]):
+        keep = t.filter(t[col.ACCEPTED].fill_null(False))
+        pngs.extend(keep[col.IMAGE].to_pylist())
+        labels.extend(keep[col.LABEL].to_pylist())
+    if not pngs:
+        return LabeledArrays.empty_like(real.arrays("train"))
+    return LabeledArrays(to_tensor_array(pngs, real.channels), np.array(labels, np.int64))
