@@ -95,6 +95,7 @@ def check_models(cfg: RunConfig) -> None:
 
         latent.check_model_available(g)
         latent.check_scheduler(g.scheduler)
+        latent.check_adapters(g)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
         from raysynth.filter.embedders import check_clip_available
 
