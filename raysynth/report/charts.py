@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 ACCEPTED_COLOUR = "#2e8b57"
 REJECTED_COLOUR = "#c0392b"
@@ -42,18 +43,20 @@ def weights_chart(weights: Mapping[str, float]) -> bytes:
     """Learned weight per class as bars on a fixed 0..1 axis."""
     names = list(weights)
     values = [_finite(weights[n]) for n in names]
-    fig = Figure(figsize=(min(14.0, 3.0 + 0.35 * len(names)), 3.2))
+    fig = Figure(figsize=(min(14.0, 4.5 + 0.3 * len(names)), 3.2))
     ax = fig.add_subplot()
     ax.bar(range(len(names)), values, color=BAR_COLOUR)
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("weight")
-    ax.set_title("learned weight per class (0 = distrust synthetic, 1 = trust)", fontsize=10)
+    ax.set_title("0 = distrust synthetic images, 1 = trust them", fontsize=9)
     _class_axis(ax, names)
     fig.tight_layout()
     return png_bytes(fig)
 
 
-def grouped_accuracy_chart(series: Mapping[str, Mapping[str, float]], groups: Sequence[str]) -> bytes:
+def grouped_accuracy_chart(
+    series: Mapping[str, Mapping[str, float]], groups: Sequence[str]
+) -> bytes:
     """Accuracy (%) per group (overall, many, medium, few) with one bar per series."""
     fig = Figure(figsize=(6.5, 3.2))
     ax = fig.add_subplot()
@@ -95,12 +98,15 @@ def cosine_histograms(
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
     for ax, name in zip(axes.flat, names):
         accepted, rejected = scores[name]
-        ax.hist([accepted, rejected], bins=bins, stacked=True, color=[ACCEPTED_COLOUR, REJECTED_COLOUR])
+        ax.hist(
+            [accepted, rejected], bins=bins, stacked=True, color=[ACCEPTED_COLOUR, REJECTED_COLOUR]
+        )
         t = thresholds.get(name, float("nan"))
         if math.isfinite(t):
             ax.axvline(t, color="black", linestyle="--", linewidth=1)
         ax.set_title(f"{name} ({len(accepted)} / {len(rejected)})", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(
@@ -117,6 +123,7 @@ def best_so_far_chart(values: Sequence[float]) -> bytes:
     ax = fig.add_subplot()
     ax.plot(range(1, len(y) + 1), y, marker="o" if len(y) <= 40 else None, markersize=3)
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("best validation accuracy (%)")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -79,7 +79,9 @@ def render_report(
     names = [str(c) for c in meta.get("class_names") or report.get("classes") or []]
     shown = names[:max_classes]
     if len(names) > len(shown):
-        log.info("image strips and histograms for the first %d of %d classes", len(shown), len(names))
+        log.info(
+            "image strips and histograms for the first %d of %d classes", len(shown), len(names)
+        )
     gallery = collect_gallery(root, names, shown, per_class)
     for name, t in _dict(_dict(report.get("synthesis")).get("per_class")).items():
         if _finite(_dict(t).get("threshold")) is not None and name in gallery.scores:
@@ -113,7 +115,10 @@ def collect_gallery(root: Path, names: list[str], shown: list[str], per_class: i
     steps: list[tuple[str, Callable[[], None]]] = [
         ("real thumbnails", lambda: _real_thumbs(root, names, g.real, per_class)),
         ("cosine scores", lambda: _scores(root / "synthetic", names, g)),
-        ("synthetic thumbnails", lambda: _synthetic_thumbs(root / "synthetic", names, g, per_class)),
+        (
+            "synthetic thumbnails",
+            lambda: _synthetic_thumbs(root / "synthetic", names, g, per_class),
+        ),
     ]
     for what, step in steps:
         try:
@@ -131,7 +136,9 @@ def _real_thumbs(root: Path, names: list[str], out: dict[str, list[Thumb]], k: i
     path = real_path(root, "train")
     if not path.is_file():
         return
-    for batch in pq.ParquetFile(path).iter_batches(1024, columns=[col.SAMPLE_ID, col.LABEL, col.IMAGE]):
+    for batch in pq.ParquetFile(path).iter_batches(
+        1024, columns=[col.SAMPLE_ID, col.LABEL, col.IMAGE]
+    ):
         ids, labels = batch.column(0).to_pylist(), batch.column(1).to_pylist()
         for i, label in enumerate(labels):
             bucket = out.get(_name(names, label))
@@ -205,10 +212,16 @@ def accuracy_table(report: dict) -> Table | None:
     for m in keys:
         a = _dict(acc[m])
         rows.append(
-            [METHODS.get(m, m), f"{_pct(a.get('mean'))} ± {_pct(a.get('std'))}", _num(a.get("runs"))]
+            [
+                METHODS.get(m, m),
+                f"{_pct(a.get('mean'))} ± {_pct(a.get('std'))}",
+                _num(a.get("runs")),
+            ]
         )
         means.append(_finite(a.get("mean")))
-    best = max((i for i, v in enumerate(means) if v is not None), key=lambda i: means[i], default=None)
+    best = max(
+        (i for i, v in enumerate(means) if v is not None), key=lambda i: means[i], default=None
+    )
     return Table(["method", f"{split} accuracy (%), mean ± std", "runs"], rows, best)
 
 
@@ -267,8 +280,12 @@ def tune_table(report: dict) -> Table | None:
     t = _dict(report.get("tune"))
     if not t:
         return None
-    row = [_num(t.get("trials")), _num(t.get("concurrency")), _pct(t.get("best_val_acc")),
-           _dur(t.get("wall_s"))]
+    row = [
+        _num(t.get("trials")),
+        _num(t.get("concurrency")),
+        _pct(t.get("best_val_acc")),
+        _dur(t.get("wall_s")),
+    ]
     return Table(["trials", "concurrent", "best val accuracy (%)", "wall time"], [row])
 
 
@@ -281,14 +298,19 @@ def timings_table(report: dict) -> Table | None:
 
 
 def counts_table(report: dict) -> Table | None:
-    counts = {k: v for k, v in _dict(_dict(report.get("data")).get("counts")).items()
-              if isinstance(v, list)}
+    counts = {
+        k: v
+        for k, v in _dict(_dict(report.get("data")).get("counts")).items()
+        if isinstance(v, list)
+    }
     if not counts:
         return None
     classes = [str(c) for c in report.get("classes", [])]
     n = max(len(v) for v in counts.values())
-    rows = [[_name(classes, i), *(_num(v[i]) if i < len(v) else DASH for v in counts.values())]
-            for i in range(n)]
+    rows = [
+        [_name(classes, i), *(_num(v[i]) if i < len(v) else DASH for v in counts.values())]
+        for i in range(n)
+    ]
     return Table(["class", *counts], rows)
 
 
@@ -329,8 +351,14 @@ def _md_table(t: Table) -> str:
 
 
 def build_markdown(report: dict, skipped: Any = ()) -> str:
-    out = [f"# raysynth report: {report.get('preset', 'run')}", "", summary_line(report), "",
-           "See report.html for the images and charts.", ""]
+    out = [
+        f"# raysynth report: {report.get('preset', 'run')}",
+        "",
+        summary_line(report),
+        "",
+        "See report.html for the images and charts.",
+        "",
+    ]
 
     def section(title: str, tables: Iterable[Table | None], note: str = "") -> None:
         tables = [t for t in tables if t is not None]
@@ -343,8 +371,11 @@ def build_markdown(report: dict, skipped: Any = ()) -> str:
     section("Classifier accuracy per group", [classifier_table(report)])
     weights = weights_of(report)
     if weights:
-        section("Learned weight per class", [weights_table(weights)],
-                "0 = distrust the synthetic images of the class, 1 = trust them.")
+        section(
+            "Learned weight per class",
+            [weights_table(weights)],
+            "0 = distrust the synthetic images of the class, 1 = trust them.",
+        )
     section("Synthesis", synthesis_tables(report))
     section("Weight search", [tune_table(report)])
     section("Timings", [timings_table(report)])
@@ -430,13 +461,18 @@ def _html_images(g: Gallery, total: int) -> list[str]:
         out.append("<h2>Images per class</h2>")
         if total > len(g.real):
             out.append(f'<p class="note">The first {len(g.real)} of {total} classes.</p>')
-        out.append('<p class="note">Real training images, then synthetic images the filter '
-                   "accepted and rejected, each captioned with its cosine score.</p>")
+        out.append(
+            '<p class="note">Real training images, then synthetic images the filter '
+            "accepted and rejected, each captioned with its cosine score.</p>"
+        )
         for n in shown:
-            out.append(f'<section class="cls"><h3>class {_e(n)}</h3>'
-                       + _strip("real", g.real[n], "real")
-                       + _strip("accepted", g.accepted[n], "accepted")
-                       + _strip("rejected", g.rejected[n], "rejected") + "</section>")
+            out.append(
+                f'<section class="cls"><h3>class {_e(n)}</h3>'
+                + _strip("real", g.real[n], "real")
+                + _strip("accepted", g.accepted[n], "accepted")
+                + _strip("rejected", g.rejected[n], "rejected")
+                + "</section>"
+            )
     scored = {n: s for n, s in g.scores.items() if s[0] or s[1]}
     if scored:
         out.append("<h2>Cosine scores per class</h2>")
@@ -444,7 +480,9 @@ def _html_images(g: Gallery, total: int) -> list[str]:
     return out
 
 
-def build_html(report: dict, skipped: Any = (), gallery: Gallery | None = None, total: int = 0) -> str:
+def build_html(
+    report: dict, skipped: Any = (), gallery: Gallery | None = None, total: int = 0
+) -> str:
     g = gallery or Gallery()
     title = f"raysynth report: {report.get('preset', 'run')}"
     body = [f"<h1>{_e(title)}</h1>", f'<p class="summary">{_e(summary_line(report))}</p>']
@@ -453,11 +491,17 @@ def build_html(report: dict, skipped: Any = (), gallery: Gallery | None = None, 
     if (t := classifier_table(report)) is not None:
         series = _classifier_series(report)
         groups = [gr for gr in GROUPS if any(gr in s for s in series.values())]
-        body += ["<h2>Classifier accuracy per group</h2>", _html_table(t),
-                 _img(charts.grouped_accuracy_chart(series, groups), "accuracy per group")]
+        body += [
+            "<h2>Classifier accuracy per group</h2>",
+            _html_table(t),
+            _img(charts.grouped_accuracy_chart(series, groups), "accuracy per group"),
+        ]
     if weights := weights_of(report):
-        body += ["<h2>Learned weight per class</h2>", _img(charts.weights_chart(weights), "weights"),
-                 f"<details><summary>values</summary>{_html_table(weights_table(weights))}</details>"]
+        body += [
+            "<h2>Learned weight per class</h2>",
+            _img(charts.weights_chart(weights), "weights"),
+            f"<details><summary>values</summary>{_html_table(weights_table(weights))}</details>",
+        ]
     if tables := synthesis_tables(report):
         body += ["<h2>Synthesis</h2>", *map(_html_table, tables)]
     body += _html_images(g, total)

@@ -1,0 +1,312 @@
+"""report.json → report.md + self-contained report.html, on a tiny hand-built run directory."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from raysynth.data.images import encode_png
+from raysynth.data.sources import ImageSet
+from raysynth.data.splits import Splits
+from raysynth.data.store import write_real
+from raysynth.errors import RunDirError
+from raysynth.report import render as render_mod
+from raysynth.report import render_report
+from raysynth.synthesis.stage import SYNTHETIC_SCHEMA
+
+CLASSES = ["0", "1", "2"]
+REPORT = {
+    "preset": "digits",
+    "flow": "unicon",
+    "classes": CLASSES,
+    "weights": {"0": 0.81, "1": 0.12, "2": 0.5},
+    "accuracy": {
+        "supcon_real": {"mean": 0.9, "std": 0.01, "runs": 9},
+        "supcon_mixed": {"mean": 0.88, "std": 0.02, "runs": 9},
+        "unicon": {"mean": 0.9312, "std": 0.0051, "runs": 9},
+    },
+    "split": "test",
+    "synthesis": {
+        "planned": 30,
+        "generated": 38,
+        "accepted": 13,
+        "rejected": 15,
+        "rounds": 2,
+        "flagged": 1,
+        "per_class": {
+            "0": {"accepted": 10, "rejected": 4, "threshold": 0.71, "unfilled": 0},
+            "1": {"accepted": 2, "rejected": 9, "threshold": 0.73, "unfilled": 8},
+            "2": {"accepted": 1, "rejected": 1, "threshold": 0.6, "unfilled": 9},
+        },
+    },
+    "tune": {
+        "trials": 12,
+        "concurrency": 2,
+        "best_val_acc": 0.93,
+        "wall_s": 500.0,
+        "best_so_far": [0.8, 0.85, 0.85, 0.93],
+    },
+    "timings": {"total_s": 600.0, "stages": {"data": 1.0, "synthesis": 60.0, "search": 400.0}},
+    "data": {
+        "skipped": [["inputs/bad <1>.png", "not an image"]],
+        "counts": {"train": [10, 10, 10], "val": [1, 1, 1]},
+    },
+}
+# Thumbnails the full run dir yields (8 per kind at most): real 8 per class; accepted
+# 8 (of 10) + 2 + 1; rejected 3 (the flagged row has no image) + 8 (of 9) + 1.
+N_REAL, N_ACCEPTED, N_REJECTED = 24, 11, 12
+N_CHARTS = 3  # weights, cosine histograms, best-so-far
+
+
+def _png(rng: np.random.Generator, size: int = 8, rgb: bool = False) -> bytes:
+    shape = (size, size, 3) if rgb else (size, size)
+    return encode_png(rng.integers(0, 256, shape, dtype=np.uint8))
+
+
+def write_real_split(run: Path, per_class: int = 10) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(len(CLASSES)), per_class + 2)
+    data = ImageSet(
+        images=[_png(rng) for _ in labels],
+        labels=labels,
+        class_names=CLASSES,
+        sources=[f"img{i}.png" for i in range(len(labels))],
+        skipped=[("inputs/bad <1>.png", "not an image")],
+        channels=1,
+    )
+    pos = np.arange(len(labels)) % (per_class + 2)
+    idx = np.arange(len(labels))
+    write_real(
+        run, data, Splits(idx[pos < per_class], [], idx[pos == per_class], idx[pos > per_class])
+    )
+
+
+def synthetic_rows(label: int, n: int, accepted: bool | None, start: int, cos0: float, **kw):
+    rng = np.random.default_rng(label * 100 + start)
+    return [
+        {
+            "sample_id": f"syn-{label}-{start + i:04d}",
+            "label": label,
+            "class_name": CLASSES[label],
+            "round": kw.get("round", 0),
+            "seed": start + i,
+            "prompt": f"a digit {label}",
+            "image": None
+            if kw.get("flagged")
+            else _png(rng, kw.get("size", 8), kw.get("rgb", False)),
+            "flagged": bool(kw.get("flagged")),
+            "real_cos": cos0 + 0.001 * i,
+            "threshold": kw.get("threshold", 0.7),
+            "accepted": accepted,
+        }
+        for i in range(n)
+    ]
+
+
+def write_synthetic(run: Path, name: str, rows: list[dict]) -> None:
+    path = run / "synthetic" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=SYNTHETIC_SCHEMA), path)
+
+
+def make_run(run: Path, report: dict = REPORT) -> Path:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "report.json").write_text(json.dumps(report))
+    write_real_split(run)
+    write_synthetic(
+        run,
+        "round-000/block-0.parquet",
+        synthetic_rows(0, 10, True, 0, 0.8123)
+        + synthetic_rows(0, 3, False, 10, 0.5)
+        + synthetic_rows(0, 1, False, 13, 0.4, flagged=True)
+        + synthetic_rows(1, 2, True, 0, 0.9)
+        + synthetic_rows(1, 9, False, 2, 0.3)
+        + synthetic_rows(2, 2, None, 0, float("nan")),  # not filtered yet: shown nowhere
+    )
+    write_synthetic(
+        run,
+        "round-001/block-0.parquet",
+        synthetic_rows(2, 1, True, 10, 0.65, round=1, size=300, rgb=True)
+        + synthetic_rows(2, 1, False, 11, 0.55, round=1),
+    )
+    return run
+
+
+class TagChecker(HTMLParser):
+    """Collects <img> attributes and checks that every non-void tag is closed in order."""
+
+    VOID = {"meta", "img", "br", "hr", "input", "link", "source"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.imgs: list[dict] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        elif tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def parse(html: str) -> TagChecker:
+    checker = TagChecker()
+    checker.feed(html)
+    checker.close()
+    assert checker.errors == [] and checker.stack == [], (checker.errors, checker.stack)
+    return checker
+
+
+def _decode(img: dict) -> Image.Image:
+    prefix = "data:image/png;base64,"
+    assert img["src"].startswith(prefix)
+    im = Image.open(io.BytesIO(base64.b64decode(img["src"][len(prefix) :])))
+    im.load()
+    assert im.format == "PNG"
+    return im
+
+
+def test_full_report_is_self_contained_and_shows_everything(tmp_path):
+    run = make_run(tmp_path / "run")
+    md_path, html_path = render_report(run)
+    assert (md_path, html_path) == (run / "report.md", run / "report.html")
+    html, md = html_path.read_text(), md_path.read_text()
+
+    page = parse(html)
+    assert len(page.imgs) == html.count("<img") == N_CHARTS + N_REAL + N_ACCEPTED + N_REJECTED
+    sizes = Counter(_decode(img).size for img in page.imgs)
+    # the 300×300 synthetic image was shrunk before embedding; the 8×8 ones kept as they are
+    assert sizes[(8, 8)] == N_REAL + N_ACCEPTED + N_REJECTED - 1 and sizes[(128, 128)] == 1
+    assert html.count('class="thumb real"') == N_REAL
+    assert html.count('class="thumb accepted"') == N_ACCEPTED
+    assert html.count('class="thumb rejected"') == N_REJECTED
+    # nothing fetched from outside: no external src/href, no stylesheet links, no CSS urls
+    assert 'src="http' not in html and "href=" not in html and "url(" not in html
+    assert {"link", "iframe", "object"}.isdisjoint(page.tags)
+    assert "image-rendering: pixelated" in html
+
+    for text in (html, md):
+        assert "93.12 ± 0.51" in text and "90.00 ± 1.00" in text and "88.00 ± 2.00" in text
+        assert "0.810" in text and "0.120" in text  # weights
+        assert "0.710" in text and "0.730" in text  # per-class thresholds
+        assert "preset digits · flow unicon · 3 classes (0, 1, 2) · total time 10.0 min" in text
+        assert "8.3 min" in text  # search wall time
+    assert '<tr class="best"><td>UniCon</td>' in html
+    assert "| **UniCon** | **93.12 ± 0.51** | **9** |" in md
+    assert "see report.html for the images" in md.lower() and "<img" not in md
+
+    # captions carry the cosine scores, accepted and rejected
+    assert "<figcaption>cos 0.812</figcaption>" in html
+    assert "<figcaption>cos 0.500</figcaption>" in html
+    assert "<figcaption>cos 0.650</figcaption>" in html
+    assert "cos nan" not in html and "syn-2-0000" not in html  # unfiltered rows are not shown
+    # skipped inputs listed by name, escaped in the HTML
+    assert "inputs/bad &lt;1&gt;.png: not an image" in html
+    assert "inputs/bad <1>.png: not an image" in md
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".report")]
+
+
+def test_user_strings_are_escaped(tmp_path):
+    evil = "<script>alert(1)</script>"
+    report = {
+        "preset": evil,
+        "classes": [evil],
+        "weights": {evil: 0.5},
+        "synthesis": {"per_class": {evil: {"accepted": 1}}},
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    _, html_path = render_report(tmp_path)
+    html = html_path.read_text()
+    assert evil not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    parse(html)
+
+
+PARTIAL = [
+    ({}, 0),
+    ({"preset": "digits"}, 0),
+    ({"preset": "digits", "accuracy": {"unicon": {"mean": 0.5}}}, 0),
+    ({"weights": {"0": 0.3}, "tune": {"trials": 3}}, 1),
+    ({"tune": {"best_so_far": [0.1, float("nan"), 0.4]}, "synthesis": {"planned": 5}}, 1),
+    ({"synthesis": {"per_class": {"0": {"threshold": None}}}, "timings": {"stages": {}}}, 0),
+    ({"accuracy": {"unicon": "broken"}, "weights": [0.2, 0.4], "classes": ["a", "b"]}, 1),
+]
+
+
+@pytest.mark.parametrize(("report", "n_img"), PARTIAL)
+def test_partial_report_renders_what_is_there(tmp_path, report, n_img):
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    md_path, html_path = render_report(tmp_path)
+    html = html_path.read_text()
+    assert len(parse(html).imgs) == n_img
+    assert md_path.read_text().startswith("# raysynth report")
+    if "accuracy" in report and isinstance(report["accuracy"]["unicon"], dict):
+        assert "50.00 ± —" in html and "50.00 ± —" in md_path.read_text()
+
+
+def test_classifier_flow_shows_groups_with_and_without_synthetic(tmp_path):
+    report = {
+        "preset": "digits-lt",
+        "flow": "classifier",
+        "classes": CLASSES,
+        "classifier": {
+            "real_only": {"overall": 0.8, "many": 0.9, "medium": 0.8, "few": 0.5},
+            "with_synthetic": {"overall": 0.85, "many": 0.9, "medium": 0.85, "few": 0.7},
+        },
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    md_path, html_path = render_report(tmp_path)
+    html, md = html_path.read_text(), md_path.read_text()
+    assert len(parse(html).imgs) == 1  # the grouped bar chart
+    assert "| few | 50.00 | 70.00 | +20.00 |" in md
+    assert "| many | 90.00 | 90.00 | +0.00 |" in md
+    assert "<td>few</td><td>50.00</td><td>70.00</td><td>+20.00</td>" in html
+    assert "real only (%)" in html and "with synthetic (%)" in html
+
+
+def test_synthetic_table_is_read_only_until_every_class_is_full(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "run")
+    # round-000 now covers every class, so one thumbnail of each kind needs only that file
+    write_synthetic(
+        run,
+        "round-000/block-1.parquet",
+        synthetic_rows(2, 1, True, 20, 0.9) + synthetic_rows(2, 1, False, 21, 0.1),
+    )
+    image_reads = []
+    real_iter = render_mod.iter_tables
+
+    def counting(root, columns=None):
+        for t in real_iter(root, columns):
+            if "image" in t.column_names:
+                image_reads.append(t.num_rows)
+            yield t
+
+    monkeypatch.setattr(render_mod, "iter_tables", counting)
+    _, html_path = render_report(run, per_class=1)
+    html = html_path.read_text()
+    assert len(image_reads) == 2  # both round-000 files, not round-001
+    assert html.count('class="thumb real"') == 3
+    assert html.count('class="thumb accepted"') == 3 and html.count('class="thumb rejected"') == 3
+
+
+def test_missing_report_json_says_what_to_do(tmp_path):
+    with pytest.raises(RunDirError, match="report.json is missing"):
+        render_report(tmp_path)
