@@ -28,11 +28,6 @@ class EmbedderSpec:
     device: str = "auto"
 
 
-def uses_classifier(cfg: FilterConfig, image_size: int) -> bool:
-    """``auto`` embeds small images (≤ 32 px) with the real-split classifier, photos with CLIP."""
-    return cfg.embedder == "classifier" or (cfg.embedder == "auto" and image_size <= 32)
-
-
 def _build(spec: EmbedderSpec) -> Any:
     import torch
 

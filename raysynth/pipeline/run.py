@@ -55,7 +55,7 @@ class Progress:
 
 def needs_classifier(cfg: RunConfig, real: RealData) -> bool:
     """The real-split classifier is needed to embed (digits filter) or to guide synthesis."""
-    from raysynth.filter.stage import uses_classifier
+    from raysynth.filter.embedders import uses_classifier
 
     return cfg.synthesis.feedback.criterion != "none" or (
         cfg.filter.enabled and uses_classifier(cfg.filter, real.image_size)
