@@ -285,6 +285,8 @@ class FilterConfig:
     pairs: int = 100  # z real–real pairs per class (all pairs when fewer)
     max_rounds: int = 3  # regeneration rounds for rejected images
     batch_size: int = 64
+    cpus_per_actor: float = 0.5  # the embedder pool (its actors sit beside the generator pool)
+    gpus_per_actor: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice(self.embedder, "filter.embedder", ("auto", "classifier", "open_clip"))
@@ -292,6 +294,8 @@ class FilterConfig:
         _check(self.pairs >= 1, "filter.pairs", "must be >= 1")
         _check(self.max_rounds >= 0, "filter.max_rounds", "must be >= 0")
         _check(self.batch_size >= 1, "filter.batch_size", "must be >= 1")
+        _check(self.cpus_per_actor > 0, "filter.cpus_per_actor", "must be > 0")
+        _check(self.gpus_per_actor >= 0, "filter.gpus_per_actor", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,8 @@ def real_embeddings(run: RunDir, real: RealData, spec: EmbedderSpec, cfg: RunCon
         batch_size=cfg.filter.batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=1, max_size=cfg.synthesis.max_actors),
-        num_gpus=cfg.synthesis.gpus_per_actor,
-        num_cpus=cfg.synthesis.cpus_per_actor,
+        num_gpus=cfg.filter.gpus_per_actor,
+        num_cpus=cfg.filter.cpus_per_actor,
     )
     ids, emb = [], []
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
@@ -131,8 +131,8 @@ def synthesize(
             batch_size=cfg.filter.batch_size,
             batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=cfg.synthesis.max_actors),
-            num_gpus=cfg.synthesis.gpus_per_actor,
-            num_cpus=cfg.synthesis.cpus_per_actor,
+            num_gpus=cfg.filter.gpus_per_actor,
+            num_cpus=cfg.filter.cpus_per_actor,
         )
 
     want = np.array([quota.get(c, 0) for c in range(real.num_classes)])

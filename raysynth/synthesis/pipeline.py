@@ -8,7 +8,6 @@ on the same directory plans the same ``sample_id``s and generates only those not
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,13 +82,9 @@ def actor_pool(cfg: SynthesisConfig) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "num_gpus": cfg.gpus_per_actor,
         "num_cpus": cfg.cpus_per_actor,
-        # A killed actor is restarted and its batch retried: nothing is lost.
-        "ray_remote_args_fn": _restartable,
+        # Ray Data's actor pools restart a killed actor and retry its batch by default
+        # (max_restarts=-1, max_task_retries=-1): nothing is lost (tests/ray/test_synthesis.py).
     }
-
-
-def _restartable() -> dict[str, Any]:
-    return {"max_restarts": -1, "max_task_retries": -1}
 
 
 def generate(
@@ -112,8 +107,11 @@ def generate(
     if not todo:
         stats.wall_s = time.perf_counter() - t0
         return stats
-    blocks = max(1, math.ceil(len(todo) / cfg.batch_size))
-    ds = ray.data.from_arrow(plan_table(todo)).repartition(blocks)
+    plan = plan_table(todo)
+    # One block per batch, so the actor pool can spread the work (no all-to-all repartition).
+    ds = ray.data.from_arrow(
+        [plan.slice(i, cfg.batch_size) for i in range(0, len(plan), cfg.batch_size)]
+    )
     ds = ds.map_batches(
         DiffusionGenerator,
         fn_constructor_kwargs={"spec": spec},
@@ -122,8 +120,10 @@ def generate(
     )
     for stage in stages:
         ds = stage(ds)
-    ds = ds.map_batches(_conform, batch_format="pyarrow", batch_size=None)
-    ds.write_parquet(str(out_root / name))
+    # Conforming and writing are light: a quarter CPU, so that on a small machine they never
+    # wait behind the actor pools holding the whole CPU budget.
+    ds = ds.map_batches(_conform, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
+    ds.write_parquet(str(out_root / name), ray_remote_args={"num_cpus": 0.25})
     stats.generated = len(todo)
     stats.wall_s = time.perf_counter() - t0
     log.info(
