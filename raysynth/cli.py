@@ -176,7 +176,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from raysynth.pipeline.run import run_pipeline
     from raysynth.rundir import RunDir
 
-    cfg = build_config(args.preset, args.config, parse_set(args.set))
+    preset = args.preset or (None if args.config else "digits")
+    cfg = build_config(preset, args.config, parse_set(args.set))
     run = RunDir(args.out)
     if args.command != "synthesize" and not run.exists():
         raise RaysynthError(

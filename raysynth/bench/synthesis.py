@@ -1,0 +1,393 @@
+"""``raysynth bench synthesis``: the Ray Data generate stage against a plain loop; 2 actors vs 1.
+
+Both paths run the same plan rows through the same :class:`DiffusionGenerator` (the ``digits``
+pixel model's architecture, trained a few steps into a temporary folder: speed does not depend on
+the weights), with the same batch size and the same number of cores, and write the same Parquet:
+
+- **plain**: one process with ``torch.set_num_threads(cores)``; a fresh ``DiffusionGenerator``
+  (model load included) called batch by batch on the plan table, each batch conformed to the
+  synthetic schema and written as its own Parquet file with pyarrow — the loop one writes
+  without Ray;
+- **ray**: :func:`raysynth.synthesis.pipeline.generate`, the product's stage, with one actor of
+  ``cpus_per_actor = cores``. Ray sets ``OMP_NUM_THREADS`` to an actor's CPU count, so torch
+  runs ``cores`` threads there too (``actor_threads`` reports what a probe actor saw).
+
+Two figures per path:
+
+- **end to end**: images / wall time of the whole call — model load, actor start, Ray Data
+  planning and the write tail included (what one short run costs);
+- **steady state**: the least-squares slope of images done against time, over one stamp taken as
+  each batch leaves the generator — in the plain loop right after the call, in Ray by a zero-CPU
+  ``map_batches`` right after the generator pool (its small cost counts against Ray). One-time
+  costs fall before the first stamp, so this is the rate of a long run; a slope rather than
+  first-to-last also stays unbiased when two actors finish batches in pairs.
+
+``ratio`` = steady-state Ray / plain images/s (target ≥ 0.85), ``ratio_end_to_end`` the same end
+to end, ``scaling`` = steady-state images/s of 2 actors with 1 core each / 1 actor with 1 core
+(target ≥ 1.6 when two cores are free; null on a cluster with fewer than 2 CPUs). Both paths are
+warmed once (imports, Ray Data's first run); repeats are interleaved and every ratio is the
+median of per-repeat ratios, so machine noise hits both sides alike. On a GPU ``flop_fraction``
+is the model FLOP/s of the Ray path over the FLOP/s of a large matmul in the same dtype.
+
+The helpers above ``run`` (tiny model, plan, stamps) are shared by the ``memory`` and ``filter``
+benches.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from raysynth import columns as col
+from raysynth.config import build_config
+from raysynth.config.schema import RunConfig
+from raysynth.synthesis.generators import GeneratorSpec
+from raysynth.synthesis.pipeline import generate, plan_round
+from raysynth.synthesis.pixel import PixelDiffusionConfig, load_or_train
+from raysynth.synthesis.stage import SYNTHETIC_SCHEMA, DiffusionGenerator, plan_table
+from raysynth.synthesis.table import parquet_files, read_table
+
+CLASSES = [str(c) for c in range(10)]
+REAL_PER_CLASS = 4
+
+# -- shared bench helpers ----------------------------------------------------------------------
+
+
+def train_tiny_pixel_model(root: str | Path, tiny: bool = False, train_steps: int = 3) -> str:
+    """A pixel model folder for 8×8 one-channel images of 10 classes, trained ``train_steps``
+    steps on random images. ``tiny=False``: the ``digits`` preset's architecture
+    (:class:`PixelDiffusionConfig` defaults); ``tiny=True``: 8/16 channels, no attention (the
+    cheapest real generator)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 1, 8, 8)).astype(np.float32)
+    y = np.arange(40) % len(CLASSES)
+    arch: dict[str, Any] = {}
+    if tiny:
+        arch = {"block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4,
+                "mid_attention": False}
+    cfg = PixelDiffusionConfig(num_classes=len(CLASSES), train_steps=train_steps, batch_size=16,
+                               **arch)
+    return str(load_or_train(root, x, y, cfg, class_names=CLASSES, device="cpu"))
+
+
+def bench_config(batch: int, steps: int, **overrides: Any) -> RunConfig:
+    """The default config with the bench's batch size and sampling steps (dotted overrides)."""
+    return build_config(overrides={"synthesis.batch_size": batch,
+                                   "synthesis.generator.num_steps": steps, **overrides})
+
+
+def generator_spec(cfg: RunConfig, pixel_folder: str) -> GeneratorSpec:
+    return GeneratorSpec(cfg.synthesis.generator, cfg.synthesis.feedback, CLASSES,
+                         pixel_folder=pixel_folder, channels=1, image_size=8)
+
+
+def real_ids() -> dict[int, list[str]]:
+    """The (fictitious) real images the plan conditions on and the filter compares with."""
+    return {c: [f"real-{c}-{i}" for i in range(REAL_PER_CLASS)] for c in range(len(CLASSES))}
+
+
+def plan_rows(cfg: RunConfig, images: int, round_: int = 0) -> list[dict[str, Any]]:
+    """Exactly ``images`` plan rows spread over the classes."""
+    c = len(CLASSES)
+    counts = {k: images // c + (k < images % c) for k in range(c)}
+    counts = {k: n for k, n in counts.items() if n}
+    return plan_round(cfg.synthesis, CLASSES, real_ids(), counts, cfg.seed, round_)
+
+
+def _stamp(batch: pa.Table, path: str) -> pa.Table:
+    with open(path, "a") as f:  # one short append per batch: atomic on a local filesystem
+        f.write(f"{time.time()!r} {batch.num_rows}\n")
+    return batch
+
+
+def stamp_stage(path: str | Path):
+    """A ``generate`` stage that appends ``<time> <rows>`` to ``path`` as each batch passes by.
+
+    Zero CPUs, so it runs even while the actor pools hold every CPU; one machine only (the
+    file is local to the node running the task)."""
+    fn = functools.partial(_stamp, path=str(path))
+
+    def stage(ds: Any) -> Any:
+        return ds.map_batches(fn, batch_format="pyarrow", batch_size=None, num_cpus=0)
+
+    return stage
+
+
+def read_stamps(path: str | Path) -> list[tuple[float, int]]:
+    if not Path(path).is_file():
+        return []
+    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+    return sorted((float(t), int(n)) for t, n in rows)
+
+
+def steady_rate(stamps: list[tuple[float, int]]) -> float:
+    """Least-squares slope of cumulative images against stamp time (images/s); NaN with fewer
+    than two distinct stamp times."""
+    if len(stamps) < 2:
+        return float("nan")
+    t = np.array([s[0] for s in stamps])
+    done = np.cumsum([s[1] for s in stamps]).astype(float)
+    if np.ptp(t) <= 0:
+        return float("nan")
+    return float(np.polyfit(t - t[0], done, 1)[0])
+
+
+def count_rows(root: str | Path) -> int:
+    """Rows in every Parquet file under ``root`` (footers only)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(root))
+
+
+def median_ratio(num: list[float], den: list[float]) -> float:
+    """Median over repeats of ``num[i] / den[i]`` (pairs measured side by side)."""
+    return float(statistics.median(a / b for a, b in zip(num, den)))
+
+
+def write_result(result: dict[str, Any], out: str | None, name: str) -> None:
+    """Print the JSON and write it to ``out`` (a file, or a folder for ``bench-NAME.json``)."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        path = os.path.join(out, f"bench-{name}.json") if os.path.isdir(out) else out
+        with open(path, "w") as f:
+            f.write(text + "\n")
+
+
+def load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+# -- one measured run per path -----------------------------------------------------------------
+
+
+@dataclass
+class Timed:
+    """One call: wall time from its start, per-batch stamps, rows found on disk afterwards."""
+
+    wall_s: float
+    start: float
+    stamps: list[tuple[float, int]]
+    rows_written: int
+
+    @property
+    def images(self) -> int:
+        return sum(n for _, n in self.stamps)
+
+    def end_to_end(self) -> float:
+        return self.rows_written / self.wall_s
+
+    def steady(self) -> float:
+        return steady_rate(self.stamps)
+
+    def first_batch_s(self) -> float:
+        return self.stamps[0][0] - self.start if self.stamps else float("nan")
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """The synthetic schema, as the Ray path writes it."""
+    return table.select(SYNTHETIC_SCHEMA.names).cast(SYNTHETIC_SCHEMA)
+
+
+def numpy_batches(table: pa.Table, batch: int):
+    """``table`` in slices of ``batch`` rows as dicts of numpy arrays (Ray Data's numpy format)."""
+    for i in range(0, table.num_rows, batch):
+        chunk = table.slice(i, batch)
+        yield {k: chunk[k].to_numpy(zero_copy_only=False) for k in chunk.column_names}
+
+
+def plain_generate(rows: list[dict], spec: GeneratorSpec, batch: int, threads: int,
+                   out: Path) -> Timed:
+    """The loop without Ray: load, generate batch by batch, write one Parquet file per batch."""
+    out.mkdir(parents=True, exist_ok=True)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        start = time.time()
+        generator = DiffusionGenerator(spec)
+        stamps = []
+        for i, b in enumerate(numpy_batches(plan_table(rows), batch)):
+            result = generator(b)
+            stamps.append((time.time(), len(b[col.SAMPLE_ID])))
+            pq.write_table(conform(pa.table(result)), out / f"part-{i:05d}.parquet")
+        wall = time.time() - start
+    finally:
+        torch.set_num_threads(previous)
+    return Timed(wall, start, stamps, count_rows(out))
+
+
+def ray_generate(rows: list[dict], spec: GeneratorSpec, cfg: RunConfig, out: Path) -> Timed:
+    """The product's generate stage, stamped as batches leave the generator pool."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamps = out.with_suffix(".stamps")
+    start = time.time()
+    generate(rows, spec, out, cfg.synthesis, stages=[stamp_stage(stamps)])
+    wall = time.time() - start
+    return Timed(wall, start, read_stamps(stamps), count_rows(out))
+
+
+def actor_threads(num_cpus: float) -> int:
+    """``torch.get_num_threads()`` inside a Ray actor given ``num_cpus`` CPUs."""
+    import ray
+
+    class ThreadProbe:
+        def threads(self) -> int:
+            return torch.get_num_threads()
+
+    probe = ray.remote(num_cpus=num_cpus)(ThreadProbe).remote()
+    try:
+        return int(ray.get(probe.threads.remote()))
+    finally:
+        ray.kill(probe)
+
+
+def same_images(a: Path, b: Path) -> bool:
+    ta, tb = read_table(a, [col.SAMPLE_ID, col.IMAGE]), read_table(b, [col.SAMPLE_ID, col.IMAGE])
+    if ta is None or tb is None:
+        return False
+    da = dict(zip(ta[col.SAMPLE_ID].to_pylist(), ta[col.IMAGE].to_pylist()))
+    db = dict(zip(tb[col.SAMPLE_ID].to_pylist(), tb[col.IMAGE].to_pylist()))
+    return da == db
+
+
+# -- FLOP ceiling (GPU) ------------------------------------------------------------------------
+
+
+def gflop_per_image(spec: GeneratorSpec, rows: list[dict], batch: int) -> float:
+    """Model FLOPs of generating one image (every sampling step, CFG's doubled batch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    generator = DiffusionGenerator(spec)
+    b = next(numpy_batches(plan_table(rows[:batch]), batch))
+    with FlopCounterMode(display=False) as counter:
+        generator(b)
+    return counter.get_total_flops() / len(b[col.SAMPLE_ID]) / 1e9
+
+
+def matmul_tflops(dtype: torch.dtype, n: int = 8192, repeats: int = 10) -> float:
+    """Achieved TFLOP/s of a square ``n×n`` CUDA matmul: the practical ceiling."""
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+# -- the bench ---------------------------------------------------------------------------------
+
+
+def run(
+    out: str | None = None,
+    images: int = 64,
+    batch: int = 8,
+    steps: int = 10,
+    cores: int = 2,
+    repeats: int = 2,
+) -> dict[str, Any]:
+    """Run the bench on the connected Ray instance; print its JSON and write it to ``out`` (a
+    file, or a folder for ``bench-synthesis.json``). ``cores`` is capped by the cluster's CPUs.
+    Returns the result dict."""
+    import ray
+
+    if images < 2 * batch:
+        raise ValueError(f"images={images} must be at least 2 batches ({2 * batch}) for a rate")
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 0))
+    cores = max(1, min(cores, cluster_cpus))
+    cuda = torch.cuda.is_available()
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="raysynth-bench-synthesis-") as tmp:
+        root = Path(tmp)
+        folder = train_tiny_pixel_model(root / "model")
+        cfg = bench_config(batch, steps, **{"synthesis.cpus_per_actor": cores,
+                                            "synthesis.gpus_per_actor": 1.0 if cuda else 0.0})
+        spec = generator_spec(cfg, folder)
+        rows = plan_rows(cfg, images)
+        scale = cluster_cpus >= 2
+        cpu = {"synthesis.cpus_per_actor": 1, "synthesis.generator.device": "cpu"}
+        one = bench_config(batch, steps, **cpu)
+        two = bench_config(batch, steps, **cpu, **{"synthesis.min_actors": 2,
+                                                  "synthesis.max_actors": 2})
+        cpu_spec = generator_spec(one, folder)
+
+        # warm-up: imports, torch's thread pools, Ray Data's first execution
+        plain_generate(rows[: 2 * batch], spec, batch, cores, root / "warm-plain")
+        ray_generate(rows[: 2 * batch], spec, cfg, root / "warm-ray")
+        threads = actor_threads(cores)
+
+        runs: dict[str, list[Timed]] = {"plain": [], "ray": [], "one_actor": [], "two_actors": []}
+        for r in range(repeats):
+            runs["plain"].append(plain_generate(rows, spec, batch, cores, root / f"plain-{r}"))
+            runs["ray"].append(ray_generate(rows, spec, cfg, root / f"ray-{r}"))
+            if scale:
+                runs["one_actor"].append(ray_generate(rows, cpu_spec, one, root / f"one-{r}"))
+                runs["two_actors"].append(ray_generate(rows, cpu_spec, two, root / f"two-{r}"))
+        identical = same_images(root / f"plain-{repeats - 1}", root / f"ray-{repeats - 1}")
+        gflop = gflop_per_image(spec, rows, batch)
+        ceiling = matmul_tflops(torch.float32) if cuda else None
+
+    def med(name: str, what: str) -> float | None:
+        values = [getattr(t, what) for t in runs[name]]
+        values = [v() if callable(v) else v for v in values]
+        return float(statistics.median(values)) if values else None
+
+    steady = {k: [t.steady() for t in v] for k, v in runs.items()}
+    e2e = {k: [t.end_to_end() for t in v] for k, v in runs.items()}
+    ray_steady = med("ray", "steady")
+    result = {
+        "name": "synthesis",
+        "ratio": median_ratio(steady["ray"], steady["plain"]),
+        "ratio_end_to_end": median_ratio(e2e["ray"], e2e["plain"]),
+        "scaling": median_ratio(steady["two_actors"], steady["one_actor"]) if scale else None,
+        "scaling_end_to_end": (
+            median_ratio(e2e["two_actors"], e2e["one_actor"]) if scale else None
+        ),
+        "flop_fraction": (gflop * 1e9 * ray_steady / (ceiling * 1e12)) if cuda else None,
+        "measures": {
+            "ratio": "steady-state images/s, Ray generate stage (1 actor, cpus_per_actor=cores) "
+            "/ plain loop (torch threads=cores); slope of images vs per-batch stamps",
+            "ratio_end_to_end": "images / wall time of the whole call, Ray / plain (model load, "
+            "actor start and write tail included)",
+            "scaling": "steady-state images/s, Ray 2 actors x 1 core / 1 actor x 1 core (CPU)",
+            "flop_fraction": "GPU only: gflop_per_image x Ray steady images/s / fp32 matmul "
+            "TFLOP/s on the same device",
+        },
+        "images_per_s": {
+            k: {"steady": med(k, "steady"), "end_to_end": med(k, "end_to_end")}
+            for k in runs if runs[k]
+        },
+        "first_batch_s": {k: med(k, "first_batch_s") for k in runs if runs[k]},
+        "wall_s": {k: med(k, "wall_s") for k in runs if runs[k]},
+        "rows_written": min(t.rows_written for v in runs.values() for t in v),
+        "identical_images": identical,
+        "gflop_per_image": gflop,
+        "ceiling_tflops": ceiling,
+        "images": images,
+        "batch": batch,
+        "steps": steps,
+        "cores": cores,
+        "actor_threads": threads,
+        "plain_threads": cores,
+        "repeats": repeats,
+        "cluster_cpus": cluster_cpus,
+        "load_avg": {"before": load_before, "after": load_average()},
+        "device": "cuda" if cuda else "cpu",
+    }
+    write_result(result, out, "synthesis")
+    return result

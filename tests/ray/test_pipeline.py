@@ -1,0 +1,68 @@
+"""The main job's stages on tiny settings: filter rounds, resume after synthesis."""
+
+import json
+
+import numpy as np
+import pyarrow.compute as pc
+
+from raysynth import columns as col
+from raysynth.config import build_config
+from raysynth.pipeline.run import run_pipeline
+from raysynth.synthesis.table import read_table
+
+TINY = {
+    "budget": "smoke",
+    "data.classes": ["0", "1", "7"],
+    "data.k": 6,
+    "synthesis.quota": "fixed",
+    "synthesis.per_class": 4,
+    "synthesis.batch_size": 4,
+    "synthesis.generator.pixel_train_steps": 60,
+    "synthesis.generator.pixel_channels": [8, 16],
+    "synthesis.generator.num_steps": 8,
+    "filter.max_rounds": 6,
+    "encoder.width": 8,
+    "end_to_end.epochs": 5,
+}
+
+
+def test_filter_rounds_regenerate_rejected_rows_with_new_seeds(ray_local, tmp_path):
+    cfg = build_config("digits", overrides=TINY)
+    out = tmp_path / "run"
+    result = run_pipeline(cfg, out, stop_after="synthesis")["synthesis"]
+    table = read_table(out / "synthetic", [col.LABEL, col.ROUND, col.SEED, col.ACCEPTED,
+                                           col.REAL_COS, "threshold"])
+    assert table.num_rows == result["generated"] == result["accepted"] + result["rejected"]
+    accepted = np.asarray(table[col.ACCEPTED].to_pylist())
+    cos = np.asarray(table[col.REAL_COS].to_pylist())
+    tau = np.asarray(table["threshold"].to_pylist())
+    np.testing.assert_array_equal(accepted, cos > tau)  # the filter's rule, row by row
+    seeds = table[col.SEED].to_pylist()
+    assert len(set(seeds)) == len(seeds)  # every regeneration got a new seed
+    for name, pc_ in result["per_class"].items():
+        assert pc_["accepted"] + pc_["unfilled"] == 4  # the quota is met unless unfilled
+        assert pc_["accepted"] <= 4
+    rounds = table[col.ROUND].to_pylist()
+    if result["rejected"]:
+        assert max(rounds) >= 1  # rejected rows were re-planned
+    # round r > 0 makes exactly the deficit left by rounds < r
+    for r in range(1, max(rounds) + 1):
+        before = pc.and_(pc.less(table[col.ROUND], r), table[col.ACCEPTED])
+        acc_before = np.bincount(np.asarray(table.filter(before)[col.LABEL]), minlength=3)
+        made = np.bincount(np.asarray(table.filter(pc.equal(table[col.ROUND], r))[col.LABEL]),
+                           minlength=3)
+        np.testing.assert_array_equal(made, np.maximum(4 - acc_before, 0))
+
+
+def test_run_resumes_after_synthesis_without_regenerating(ray_local, tmp_path):
+    cfg = build_config("digits", overrides={**TINY, "filter.max_rounds": 1})
+    out = tmp_path / "run"
+    run_pipeline(cfg, out, stop_after="synthesis")
+    files = {p: p.stat().st_mtime_ns for p in (out / "synthetic").rglob("*.parquet")}
+    report = run_pipeline(cfg, out, resume=True)
+    assert {p: p.stat().st_mtime_ns for p in (out / "synthetic").rglob("*.parquet")} == files
+    assert report["tune"]["trials"] == 4
+    assert set(report["accuracy"]) == {"supcon_real", "supcon_mixed", "unicon"}
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["synthesis"] == report["synthesis"]
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
