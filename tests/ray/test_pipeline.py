@@ -39,7 +39,7 @@ def test_filter_rounds_regenerate_rejected_rows_with_new_seeds(ray_local, tmp_pa
     np.testing.assert_array_equal(accepted, cos > tau)  # the filter's rule, row by row
     seeds = table[col.SEED].to_pylist()
     assert len(set(seeds)) == len(seeds)  # every regeneration got a new seed
-    for name, pc_ in result["per_class"].items():
+    for pc_ in result["per_class"].values():
         assert pc_["accepted"] + pc_["unfilled"] == 4  # the quota is met unless unfilled
         assert pc_["accepted"] <= 4
     rounds = table[col.ROUND].to_pylist()
