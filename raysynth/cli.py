@@ -77,9 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--address", help="Ray cluster address")
 
     bench = sub.add_parser("bench", help="measure raysynth on this machine (ratios, JSON)")
-    bench.add_argument(
-        "name", choices=["loss", "tune", "guidance"], help="what to measure"
-    )
+    bench.add_argument("name", choices=BENCHES, help="what to measure (DESIGN §6)")
     bench.add_argument("--out", help="JSON file (default bench-NAME.json)")
     bench.add_argument("--concurrency", type=int, default=2, help="tune: parallel trials")
     bench.add_argument("--evals", type=int, default=16, help="tune: evaluations per searcher")
@@ -150,23 +148,19 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter")
+NEEDS_RAY = ("tune", "synthesis", "filter")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
     out = args.out or f"bench-{args.name}.json"
-    if args.name == "loss":
-        from raysynth.bench.loss import run as bench_loss
-
-        bench_loss(out=out)
-        return 0
-    if args.name == "guidance":
-        from raysynth.bench.guidance import run as bench_guidance
-
-        print(json.dumps(bench_guidance(out=out), indent=2))
-        return 0
-    from raysynth.bench.tune import run as bench_tune
-
-    _connect_ray(None)
-    result = bench_tune(out=out, concurrency=args.concurrency, evals=args.evals)
-    print(json.dumps(result, indent=2))
+    module = importlib.import_module(f"raysynth.bench.{args.name}")
+    if args.name in NEEDS_RAY:
+        _connect_ray(None)
+    kwargs = {"concurrency": args.concurrency, "evals": args.evals} if args.name == "tune" else {}
+    module.run(out=out, **kwargs)  # each bench prints its JSON and writes it to `out`
     return 0
 
 

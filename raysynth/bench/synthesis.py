@@ -75,22 +75,38 @@ def train_tiny_pixel_model(root: str | Path, tiny: bool = False, train_steps: in
     y = np.arange(40) % len(CLASSES)
     arch: dict[str, Any] = {}
     if tiny:
-        arch = {"block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4,
-                "mid_attention": False}
-    cfg = PixelDiffusionConfig(num_classes=len(CLASSES), train_steps=train_steps, batch_size=16,
-                               **arch)
+        arch = {
+            "block_out_channels": (8, 16),
+            "layers_per_block": 1,
+            "norm_num_groups": 4,
+            "mid_attention": False,
+        }
+    cfg = PixelDiffusionConfig(
+        num_classes=len(CLASSES), train_steps=train_steps, batch_size=16, **arch
+    )
     return str(load_or_train(root, x, y, cfg, class_names=CLASSES, device="cpu"))
 
 
 def bench_config(batch: int, steps: int, **overrides: Any) -> RunConfig:
     """The default config with the bench's batch size and sampling steps (dotted overrides)."""
-    return build_config(overrides={"synthesis.batch_size": batch,
-                                   "synthesis.generator.num_steps": steps, **overrides})
+    return build_config(
+        overrides={
+            "synthesis.batch_size": batch,
+            "synthesis.generator.num_steps": steps,
+            **overrides,
+        }
+    )
 
 
 def generator_spec(cfg: RunConfig, pixel_folder: str) -> GeneratorSpec:
-    return GeneratorSpec(cfg.synthesis.generator, cfg.synthesis.feedback, CLASSES,
-                         pixel_folder=pixel_folder, channels=1, image_size=8)
+    return GeneratorSpec(
+        cfg.synthesis.generator,
+        cfg.synthesis.feedback,
+        CLASSES,
+        pixel_folder=pixel_folder,
+        channels=1,
+        image_size=8,
+    )
 
 
 def real_ids() -> dict[int, list[str]]:
@@ -209,8 +225,9 @@ def numpy_batches(table: pa.Table, batch: int):
         yield {k: chunk[k].to_numpy(zero_copy_only=False) for k in chunk.column_names}
 
 
-def plain_generate(rows: list[dict], spec: GeneratorSpec, batch: int, threads: int,
-                   out: Path) -> Timed:
+def plain_generate(
+    rows: list[dict], spec: GeneratorSpec, batch: int, threads: int, out: Path
+) -> Timed:
     """The loop without Ray: load, generate batch by batch, write one Parquet file per batch."""
     out.mkdir(parents=True, exist_ok=True)
     previous = torch.get_num_threads()
@@ -315,15 +332,19 @@ def run(
     with tempfile.TemporaryDirectory(prefix="raysynth-bench-synthesis-") as tmp:
         root = Path(tmp)
         folder = train_tiny_pixel_model(root / "model")
-        cfg = bench_config(batch, steps, **{"synthesis.cpus_per_actor": cores,
-                                            "synthesis.gpus_per_actor": 1.0 if cuda else 0.0})
+        cfg = bench_config(
+            batch,
+            steps,
+            **{"synthesis.cpus_per_actor": cores, "synthesis.gpus_per_actor": 1.0 if cuda else 0.0},
+        )
         spec = generator_spec(cfg, folder)
         rows = plan_rows(cfg, images)
         scale = cluster_cpus >= 2
         cpu = {"synthesis.cpus_per_actor": 1, "synthesis.generator.device": "cpu"}
         one = bench_config(batch, steps, **cpu)
-        two = bench_config(batch, steps, **cpu, **{"synthesis.min_actors": 2,
-                                                  "synthesis.max_actors": 2})
+        two = bench_config(
+            batch, steps, **cpu, **{"synthesis.min_actors": 2, "synthesis.max_actors": 2}
+        )
         cpu_spec = generator_spec(one, folder)
 
         # warm-up: imports, torch's thread pools, Ray Data's first execution
@@ -370,8 +391,10 @@ def run(
         },
         "images_per_s": {
             k: {"steady": med(k, "steady"), "end_to_end": med(k, "end_to_end")}
-            for k in runs if runs[k]
+            for k in runs
+            if runs[k]
         },
+        "overhead_ms_per_batch": 1e3 * batch * (1 / ray_steady - 1 / med("plain", "steady")),
         "first_batch_s": {k: med(k, "first_batch_s") for k in runs if runs[k]},
         "wall_s": {k: med(k, "wall_s") for k in runs if runs[k]},
         "rows_written": min(t.rows_written for v in runs.values() for t in v),

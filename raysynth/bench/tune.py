@@ -77,9 +77,12 @@ def run(out: str | None = None, concurrency: int = 2, evals: int = 16) -> dict[s
         "best_gp_weights": gp.best_weights,
         "noise_std": float(np.std(noise)),
         "noise_values": noise,
-        "within_noise": abs(tuned.best_val_acc - gp.best_val_acc) <= max(2 * np.std(noise), 0.01),
+        "within_noise": bool(
+            abs(tuned.best_val_acc - gp.best_val_acc) <= max(2 * float(np.std(noise)), 0.01)
+        ),
     }
     text = json.dumps(result, indent=2)
+    print(text)
     if out:
         Path(out).write_text(text)
     return result

@@ -1,0 +1,62 @@
+"""The synthesis, memory and filter benches at tiny sizes: their JSON and that the images exist.
+
+Timing targets are not asserted (a shared machine's timings are noise); the values must be
+finite and positive and every requested image must have been written.
+"""
+
+import json
+import math
+
+import pytest
+
+from raysynth.bench import filter as bench_filter
+from raysynth.bench import memory as bench_memory
+from raysynth.bench import synthesis as bench_synthesis
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_steady_rate_is_the_slope_of_images_against_time():
+    one_actor = [(10.0 + i, 4) for i in range(5)]  # a batch of 4 every second
+    assert bench_synthesis.steady_rate(one_actor) == pytest.approx(4.0)
+    two_actors = [(10.0 + i // 2, 4) for i in range(8)]  # batches finishing in pairs
+    assert bench_synthesis.steady_rate(two_actors) == pytest.approx(8.0)
+    assert math.isnan(bench_synthesis.steady_rate(one_actor[:1]))
+
+
+def test_synthesis_bench(ray_local, tmp_path):
+    out = tmp_path / "bench-synthesis.json"
+    r = bench_synthesis.run(out=str(out), images=8, batch=4, steps=1, repeats=1)
+    assert json.loads(out.read_text()) == r
+    for key in ("ratio", "ratio_end_to_end", "scaling", "scaling_end_to_end", "gflop_per_image"):
+        assert _positive(r[key]), key
+    for path in ("plain", "ray", "one_actor", "two_actors"):
+        assert _positive(r["images_per_s"][path]["steady"]), path
+        assert _positive(r["images_per_s"][path]["end_to_end"]), path
+    assert r["rows_written"] == 8  # every run wrote every image
+    assert r["identical_images"] is True  # same rows → same bytes, with or without Ray
+    assert r["actor_threads"] == r["plain_threads"] == 2
+    assert r["flop_fraction"] is None  # CPU
+
+
+def test_memory_bench(tmp_path):
+    r = bench_memory.run(out=str(tmp_path), sizes=(64, 128), batch=32, steps=1)
+    assert json.loads((tmp_path / "bench-memory.json").read_text()) == r
+    assert math.isfinite(r["growth"]) and r["growth"] > -1
+    assert r["rows_written"] == {"64": 64, "128": 128}
+    for n in ("64", "128"):
+        assert _positive(r["rss_mb"][n]) and _positive(r["wall_s"][n])
+        assert r["rss_mb"][n] >= r["rss_before_generate_mb"][n]
+
+
+def test_filter_bench(ray_local, tmp_path):
+    r = bench_filter.run(out=str(tmp_path / "f.json"), images=16, batch=4, steps=1, repeats=1)
+    for key in ("ratio", "ratio_end_to_end", "overlap"):
+        assert _positive(r[key]), key
+    for path in ("plain", "ray"):
+        assert _positive(r["images_per_s"][path]["steady"]), path
+    assert all(_positive(v) for v in r["wall_s"].values())
+    assert r["rows_written"] == 16  # generate, filter, pipeline, plain and Ray filter runs
+    assert 0 <= r["accepted"] <= 16
