@@ -113,6 +113,17 @@ class ClassifierEmbedder:
             out.append(self._features(torch.from_numpy(x).to(self.device)).float().cpu())
         return _unit_rows(torch.cat(out) if out else torch.zeros(0, self.dim), self.dim)
 
+    @torch.inference_mode()
+    def class_probs(self, pngs: list[bytes]) -> np.ndarray | None:
+        """``[N, C]`` softmax of the classifier's own logits (None for a contrastive model)."""
+        if not hasattr(self.model, "fc"):
+            return None
+        out = []
+        for i in range(0, len(pngs), self.batch_size):
+            x = to_tensor_array(pngs[i : i + self.batch_size], self.channels, self.image_size)
+            out.append(torch.softmax(self.model(torch.from_numpy(x).to(self.device)).float(), 1))
+        return torch.cat(out).cpu().numpy() if out else None
+
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         raise ConfigError(
             "the classifier embedder has no text tower; text scores and zero-shot labels need "

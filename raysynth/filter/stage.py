@@ -16,6 +16,8 @@ import numpy as np
 from raysynth import columns as col
 from raysynth.config.schema import FilterConfig
 
+OWN_PROB = "own_prob"  # probability of the row's own class (AiR's representativeness)
+
 
 @dataclass
 class EmbedderSpec:
@@ -65,7 +67,7 @@ class FilterSpec:
     embedder: EmbedderSpec
     real_embeddings: dict[str, np.ndarray]
     thresholds: np.ndarray  # [C]; NaN = accept every image of the class
-    enabled: bool = True
+    class_names: tuple[str, ...] = ()
 
 
 class FilterScorer:
@@ -81,25 +83,39 @@ class FilterScorer:
         n = len(batch[col.SAMPLE_ID])
         images = list(batch[col.IMAGE])
         has = np.array([img is not None for img in images])
+        labels = np.asarray(batch[col.LABEL], dtype=np.int64)
         real_cos = np.full(n, np.nan)
         text_cos = np.full(n, np.nan)
+        own = np.full(n, np.nan)
         if has.any():
-            emb = self.embedder.embed_images([img for img in images if img is not None])
+            pngs = [img for img in images if img is not None]
+            emb = self.embedder.embed_images(pngs)
             refs = np.stack([self.spec.real_embeddings[str(c)] for c in batch[col.COND_ID][has]])
             real_cos[has] = cosine_to_reference(emb, refs)
             if getattr(self.embedder, "has_text", False):
                 prompts = [str(p) for p in batch[col.PROMPT][has]]
                 text = self.embedder.embed_texts(prompts)
                 text_cos[has] = cosine_to_reference(emb, text)
-        labels = np.asarray(batch[col.LABEL], dtype=np.int64)
+            probs = self._class_probs(pngs, emb)
+            if probs is not None:
+                own[has] = probs[np.arange(len(pngs)), labels[has]]
         tau = self.spec.thresholds[labels]
-        if self.spec.enabled:
-            accepted = has & (np.isnan(tau) | (real_cos > tau))
-        else:
-            accepted = has.copy()
+        accepted = has & (np.isnan(tau) | (real_cos > tau))
         out = dict(batch)
         out[col.REAL_COS] = real_cos
         out[col.TEXT_COS] = text_cos
         out["threshold"] = tau
         out[col.ACCEPTED] = accepted
+        out[OWN_PROB] = own
         return out
+
+    def _class_probs(self, pngs: list[bytes], emb: np.ndarray) -> np.ndarray | None:
+        """Own-class probability source for the AiR selection: CLIP zero-shot when the embedder
+        has a text tower, else the real-split classifier's softmax."""
+        if getattr(self.embedder, "has_text", False) and self.spec.class_names:
+            from raysynth.filter.embedders import zero_shot_probs
+
+            return zero_shot_probs(self.embedder, emb, list(self.spec.class_names))
+        if hasattr(self.embedder, "class_probs"):
+            return self.embedder.class_probs(pngs)
+        return None

@@ -85,6 +85,37 @@ def thresholds(cfg: RunConfig, real: RealData, emb: dict) -> np.ndarray:
     )
 
 
+def most_representative_ids(root: Path, real: RealData) -> dict[str, str]:
+    """AiR selection (METHODS §4 step 3): per class, the accepted image with the highest
+    own-class probability (classes without a score are absent)."""
+    from raysynth.filter.select import most_representative
+
+    ids: list[str] = []
+    probs: list[float] = []
+    labels: list[int] = []
+    for t in iter_tables(root, [col.SAMPLE_ID, col.LABEL, col.ACCEPTED, "own_prob"]):
+        t = t.filter(t[col.ACCEPTED].fill_null(False))
+        ids.extend(t[col.SAMPLE_ID].to_pylist())
+        probs.extend(t["own_prob"].to_pylist())
+        labels.extend(t[col.LABEL].to_pylist())
+    p = np.asarray([np.nan if v is None else v for v in probs], np.float64)
+    keep = ~np.isnan(p)
+    if not keep.any():
+        return {}
+    y = np.asarray(labels)[keep]
+    one_hot = np.zeros((keep.sum(), real.num_classes))
+    one_hot[np.arange(len(y)), y] = p[keep]
+    chosen = most_representative(one_hot, y)
+    kept_ids = np.asarray(ids)[keep]
+    return {real.class_names[c]: str(kept_ids[i]) for c, i in chosen.items()}
+
+
+def accept_all(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The filter switched off: every generated image is accepted."""
+    batch[col.ACCEPTED] = np.array([img is not None for img in batch[col.IMAGE]])
+    return batch
+
+
 def accepted_per_class(
     root: Path, num_classes: int, before_round: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -117,14 +148,19 @@ def synthesize(
     t0 = time.perf_counter()
     root = run.sub("synthetic")
     quota = quotas(cfg.synthesis, real.train_counts())
-    espec = embedder_spec(cfg, real, classifier_folder)
-    emb = real_embeddings(run, real, espec, cfg)
-    tau = thresholds(cfg, real, emb)
-    fspec = FilterSpec(espec, emb, tau, enabled=cfg.filter.enabled)
+    if cfg.filter.enabled:
+        espec = embedder_spec(cfg, real, classifier_folder)
+        emb = real_embeddings(run, real, espec, cfg)
+        tau = thresholds(cfg, real, emb)
+        fspec = FilterSpec(espec, emb, tau, tuple(real.class_names))
+    else:
+        tau = np.full(real.num_classes, np.nan)
 
     def filter_stage(ds: Any) -> Any:
         from ray.data import ActorPoolStrategy
 
+        if not cfg.filter.enabled:  # keep every image that exists (the safety checker may drop some)
+            return ds.map_batches(accept_all, batch_format="numpy", num_cpus=0.25)
         return ds.map_batches(
             FilterScorer,
             fn_constructor_kwargs={"spec": fspec},
@@ -155,6 +191,7 @@ def synthesize(
     acc, rej = accepted_per_class(root, real.num_classes)
     unfilled = np.maximum(want - acc, 0)
     write_sample_grid(root, run.root / "samples.png", real)
+    representative = most_representative_ids(root, real)
     recognised = recognition_rate(root, classifier_folder, real) if classifier_folder else None
     if unfilled.any():
         short = {real.class_names[c]: int(n) for c, n in enumerate(unfilled) if n}
@@ -167,6 +204,7 @@ def synthesize(
         "rejected": int(rej.sum()),
         "rounds": rounds,
         "recognised": recognised,
+        "representative": representative,
         "wall_s": time.perf_counter() - t0,
         "per_class": {
             real.class_names[c]: {

@@ -49,6 +49,7 @@ SYNTHETIC_SCHEMA = pa.schema(
         (col.TEXT_COS, pa.float64()),
         ("threshold", pa.float64()),
         (col.ACCEPTED, pa.bool_()),
+        ("own_prob", pa.float64()),  # own-class probability (AiR's most representative image)
     ]
 )
 
@@ -61,6 +62,7 @@ def empty_scores(n: int) -> dict[str, Any]:
         col.TEXT_COS: nan.copy(),
         "threshold": nan.copy(),
         col.ACCEPTED: np.full(n, None, dtype=object),
+        "own_prob": nan.copy(),
     }
 
 

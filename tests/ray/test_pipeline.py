@@ -66,3 +66,19 @@ def test_run_resumes_after_synthesis_without_regenerating(ray_local, tmp_path):
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["synthesis"] == report["synthesis"]
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
+
+
+def test_air_selection_picks_the_most_confident_accepted_image(ray_local, tmp_path):
+    cfg = build_config("digits", overrides={**TINY, "filter.max_rounds": 1})
+    out = tmp_path / "run"
+    result = run_pipeline(cfg, out, stop_after="synthesis")["synthesis"]
+    table = read_table(out / "synthetic", [col.SAMPLE_ID, col.LABEL, col.ACCEPTED, "own_prob"])
+    rows = [r for r in table.to_pylist() if r[col.ACCEPTED]]
+    for c, name in enumerate(["0", "1", "7"]):
+        mine = [r for r in rows if r[col.LABEL] == c]
+        if not mine:
+            assert name not in result["representative"]
+            continue
+        best = max(mine, key=lambda r: r["own_prob"])
+        assert result["representative"][name] == best[col.SAMPLE_ID]
+        assert all(0.0 <= r["own_prob"] <= 1.0 for r in mine)
