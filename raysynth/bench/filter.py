@@ -10,7 +10,8 @@ small CNN of the default encoder size, written as a raysynth checkpoint into a t
   map_batches(FilterScorer)`` on one actor of ``cpus_per_actor = cores`` / a plain loop calling
   ``FilterScorer(spec)`` on the same rows with ``torch.set_num_threads(cores)``; same batch,
   both writing one Parquet file per batch with the synthetic schema. Steady state = slope of
-  images against per-batch stamps (see :mod:`raysynth.bench.synthesis`); ``ratio_end_to_end``
+  images against per-batch stamps, taken in the filter actor itself
+  (:class:`StampedFilterScorer`) and right after each call in the plain loop; ``ratio_end_to_end``
   the same over the whole call (actor start, model load included). Target ≥ 0.85.
 - ``overlap``: wall time of the streaming generate → filter pipeline (``generate`` with the
   filter as a stage, pools as the product configures them: ``synthesis.cpus_per_actor``,
@@ -26,6 +27,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +47,19 @@ from raysynth.bench.synthesis import (
     load_average,
     median_ratio,
     numpy_batches,
+    overhead_ms_per_batch,
+    per_path,
     plan_rows,
     read_stamps,
     real_ids,
-    stamp_stage,
     train_tiny_pixel_model,
     write_result,
 )
 from raysynth.config.schema import RunConfig
 from raysynth.data.images import encode_png
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
+from raysynth.filter.threshold import class_thresholds
+from raysynth.synthesis.pipeline import _conform as product_conform  # generate's write step
 from raysynth.synthesis.pipeline import generate
 from raysynth.synthesis.table import read_table
 from raysynth.train.checkpoint import write_checkpoint
@@ -64,15 +69,16 @@ from raysynth.train.models import build_model, encoder_config
 def write_classifier(folder: Path, cfg: RunConfig) -> Path:
     """A freshly initialised small-CNN classifier checkpoint of the default encoder size."""
     enc = encoder_config("small_cnn", 1, 8, cfg.encoder.width, cfg.encoder.feat_dim)
+    model_cfg = {"kind": "classifier", "encoder": enc, "num_classes": len(CLASSES)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model({"kind": "classifier", "encoder": enc, "num_classes": len(CLASSES)})
-    model_cfg = {"kind": "classifier", "encoder": enc, "num_classes": len(CLASSES)}
+        model = build_model(model_cfg)
     return write_checkpoint(folder, model.eval(), model_cfg)
 
 
 def filter_spec(cfg: RunConfig, classifier: Path, device: str) -> FilterSpec:
-    """Embeddings of random real images (one per real id), the fixed threshold for every class."""
+    """Embeddings of random real images (one per real id) and per-class thresholds from their
+    pairs, as the product computes them (``filter.threshold=pairs``)."""
     espec = EmbedderSpec(cfg.filter, str(classifier), channels=1, image_size=8, device=device)
     rng = np.random.default_rng(0)
     ids = [i for c in sorted(real_ids()) for i in real_ids()[c]]
@@ -83,19 +89,47 @@ def filter_spec(cfg: RunConfig, classifier: Path, device: str) -> FilterSpec:
         col.IMAGE: np.array(pngs, dtype=object),
     }
     emb = ImageEmbedder(espec)(batch)["embedding"]
-    thresholds = np.full(len(CLASSES), cfg.filter.fixed_threshold)
+    thresholds = class_thresholds(
+        np.stack(emb), batch[col.LABEL], len(CLASSES), cfg.filter.pairs, cfg.seed
+    )
     return FilterSpec(espec, dict(zip(ids, emb)), thresholds)
 
 
-def filter_stage(fspec: FilterSpec, batch: int, cpus: float, gpus: float, max_actors: int):
-    """The filter pool as ``raysynth.pipeline.synthesize`` wires it (a ``generate`` stage)."""
+class StampedFilterScorer(FilterScorer):
+    """``FilterScorer`` that appends ``<time> <rows>`` to ``stamps`` after each batch, inside
+    the actor (the Ray side of the steady-state rate)."""
+
+    def __init__(self, spec: FilterSpec, stamps: str) -> None:
+        super().__init__(spec)
+        self.stamps = stamps
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        out = super().__call__(batch)
+        with open(self.stamps, "a") as f:
+            f.write(f"{time.time()!r} {len(batch[col.SAMPLE_ID])}\n")
+        return out
+
+
+def filter_stage(
+    fspec: FilterSpec,
+    batch: int,
+    cpus: float,
+    gpus: float,
+    max_actors: int,
+    stamps: Path | None = None,
+):
+    """The filter pool as ``raysynth.pipeline.synthesize`` wires it (a ``generate`` stage);
+    with ``stamps``, its actors stamp every batch."""
+    fn, kwargs = FilterScorer, {"spec": fspec}
+    if stamps is not None:
+        fn, kwargs = StampedFilterScorer, {"spec": fspec, "stamps": str(stamps)}
 
     def stage(ds: Any) -> Any:
         from ray.data import ActorPoolStrategy
 
         return ds.map_batches(
-            FilterScorer,
-            fn_constructor_kwargs={"spec": fspec},
+            fn,
+            fn_constructor_kwargs=kwargs,
             batch_size=batch,
             batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=max_actors),
@@ -120,7 +154,8 @@ def ray_filter(src: Path, stages: list, batch: int, out: Path) -> Timed:
     ds = ray.data.from_arrow([table.slice(i, batch) for i in range(0, table.num_rows, batch)])
     for stage in stages:
         ds = stage(ds)
-    ds = ds.map_batches(conform, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
+    # the same conform + write step as ``generate``, so every Ray path ends alike
+    ds = ds.map_batches(product_conform, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
     ds.write_parquet(str(out), ray_remote_args={"num_cpus": 0.25})
     wall = time.time() - start
     return Timed(wall, start, read_stamps(stamps), count_rows(out))
@@ -151,6 +186,55 @@ def timed_generate(rows, spec, cfg: RunConfig, out: Path, stages=()) -> float:
     return time.perf_counter() - start
 
 
+@dataclass
+class Measured:
+    plain: list[Timed] = field(default_factory=list)  # filter alone, plain loop
+    ray: list[Timed] = field(default_factory=list)  # filter alone, Ray pool of `cores`
+    generate_s: list[float] = field(default_factory=list)  # product pools from here on
+    filter_s: list[float] = field(default_factory=list)
+    pipeline_s: list[float] = field(default_factory=list)
+    rows_written: list[int] = field(default_factory=list)
+
+
+def _measure(
+    root: Path,
+    cfg: RunConfig,
+    spec: Any,
+    fspec: FilterSpec,
+    rows: list[dict],
+    cores: int,
+    gpus: float,
+    repeats: int,
+) -> Measured:
+    """Warm every path, then interleave the repeats."""
+    batch = cfg.filter.batch_size
+    f = cfg.filter
+    product = filter_stage(
+        fspec, batch, f.cpus_per_actor, f.gpus_per_actor, cfg.synthesis.max_actors
+    )
+
+    # warm-up: imports, thread pools, Ray Data's first execution (generate, then filter)
+    timed_generate(rows[: 2 * batch], spec, cfg, root / "warm-gen")
+    ray_filter(
+        root / "warm-gen", [filter_stage(fspec, batch, cores, gpus, 1)], batch, root / "warm"
+    )
+    plain_filter(root / "warm-gen", fspec, batch, cores, root / "warm-plain")
+
+    m = Measured()
+    for r in range(repeats):
+        gen, alone, pipe = root / f"gen-{r}", root / f"filter-{r}", root / f"pipe-{r}"
+        m.generate_s.append(timed_generate(rows, spec, cfg, gen))
+        m.filter_s.append(ray_filter(gen, [product], batch, alone).wall_s)
+        m.pipeline_s.append(timed_generate(rows, spec, cfg, pipe, [product]))
+        m.plain.append(plain_filter(gen, fspec, batch, cores, root / f"plain-{r}"))
+        ray_out = root / f"ray-{r}"
+        stamped = filter_stage(fspec, batch, cores, gpus, 1, ray_out.with_suffix(".stamps"))
+        m.ray.append(ray_filter(gen, [stamped], batch, ray_out))
+        m.rows_written += [count_rows(d) for d in (gen, alone, pipe)]
+    m.rows_written += [t.rows_written for t in m.plain + m.ray]
+    return m
+
+
 def run(
     out: str | None = None,
     images: int = 128,
@@ -160,7 +244,8 @@ def run(
     repeats: int = 2,
 ) -> dict[str, Any]:
     """Run the bench on the connected Ray instance; print its JSON and write it to ``out`` (a
-    file, or a folder for ``bench-filter.json``). Returns the result dict."""
+    file, or a folder for ``bench-filter.json``). ``cores`` is capped by the cluster's CPUs.
+    Returns the result dict."""
     import ray
 
     if images < 2 * batch:
@@ -170,60 +255,30 @@ def run(
     cuda = torch.cuda.is_available()
     gpus = 1.0 if cuda else 0.0
     load_before = load_average()
-    cfg = bench_config(
-        batch,
-        steps,
-        **{
-            "filter.batch_size": batch,
-            "filter.embedder": "classifier",
-            "synthesis.gpus_per_actor": gpus / 2,
-            "filter.gpus_per_actor": gpus / 2,
-        },
-    )
+    overrides = {
+        "filter.batch_size": batch,
+        "filter.embedder": "classifier",
+        "synthesis.gpus_per_actor": gpus / 2,  # the product's two pools share one GPU
+        "filter.gpus_per_actor": gpus / 2,
+    }
+    cfg = bench_config(batch, steps, **overrides)
     with tempfile.TemporaryDirectory(prefix="raysynth-bench-filter-") as tmp:
         root = Path(tmp)
         spec = generator_spec(cfg, train_tiny_pixel_model(root / "model"))
-        fspec = filter_spec(
-            cfg, write_classifier(root / "classifier", cfg), "cuda" if cuda else "cpu"
-        )
+        classifier = write_classifier(root / "classifier", cfg)
+        fspec = filter_spec(cfg, classifier, "cuda" if cuda else "cpu")
         rows = plan_rows(cfg, images)
-        product = filter_stage(
-            fspec,
-            batch,
-            cfg.filter.cpus_per_actor,
-            cfg.filter.gpus_per_actor,
-            cfg.synthesis.max_actors,
-        )
-        alone = filter_stage(fspec, batch, cores, gpus, 1)
-
-        def stamped(stage, path: Path) -> list:
-            return [stage, stamp_stage(path.with_suffix(".stamps"))]
-
-        # warm-up: imports, thread pools, Ray Data's first execution (generate, then filter)
-        timed_generate(rows[: 2 * batch], spec, cfg, root / "warm-gen")
-        ray_filter(root / "warm-gen", [alone], batch, root / "warm-filter")
-        plain_filter(root / "warm-gen", fspec, batch, cores, root / "warm-plain")
-
-        gen_s, filter_s, pipe_s = [], [], []
-        runs: dict[str, list[Timed]] = {"plain": [], "ray": []}
-        rows_written = []
-        for r in range(repeats):
-            gen = root / f"gen-{r}"
-            gen_s.append(timed_generate(rows, spec, cfg, gen))
-            filter_s.append(ray_filter(gen, [product], batch, root / f"filter-{r}").wall_s)
-            pipe = root / f"pipe-{r}"
-            pipe_s.append(timed_generate(rows, spec, cfg, pipe, [product]))
-            runs["plain"].append(plain_filter(gen, fspec, batch, cores, root / f"plain-{r}"))
-            ray_out = root / f"ray-{r}"
-            runs["ray"].append(ray_filter(gen, stamped(alone, ray_out), batch, ray_out))
-            rows_written += [count_rows(gen), count_rows(pipe), count_rows(root / f"filter-{r}")]
+        m = _measure(root, cfg, spec, fspec, rows, cores, gpus, repeats)
         accepted = read_table(root / f"pipe-{repeats - 1}", [col.ACCEPTED])
         n_accepted = int(np.asarray(accepted[col.ACCEPTED].fill_null(False)).sum())
 
+    runs = {"plain": m.plain, "ray": m.ray}
     steady = {k: [t.steady() for t in v] for k, v in runs.items()}
     e2e = {k: [t.end_to_end() for t in v] for k, v in runs.items()}
+    paths = per_path(runs)
+    ips = paths["images_per_s"]
     med = statistics.median
-    overlaps = [p / (g + f) for p, g, f in zip(pipe_s, gen_s, filter_s)]
+    overlaps = [p / (g + f) for p, g, f in zip(m.pipeline_s, m.generate_s, m.filter_s)]
     result = {
         "name": "filter",
         "ratio": median_ratio(steady["ray"], steady["plain"]),
@@ -236,19 +291,19 @@ def run(
             "ratio_end_to_end": "images / wall time of the whole call, Ray / plain",
             "overlap": "wall(generate with the filter stage) / (wall(generate alone) + "
             "wall(filter alone on its output)), product pool settings, end to end",
+            "first_batch_s": "call start -> first batch out of the filter",
+            "tail_s": "last batch out of the filter -> call returned",
         },
-        "images_per_s": {
-            k: {"steady": float(med(steady[k])), "end_to_end": float(med(e2e[k]))} for k in runs
+        **paths,
+        "overhead_ms_per_batch": overhead_ms_per_batch(
+            ips["ray"]["steady"], ips["plain"]["steady"], batch
+        ),
+        "stage_wall_s": {
+            "generate": float(med(m.generate_s)),
+            "filter": float(med(m.filter_s)),
+            "pipeline": float(med(m.pipeline_s)),
         },
-        "overhead_ms_per_batch": 1e3 * batch * (1 / med(steady["ray"]) - 1 / med(steady["plain"])),
-        "wall_s": {
-            "generate": float(med(gen_s)),
-            "filter": float(med(filter_s)),
-            "pipeline": float(med(pipe_s)),
-            "plain_filter": float(med(t.wall_s for t in runs["plain"])),
-            "ray_filter": float(med(t.wall_s for t in runs["ray"])),
-        },
-        "rows_written": min(rows_written + [t.rows_written for v in runs.values() for t in v]),
+        "rows_written": min(m.rows_written),
         "accepted": n_accepted,
         "images": images,
         "batch": batch,

@@ -17,8 +17,9 @@ Two figures per path:
 - **end to end**: images / wall time of the whole call — model load, actor start, Ray Data
   planning and the write tail included (what one short run costs);
 - **steady state**: the least-squares slope of images done against time, over one stamp taken as
-  each batch leaves the generator — in the plain loop right after the call, in Ray by a zero-CPU
-  ``map_batches`` right after the generator pool (its small cost counts against Ray). One-time
+  each batch leaves the generator — in the plain loop right after the call, in Ray by a
+  ``map_batches`` on one zero-CPU actor right after the generator pool (:func:`stamp_stage`; its
+  small cost counts against Ray). One-time
   costs fall before the first stamp, so this is the rate of a long run; a slope rather than
   first-to-last also stays unbiased when two actors finish batches in pairs.
 
@@ -35,7 +36,6 @@ benches.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import statistics
@@ -122,21 +122,40 @@ def plan_rows(cfg: RunConfig, images: int, round_: int = 0) -> list[dict[str, An
     return plan_round(cfg.synthesis, CLASSES, real_ids(), counts, cfg.seed, round_)
 
 
-def _stamp(batch: pa.Table, path: str) -> pa.Table:
-    with open(path, "a") as f:  # one short append per batch: atomic on a local filesystem
-        f.write(f"{time.time()!r} {batch.num_rows}\n")
-    return batch
+def _batch_stamper() -> type:
+    """The stamping callable class, defined in a function so that cloudpickle ships it by value:
+    its actor then starts without importing raysynth (torch, diffusers) and is ready long before
+    the generator's first batch."""
+
+    class BatchStamper:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def __call__(self, batch):
+            with open(self.path, "a") as f:  # one short append per batch
+                f.write(f"{time.time()!r} {batch.num_rows}\n")
+            return batch
+
+    return BatchStamper
 
 
 def stamp_stage(path: str | Path):
     """A ``generate`` stage that appends ``<time> <rows>`` to ``path`` as each batch passes by.
 
-    Zero CPUs, so it runs even while the actor pools hold every CPU; one machine only (the
-    file is local to the node running the task)."""
-    fn = functools.partial(_stamp, path=str(path))
+    One long-lived zero-CPU actor (a task per batch would wait for a fresh worker process
+    whenever the pools hold every CPU); one machine only, as the file is local to the actor."""
 
     def stage(ds: Any) -> Any:
-        return ds.map_batches(fn, batch_format="pyarrow", batch_size=None, num_cpus=0)
+        from ray.data import ActorPoolStrategy
+
+        return ds.map_batches(
+            _batch_stamper(),
+            fn_constructor_kwargs={"path": str(path)},
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=0,
+            compute=ActorPoolStrategy(size=1),
+        )
 
     return stage
 
@@ -210,7 +229,12 @@ class Timed:
         return steady_rate(self.stamps)
 
     def first_batch_s(self) -> float:
+        """Call start → first batch out of the generator (model load, actor start, one batch)."""
         return self.stamps[0][0] - self.start if self.stamps else float("nan")
+
+    def tail_s(self) -> float:
+        """Last batch out of the generator → call returned (the last writes, pool shutdown)."""
+        return self.start + self.wall_s - self.stamps[-1][0] if self.stamps else float("nan")
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -310,6 +334,67 @@ def matmul_tflops(dtype: torch.dtype, n: int = 8192, repeats: int = 10) -> float
 # -- the bench ---------------------------------------------------------------------------------
 
 
+def per_path(runs: dict[str, list[Timed]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Medians over repeats of each path's figures, keyed by figure then path."""
+    med = statistics.median
+    done = {k: v for k, v in runs.items() if v}
+    return {
+        "images_per_s": {
+            k: {
+                "steady": float(med(t.steady() for t in v)),
+                "end_to_end": float(med(t.end_to_end() for t in v)),
+            }
+            for k, v in done.items()
+        },
+        "first_batch_s": {k: float(med(t.first_batch_s() for t in v)) for k, v in done.items()},
+        "tail_s": {k: float(med(t.tail_s() for t in v)) for k, v in done.items()},
+        "wall_s": {k: float(med(t.wall_s for t in v)) for k, v in done.items()},
+    }
+
+
+def overhead_ms_per_batch(ray_ips: float, plain_ips: float, batch: int) -> float:
+    """Extra milliseconds per batch of the Ray path at steady state."""
+    return 1e3 * batch * (1 / ray_ips - 1 / plain_ips)
+
+
+def _measure(
+    root: Path,
+    folder: str,
+    rows: list[dict],
+    batch: int,
+    steps: int,
+    cores: int,
+    gpus: float,
+    repeats: int,
+    scale: bool,
+) -> tuple[dict[str, list[Timed]], int]:
+    """Warm both paths, then interleave the repeats; returns the runs and the actor threads."""
+    cfg = bench_config(
+        batch, steps, **{"synthesis.cpus_per_actor": cores, "synthesis.gpus_per_actor": gpus}
+    )
+    spec = generator_spec(cfg, folder)
+    cpu = {"synthesis.cpus_per_actor": 1, "synthesis.generator.device": "cpu"}
+    one = bench_config(batch, steps, **cpu)
+    two = bench_config(
+        batch, steps, **cpu, **{"synthesis.min_actors": 2, "synthesis.max_actors": 2}
+    )
+    cpu_spec = generator_spec(one, folder)
+
+    # warm-up: imports, torch's thread pools, Ray Data's first execution
+    plain_generate(rows[: 2 * batch], spec, batch, cores, root / "warm-plain")
+    ray_generate(rows[: 2 * batch], spec, cfg, root / "warm-ray")
+    threads = actor_threads(cores)
+
+    runs: dict[str, list[Timed]] = {"plain": [], "ray": [], "one_actor": [], "two_actors": []}
+    for r in range(repeats):
+        runs["plain"].append(plain_generate(rows, spec, batch, cores, root / f"plain-{r}"))
+        runs["ray"].append(ray_generate(rows, spec, cfg, root / f"ray-{r}"))
+        if scale:
+            runs["one_actor"].append(ray_generate(rows, cpu_spec, one, root / f"one-{r}"))
+            runs["two_actors"].append(ray_generate(rows, cpu_spec, two, root / f"two-{r}"))
+    return runs, threads
+
+
 def run(
     out: str | None = None,
     images: int = 64,
@@ -323,54 +408,31 @@ def run(
     Returns the result dict."""
     import ray
 
+    from raysynth.synthesis.generators import DTYPES
+
     if images < 2 * batch:
         raise ValueError(f"images={images} must be at least 2 batches ({2 * batch}) for a rate")
     cluster_cpus = int(ray.cluster_resources().get("CPU", 0))
     cores = max(1, min(cores, cluster_cpus))
+    scale = cluster_cpus >= 2
     cuda = torch.cuda.is_available()
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="raysynth-bench-synthesis-") as tmp:
         root = Path(tmp)
         folder = train_tiny_pixel_model(root / "model")
-        cfg = bench_config(
-            batch,
-            steps,
-            **{"synthesis.cpus_per_actor": cores, "synthesis.gpus_per_actor": 1.0 if cuda else 0.0},
-        )
-        spec = generator_spec(cfg, folder)
+        cfg = bench_config(batch, steps)
         rows = plan_rows(cfg, images)
-        scale = cluster_cpus >= 2
-        cpu = {"synthesis.cpus_per_actor": 1, "synthesis.generator.device": "cpu"}
-        one = bench_config(batch, steps, **cpu)
-        two = bench_config(
-            batch, steps, **cpu, **{"synthesis.min_actors": 2, "synthesis.max_actors": 2}
-        )
-        cpu_spec = generator_spec(one, folder)
-
-        # warm-up: imports, torch's thread pools, Ray Data's first execution
-        plain_generate(rows[: 2 * batch], spec, batch, cores, root / "warm-plain")
-        ray_generate(rows[: 2 * batch], spec, cfg, root / "warm-ray")
-        threads = actor_threads(cores)
-
-        runs: dict[str, list[Timed]] = {"plain": [], "ray": [], "one_actor": [], "two_actors": []}
-        for r in range(repeats):
-            runs["plain"].append(plain_generate(rows, spec, batch, cores, root / f"plain-{r}"))
-            runs["ray"].append(ray_generate(rows, spec, cfg, root / f"ray-{r}"))
-            if scale:
-                runs["one_actor"].append(ray_generate(rows, cpu_spec, one, root / f"one-{r}"))
-                runs["two_actors"].append(ray_generate(rows, cpu_spec, two, root / f"two-{r}"))
-        identical = same_images(root / f"plain-{repeats - 1}", root / f"ray-{repeats - 1}")
-        gflop = gflop_per_image(spec, rows, batch)
-        ceiling = matmul_tflops(torch.float32) if cuda else None
-
-    def med(name: str, what: str) -> float | None:
-        values = [getattr(t, what) for t in runs[name]]
-        values = [v() if callable(v) else v for v in values]
-        return float(statistics.median(values)) if values else None
+        gpus = 1.0 if cuda else 0.0
+        runs, threads = _measure(root, folder, rows, batch, steps, cores, gpus, repeats, scale)
+        last = repeats - 1
+        identical = same_images(root / f"plain-{last}", root / f"ray-{last}")
+        gflop = gflop_per_image(generator_spec(cfg, folder), rows, batch)
+        ceiling = matmul_tflops(DTYPES[cfg.synthesis.generator.dtype]) if cuda else None
 
     steady = {k: [t.steady() for t in v] for k, v in runs.items()}
     e2e = {k: [t.end_to_end() for t in v] for k, v in runs.items()}
-    ray_steady = med("ray", "steady")
+    paths = per_path(runs)
+    ips = paths["images_per_s"]
     result = {
         "name": "synthesis",
         "ratio": median_ratio(steady["ray"], steady["plain"]),
@@ -379,24 +441,24 @@ def run(
         "scaling_end_to_end": (
             median_ratio(e2e["two_actors"], e2e["one_actor"]) if scale else None
         ),
-        "flop_fraction": (gflop * 1e9 * ray_steady / (ceiling * 1e12)) if cuda else None,
+        "flop_fraction": (
+            gflop * 1e9 * ips["ray"]["steady"] / (ceiling * 1e12) if ceiling else None
+        ),
         "measures": {
             "ratio": "steady-state images/s, Ray generate stage (1 actor, cpus_per_actor=cores) "
             "/ plain loop (torch threads=cores); slope of images vs per-batch stamps",
             "ratio_end_to_end": "images / wall time of the whole call, Ray / plain (model load, "
             "actor start and write tail included)",
             "scaling": "steady-state images/s, Ray 2 actors x 1 core / 1 actor x 1 core (CPU)",
-            "flop_fraction": "GPU only: gflop_per_image x Ray steady images/s / fp32 matmul "
-            "TFLOP/s on the same device",
+            "flop_fraction": "GPU only: gflop_per_image x Ray steady images/s / TFLOP/s of a "
+            "large matmul in the generator's dtype on the same device",
+            "first_batch_s": "call start -> first batch out of the generator",
+            "tail_s": "last batch out of the generator -> call returned",
         },
-        "images_per_s": {
-            k: {"steady": med(k, "steady"), "end_to_end": med(k, "end_to_end")}
-            for k in runs
-            if runs[k]
-        },
-        "overhead_ms_per_batch": 1e3 * batch * (1 / ray_steady - 1 / med("plain", "steady")),
-        "first_batch_s": {k: med(k, "first_batch_s") for k in runs if runs[k]},
-        "wall_s": {k: med(k, "wall_s") for k in runs if runs[k]},
+        **paths,
+        "overhead_ms_per_batch": overhead_ms_per_batch(
+            ips["ray"]["steady"], ips["plain"]["steady"], batch
+        ),
         "rows_written": min(t.rows_written for v in runs.values() for t in v),
         "identical_images": identical,
         "gflop_per_image": gflop,

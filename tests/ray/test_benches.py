@@ -6,6 +6,7 @@ finite and positive and every requested image must have been written.
 
 import json
 import math
+import os
 
 import pytest
 
@@ -26,6 +27,7 @@ def test_steady_rate_is_the_slope_of_images_against_time():
     assert math.isnan(bench_synthesis.steady_rate(one_actor[:1]))
 
 
+@pytest.mark.slow
 def test_synthesis_bench(ray_local, tmp_path):
     out = tmp_path / "bench-synthesis.json"
     r = bench_synthesis.run(out=str(out), images=8, batch=4, steps=1, repeats=1)
@@ -37,10 +39,12 @@ def test_synthesis_bench(ray_local, tmp_path):
         assert _positive(r["images_per_s"][path]["end_to_end"]), path
     assert r["rows_written"] == 8  # every run wrote every image
     assert r["identical_images"] is True  # same rows → same bytes, with or without Ray
-    assert r["actor_threads"] == r["plain_threads"] == 2
+    if "OMP_NUM_THREADS" not in os.environ:  # Ray gives an actor of 2 CPUs 2 torch threads
+        assert r["actor_threads"] == r["plain_threads"] == 2
     assert r["flop_fraction"] is None  # CPU
 
 
+@pytest.mark.slow
 def test_memory_bench(tmp_path):
     r = bench_memory.run(out=str(tmp_path), sizes=(64, 128), batch=32, steps=1)
     assert json.loads((tmp_path / "bench-memory.json").read_text()) == r
@@ -51,6 +55,7 @@ def test_memory_bench(tmp_path):
         assert r["rss_mb"][n] >= r["rss_before_generate_mb"][n]
 
 
+@pytest.mark.slow
 def test_filter_bench(ray_local, tmp_path):
     r = bench_filter.run(out=str(tmp_path / "f.json"), images=16, batch=4, steps=1, repeats=1)
     for key in ("ratio", "ratio_end_to_end", "overlap"):
@@ -58,5 +63,6 @@ def test_filter_bench(ray_local, tmp_path):
     for path in ("plain", "ray"):
         assert _positive(r["images_per_s"][path]["steady"]), path
     assert all(_positive(v) for v in r["wall_s"].values())
+    assert all(_positive(v) for v in r["stage_wall_s"].values())
     assert r["rows_written"] == 16  # generate, filter, pipeline, plain and Ray filter runs
     assert 0 <= r["accepted"] <= 16
