@@ -141,10 +141,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     kind = args.synthetic.replace(":", "-").replace(",", "_")
     out = Path(args.out or f"runs/study-{kind}-{'_'.join(args.classes)}-k{args.k}")
     _connect_ray(args.address)
-    report = run_controlled(spec, cfg, out, resume=args.resume)
+    run_controlled(spec, cfg, out, resume=args.resume)
     print((out / "report.md").read_text())
     print(f"report: {out / 'report.json'}")
-    del report
     return 0
 
 

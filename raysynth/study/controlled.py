@@ -49,14 +49,9 @@ class StudySpec:
             raise ConfigError("--classes: name at least two digit classes, e.g. --classes 0 9")
         if len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"--classes: each class once, got {' '.join(self.classes)}")
-        kind, params = parse_synthetic(self.synthetic, len(self.classes))
-        del kind, params
+        parse_synthetic(self.synthetic, len(self.classes))  # raises on a malformed kind
         if self.k < 1:
             raise ConfigError("--k must be >= 1")
-
-    @property
-    def kind(self) -> str:
-        return parse_synthetic(self.synthetic, len(self.classes))[0]
 
 
 def parse_synthetic(text: str, num_classes: int) -> tuple[str, list[float]]:
