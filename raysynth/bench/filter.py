@@ -13,11 +13,15 @@ small CNN of the default encoder size, written as a raysynth checkpoint into a t
   images against per-batch stamps, taken in the filter actor itself
   (:class:`StampedFilterScorer`) and right after each call in the plain loop; ``ratio_end_to_end``
   the same over the whole call (actor start, model load included). Target ≥ 0.85.
-- ``overlap``: wall time of the streaming generate → filter pipeline (``generate`` with the
-  filter as a stage, pools as the product configures them: ``synthesis.cpus_per_actor``,
-  ``filter.cpus_per_actor``) / (wall time of generate alone + wall time of the filter alone on
-  its output), each measured end to end on the same rows. Below 1 when the two pools overlap
-  (target < 1).
+- ``overlap``: the streaming generate → filter pipeline (``generate`` with the filter as a
+  stage, pools as the product configures them: ``synthesis.cpus_per_actor``,
+  ``filter.cpus_per_actor``) against generate alone plus the filter alone on its output, on the
+  same rows. Headline at steady state: seconds per image of the pipeline / (seconds per image of
+  generate alone + of the filter alone), each from per-batch stamps (after the filter in the
+  pipeline and the filter alone, after the generator alone). ``overlap_end_to_end`` is the same
+  with wall times of the three calls (actor starts and write tails included). Below 1 when the
+  two pools run concurrently (target < 1); as the filter gets cheaper next to generation, the
+  best possible value approaches 1.
 
 Repeats are interleaved; ratios are medians of per-repeat ratios.
 """
@@ -50,6 +54,7 @@ from raysynth.bench.synthesis import (
     overhead_ms_per_batch,
     per_path,
     plan_rows,
+    ray_generate,
     read_stamps,
     real_ids,
     train_tiny_pixel_model,
@@ -59,8 +64,7 @@ from raysynth.config.schema import RunConfig
 from raysynth.data.images import encode_png
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
 from raysynth.filter.threshold import class_thresholds
-from raysynth.synthesis.pipeline import _conform as product_conform  # generate's write step
-from raysynth.synthesis.pipeline import generate
+from raysynth.synthesis.schema import conform as product_conform  # generate's write step
 from raysynth.synthesis.table import read_table
 from raysynth.train.checkpoint import write_checkpoint
 from raysynth.train.models import build_model, encoder_config
@@ -180,20 +184,17 @@ def plain_filter(src: Path, fspec: FilterSpec, batch: int, threads: int, out: Pa
     return Timed(wall, start, stamps, count_rows(out))
 
 
-def timed_generate(rows, spec, cfg: RunConfig, out: Path, stages=()) -> float:
-    start = time.perf_counter()
-    generate(rows, spec, out, cfg.synthesis, stages=list(stages))
-    return time.perf_counter() - start
-
-
 @dataclass
 class Measured:
     plain: list[Timed] = field(default_factory=list)  # filter alone, plain loop
     ray: list[Timed] = field(default_factory=list)  # filter alone, Ray pool of `cores`
-    generate_s: list[float] = field(default_factory=list)  # product pools from here on
-    filter_s: list[float] = field(default_factory=list)
-    pipeline_s: list[float] = field(default_factory=list)
-    rows_written: list[int] = field(default_factory=list)
+    generate: list[Timed] = field(default_factory=list)  # product pools from here on
+    filter: list[Timed] = field(default_factory=list)
+    pipeline: list[Timed] = field(default_factory=list)
+
+    def rows_written(self) -> int:
+        runs = self.plain + self.ray + self.generate + self.filter + self.pipeline
+        return min(t.rows_written for t in runs)
 
 
 def _measure(
@@ -207,32 +208,43 @@ def _measure(
     repeats: int,
 ) -> Measured:
     """Warm every path, then interleave the repeats."""
-    batch = cfg.filter.batch_size
-    f = cfg.filter
-    product = filter_stage(
-        fspec, batch, f.cpus_per_actor, f.gpus_per_actor, cfg.synthesis.max_actors
-    )
+    batch, f = cfg.filter.batch_size, cfg.filter
+
+    def product(stamps: Path):
+        return filter_stage(
+            fspec, batch, f.cpus_per_actor, f.gpus_per_actor, cfg.synthesis.max_actors, stamps
+        )
+
+    def alone(stamps: Path):
+        return filter_stage(fspec, batch, cores, gpus, 1, stamps)
+
+    def stamps(out: Path) -> Path:
+        return out.with_suffix(".stamps")
 
     # warm-up: imports, thread pools, Ray Data's first execution (generate, then filter)
-    timed_generate(rows[: 2 * batch], spec, cfg, root / "warm-gen")
-    ray_filter(
-        root / "warm-gen", [filter_stage(fspec, batch, cores, gpus, 1)], batch, root / "warm"
-    )
+    ray_generate(rows[: 2 * batch], spec, cfg, root / "warm-gen")
+    ray_filter(root / "warm-gen", [alone(stamps(root / "warm"))], batch, root / "warm")
     plain_filter(root / "warm-gen", fspec, batch, cores, root / "warm-plain")
 
     m = Measured()
     for r in range(repeats):
-        gen, alone, pipe = root / f"gen-{r}", root / f"filter-{r}", root / f"pipe-{r}"
-        m.generate_s.append(timed_generate(rows, spec, cfg, gen))
-        m.filter_s.append(ray_filter(gen, [product], batch, alone).wall_s)
-        m.pipeline_s.append(timed_generate(rows, spec, cfg, pipe, [product]))
+        gen, only, pipe, ray = (root / f"{k}-{r}" for k in ("gen", "filter", "pipe", "ray"))
+        m.generate.append(ray_generate(rows, spec, cfg, gen))
+        m.filter.append(ray_filter(gen, [product(stamps(only))], batch, only))
+        m.pipeline.append(ray_generate(rows, spec, cfg, pipe, [product(stamps(pipe))]))
         m.plain.append(plain_filter(gen, fspec, batch, cores, root / f"plain-{r}"))
-        ray_out = root / f"ray-{r}"
-        stamped = filter_stage(fspec, batch, cores, gpus, 1, ray_out.with_suffix(".stamps"))
-        m.ray.append(ray_filter(gen, [stamped], batch, ray_out))
-        m.rows_written += [count_rows(d) for d in (gen, alone, pipe)]
-    m.rows_written += [t.rows_written for t in m.plain + m.ray]
+        m.ray.append(ray_filter(gen, [alone(stamps(ray))], batch, ray))
     return m
+
+
+def _overlaps(m: Measured) -> tuple[list[float], list[float]]:
+    """Per repeat: steady-state and end-to-end overlap."""
+    steady = [
+        (1 / p.steady()) / (1 / g.steady() + 1 / f.steady())
+        for p, g, f in zip(m.pipeline, m.generate, m.filter)
+    ]
+    e2e = [p.wall_s / (g.wall_s + f.wall_s) for p, g, f in zip(m.pipeline, m.generate, m.filter)]
+    return steady, e2e
 
 
 def run(
@@ -277,20 +289,22 @@ def run(
     e2e = {k: [t.end_to_end() for t in v] for k, v in runs.items()}
     paths = per_path(runs)
     ips = paths["images_per_s"]
-    med = statistics.median
-    overlaps = [p / (g + f) for p, g, f in zip(m.pipeline_s, m.generate_s, m.filter_s)]
+    overlap, overlap_e2e = _overlaps(m)
+    stages = per_path({"generate": m.generate, "filter": m.filter, "pipeline": m.pipeline})
     result = {
         "name": "filter",
         "ratio": median_ratio(steady["ray"], steady["plain"]),
         "ratio_end_to_end": median_ratio(e2e["ray"], e2e["plain"]),
-        "overlap": float(med(overlaps)),
+        "overlap": float(statistics.median(overlap)),
+        "overlap_end_to_end": float(statistics.median(overlap_e2e)),
         "measures": {
             "ratio": "steady-state images/s, Ray FilterScorer pool (1 actor, "
             "cpus_per_actor=cores) / plain FilterScorer loop (torch threads=cores); slope of "
             "images vs per-batch stamps",
             "ratio_end_to_end": "images / wall time of the whole call, Ray / plain",
-            "overlap": "wall(generate with the filter stage) / (wall(generate alone) + "
-            "wall(filter alone on its output)), product pool settings, end to end",
+            "overlap": "steady-state s/image of generate with the filter stage / (s/image of "
+            "generate alone + of the filter alone on its output), product pool settings",
+            "overlap_end_to_end": "the same with the wall times of the three calls",
             "first_batch_s": "call start -> first batch out of the filter",
             "tail_s": "last batch out of the filter -> call returned",
         },
@@ -298,12 +312,8 @@ def run(
         "overhead_ms_per_batch": overhead_ms_per_batch(
             ips["ray"]["steady"], ips["plain"]["steady"], batch
         ),
-        "stage_wall_s": {
-            "generate": float(med(m.generate_s)),
-            "filter": float(med(m.filter_s)),
-            "pipeline": float(med(m.pipeline_s)),
-        },
-        "rows_written": min(m.rows_written),
+        "stages": stages,
+        "rows_written": m.rows_written(),
         "accepted": n_accepted,
         "images": images,
         "batch": batch,

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from raysynth import columns as col
 from raysynth.config.schema import SynthesisConfig
 from raysynth.synthesis.generators import GeneratorSpec
@@ -25,7 +23,8 @@ from raysynth.synthesis.plan import (
     quotas_fraction_of_k,
     quotas_top_up,
 )
-from raysynth.synthesis.stage import SYNTHETIC_SCHEMA, DiffusionGenerator, plan_table
+from raysynth.synthesis.schema import conform
+from raysynth.synthesis.stage import DiffusionGenerator, plan_table
 from raysynth.synthesis.table import existing_ids
 
 log = logging.getLogger("raysynth.synthesis")
@@ -122,7 +121,7 @@ def generate(
         ds = stage(ds)
     # Conforming and writing are light: a quarter CPU, so that on a small machine they never
     # wait behind the actor pools holding the whole CPU budget.
-    ds = ds.map_batches(_conform, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
+    ds = ds.map_batches(conform, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
     ds.write_parquet(str(out_root / name), ray_remote_args={"num_cpus": 0.25})
     stats.generated = len(todo)
     stats.wall_s = time.perf_counter() - t0
@@ -131,8 +130,3 @@ def generate(
         name, len(todo), stats.skipped, stats.wall_s,
     )
     return stats
-
-
-def _conform(table: pa.Table) -> pa.Table:
-    """Every written file has exactly the synthetic schema (columns, order, types)."""
-    return table.select(SYNTHETIC_SCHEMA.names).cast(SYNTHETIC_SCHEMA)

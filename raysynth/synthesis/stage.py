@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from raysynth import columns as col
 from raysynth.synthesis.generators import GeneratorSpec, build_generator, identity_json
+from raysynth.synthesis.schema import SYNTHETIC_SCHEMA
 
 log = logging.getLogger("raysynth.synthesis")
 
@@ -29,30 +30,6 @@ PLAN_COLUMNS = (
     col.COND_ID,
     "index",
 )
-
-SYNTHETIC_SCHEMA = pa.schema(
-    [
-        (col.SAMPLE_ID, pa.string()),
-        (col.LABEL, pa.int64()),
-        (col.CLASS_NAME, pa.string()),
-        (col.PROMPT, pa.string()),
-        (col.NEGATIVE_PROMPT, pa.string()),
-        (col.SEED, pa.int64()),
-        (col.ROUND, pa.int64()),
-        (col.COND_ID, pa.string()),
-        ("index", pa.int64()),
-        (col.IMAGE, pa.binary()),  # null when the safety checker flagged the image
-        (col.GENERATOR, pa.string()),
-        (col.CRITERION, pa.float64()),
-        ("flagged", pa.bool_()),
-        (col.REAL_COS, pa.float64()),
-        (col.TEXT_COS, pa.float64()),
-        ("threshold", pa.float64()),
-        (col.ACCEPTED, pa.bool_()),
-        ("own_prob", pa.float64()),  # own-class probability (AiR's most representative image)
-    ]
-)
-
 
 def empty_scores(n: int) -> dict[str, Any]:
     """Score columns before the filter has seen the rows."""
