@@ -12,13 +12,12 @@ the default detached gradient; ``ratio_through_model`` the same with the UNet ba
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 
 import torch
 
+from raysynth.bench import emit
 from raysynth.synthesis.guidance import FeedbackGuidance
 from raysynth.synthesis.pixel import PixelDiffusionConfig, build_unet, sampling_scheduler_config
 from raysynth.synthesis.sampling import sample_pixel
@@ -93,10 +92,4 @@ def run(
         "device": device,
         "threads": torch.get_num_threads(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out is not None:
-        path = os.path.join(out, "bench-guidance.json") if os.path.isdir(out) else out
-        with open(path, "w") as f:
-            f.write(text + "\n")
-    return result
+    return emit(result, out)

@@ -17,13 +17,12 @@ two implementations together:
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 
 import torch
 
+from raysynth.bench import emit
 from raysynth.train.losses import contrastive_loss
 
 NUM_CLASSES = 10
@@ -120,10 +119,4 @@ def run(out: str | None = None, batch: int = 512, dim: int = 128, repeats: int =
         "device": device,
         "threads": torch.get_num_threads(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out is not None:
-        path = os.path.join(out, "bench-loss.json") if os.path.isdir(out) else out
-        with open(path, "w") as f:
-            f.write(text + "\n")
-    return result
+    return emit(result, out)

@@ -8,7 +8,6 @@ both best objectives, and the objective's run-to-run noise (std of F at one poin
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from raysynth.bench import emit
 from raysynth.config import build_config
 from raysynth.seeding import stable_seed
 from raysynth.study.controlled import StudySpec, build_study_data, study_config
@@ -81,8 +81,4 @@ def run(out: str | None = None, concurrency: int = 2, evals: int = 16) -> dict[s
             abs(tuned.best_val_acc - gp.best_val_acc) <= max(2 * float(np.std(noise)), 0.01)
         ),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out:
-        Path(out).write_text(text)
-    return result
+    return emit(result, out)

@@ -39,6 +39,19 @@ def embedder_spec(cfg: RunConfig, real: RealData, classifier_folder: Path | None
     )
 
 
+def embedder_pool(cfg: RunConfig) -> dict[str, Any]:
+    """``map_batches`` arguments of an embedder actor pool (resources from ``filter.*``)."""
+    from ray.data import ActorPoolStrategy
+
+    return {
+        "batch_size": cfg.filter.batch_size,
+        "batch_format": "numpy",
+        "compute": ActorPoolStrategy(min_size=1, max_size=cfg.synthesis.max_actors),
+        "num_gpus": cfg.filter.gpus_per_actor,
+        "num_cpus": cfg.filter.cpus_per_actor,
+    }
+
+
 def real_embeddings(run: RunDir, real: RealData, spec: EmbedderSpec, cfg: RunConfig) -> dict:
     """Embeddings of the real train images, computed once per run (``real/embeddings.npz``)."""
     path = run.root / "real" / "embeddings.npz"
@@ -49,18 +62,10 @@ def real_embeddings(run: RunDir, real: RealData, spec: EmbedderSpec, cfg: RunCon
 
     from raysynth.data.store import real_path
 
-    ds = ray.data.read_parquet(str(real_path(run.root, "train")), columns=[col.SAMPLE_ID, col.LABEL, col.IMAGE])
-    from ray.data import ActorPoolStrategy
-
-    ds = ds.map_batches(
-        ImageEmbedder,
-        fn_constructor_kwargs={"spec": spec},
-        batch_size=cfg.filter.batch_size,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=1, max_size=cfg.synthesis.max_actors),
-        num_gpus=cfg.filter.gpus_per_actor,
-        num_cpus=cfg.filter.cpus_per_actor,
+    ds = ray.data.read_parquet(
+        str(real_path(run.root, "train")), columns=[col.SAMPLE_ID, col.LABEL, col.IMAGE]
     )
+    ds = ds.map_batches(ImageEmbedder, fn_constructor_kwargs={"spec": spec}, **embedder_pool(cfg))
     ids, emb = [], []
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         ids.extend(str(i) for i in batch[col.SAMPLE_ID])
@@ -80,7 +85,10 @@ def thresholds(cfg: RunConfig, real: RealData, emb: dict) -> np.ndarray:
     ids = [real.images.sample_ids[i] for i in idx]
     vectors = np.stack([emb[i] for i in ids])
     return class_thresholds(
-        vectors, real.images.labels[idx], real.num_classes, cfg.filter.pairs,
+        vectors,
+        real.images.labels[idx],
+        real.num_classes,
+        cfg.filter.pairs,
         stable_seed(cfg.seed, "pairs"),
     )
 
@@ -157,18 +165,12 @@ def synthesize(
         tau = np.full(real.num_classes, np.nan)
 
     def filter_stage(ds: Any) -> Any:
-        from ray.data import ActorPoolStrategy
-
-        if not cfg.filter.enabled:  # keep every image that exists (the safety checker may drop some)
+        if (
+            not cfg.filter.enabled
+        ):  # keep every image that exists (the safety checker may drop some)
             return ds.map_batches(accept_all, batch_format="numpy", num_cpus=0.25)
         return ds.map_batches(
-            FilterScorer,
-            fn_constructor_kwargs={"spec": fspec},
-            batch_size=cfg.filter.batch_size,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=1, max_size=cfg.synthesis.max_actors),
-            num_gpus=cfg.filter.gpus_per_actor,
-            num_cpus=cfg.filter.cpus_per_actor,
+            FilterScorer, fn_constructor_kwargs={"spec": fspec}, **embedder_pool(cfg)
         )
 
     want = np.array([quota.get(c, 0) for c in range(real.num_classes)])
@@ -271,8 +273,9 @@ def write_sample_grid(root: Path, out: Path, real: RealData, per_class: int = 8)
     rows: dict[int, list[np.ndarray]] = {c: [] for c in range(real.num_classes)}
     for t in iter_tables(root, [col.LABEL, col.IMAGE, col.ACCEPTED]):
         t = t.filter(t[col.IMAGE].is_valid())
-        order = np.argsort(~np.asarray(t[col.ACCEPTED].fill_null(False).to_pylist(), bool),
-                           kind="stable")
+        order = np.argsort(
+            ~np.asarray(t[col.ACCEPTED].fill_null(False).to_pylist(), bool), kind="stable"
+        )
         for i in order:
             c = int(t[col.LABEL][int(i)].as_py())
             if len(rows[c]) < per_class:
@@ -285,6 +288,7 @@ def write_sample_grid(root: Path, out: Path, real: RealData, per_class: int = 8)
         for j, img in enumerate(imgs):
             grid[c * (h + 1) : c * (h + 1) + h, j * (w + 1) : j * (w + 1) + w] = img
     scale = max(1, 64 // max(h, w))
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale),
-                                 Image.NEAREST).save(out)
+    Image.fromarray(grid).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+    ).save(out)
     return out
