@@ -45,7 +45,6 @@ from raysynth.bench.synthesis import (
     CLASSES,
     Timed,
     bench_config,
-    conform,
     count_rows,
     generator_spec,
     load_average,
@@ -64,7 +63,7 @@ from raysynth.config.schema import RunConfig
 from raysynth.data.images import encode_png
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
 from raysynth.filter.threshold import class_thresholds
-from raysynth.synthesis.schema import conform as product_conform  # generate's write step
+from raysynth.synthesis.schema import conform  # generate's own write step
 from raysynth.synthesis.table import read_table
 from raysynth.train.checkpoint import write_checkpoint
 from raysynth.train.models import build_model, encoder_config
@@ -159,7 +158,7 @@ def ray_filter(src: Path, stages: list, batch: int, out: Path) -> Timed:
     for stage in stages:
         ds = stage(ds)
     # the same conform + write step as ``generate``, so every Ray path ends alike
-    ds = ds.map_batches(product_conform, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
+    ds = ds.map_batches(conform, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
     ds.write_parquet(str(out), ray_remote_args={"num_cpus": 0.25})
     wall = time.time() - start
     return Timed(wall, start, read_stamps(stamps), count_rows(out))
@@ -307,6 +306,11 @@ def run(
             "overlap_end_to_end": "the same with the wall times of the three calls",
             "first_batch_s": "call start -> first batch out of the filter",
             "tail_s": "last batch out of the filter -> call returned",
+        },
+        "per_repeat": {
+            "ratio": [a / b for a, b in zip(steady["ray"], steady["plain"])],
+            "overlap": overlap,
+            "overlap_end_to_end": overlap_e2e,
         },
         **paths,
         "overhead_ms_per_batch": overhead_ms_per_batch(

@@ -19,8 +19,8 @@ Two figures per path:
 - **steady state**: the least-squares slope of images done against time, over one stamp taken as
   each batch leaves the generator — in the plain loop right after the call, in Ray by a
   ``map_batches`` on one zero-CPU actor right after the generator pool (:func:`stamp_stage`; its
-  small cost counts against Ray). One-time
-  costs fall before the first stamp, so this is the rate of a long run; a slope rather than
+  small cost counts against Ray). One-time costs fall before the first stamp (``first_batch_s``)
+  or after the last (``tail_s``), so this is the rate of a long run; a slope rather than
   first-to-last also stays unbiased when two actors finish batches in pairs.
 
 ``ratio`` = steady-state Ray / plain images/s (target ≥ 0.85), ``ratio_end_to_end`` the same end
@@ -56,7 +56,8 @@ from raysynth.config.schema import RunConfig
 from raysynth.synthesis.generators import GeneratorSpec
 from raysynth.synthesis.pipeline import generate, plan_round
 from raysynth.synthesis.pixel import PixelDiffusionConfig, load_or_train
-from raysynth.synthesis.stage import SYNTHETIC_SCHEMA, DiffusionGenerator, plan_table
+from raysynth.synthesis.schema import conform
+from raysynth.synthesis.stage import DiffusionGenerator, plan_table
 from raysynth.synthesis.table import parquet_files, read_table
 
 CLASSES = [str(c) for c in range(10)]
@@ -237,11 +238,6 @@ class Timed:
         return self.start + self.wall_s - self.stamps[-1][0] if self.stamps else float("nan")
 
 
-def conform(table: pa.Table) -> pa.Table:
-    """The synthetic schema, as the Ray path writes it."""
-    return table.select(SYNTHETIC_SCHEMA.names).cast(SYNTHETIC_SCHEMA)
-
-
 def numpy_batches(table: pa.Table, batch: int):
     """``table`` in slices of ``batch`` rows as dicts of numpy arrays (Ray Data's numpy format)."""
     for i in range(0, table.num_rows, batch):
@@ -270,12 +266,15 @@ def plain_generate(
     return Timed(wall, start, stamps, count_rows(out))
 
 
-def ray_generate(rows: list[dict], spec: GeneratorSpec, cfg: RunConfig, out: Path) -> Timed:
-    """The product's generate stage, stamped as batches leave the generator pool."""
+def ray_generate(
+    rows: list[dict], spec: GeneratorSpec, cfg: RunConfig, out: Path, stages: list | None = None
+) -> Timed:
+    """The product's generate stage, stamped as batches leave the generator pool — or, with
+    ``stages``, as those stages stamp into ``out.with_suffix(".stamps")``."""
     out.mkdir(parents=True, exist_ok=True)
     stamps = out.with_suffix(".stamps")
     start = time.time()
-    generate(rows, spec, out, cfg.synthesis, stages=[stamp_stage(stamps)])
+    generate(rows, spec, out, cfg.synthesis, stages=stages or [stamp_stage(stamps)])
     wall = time.time() - start
     return Timed(wall, start, read_stamps(stamps), count_rows(out))
 
@@ -454,6 +453,10 @@ def run(
             "large matmul in the generator's dtype on the same device",
             "first_batch_s": "call start -> first batch out of the generator",
             "tail_s": "last batch out of the generator -> call returned",
+        },
+        "per_repeat": {
+            "ratio": [a / b for a, b in zip(steady["ray"], steady["plain"])],
+            "scaling": [a / b for a, b in zip(steady["two_actors"], steady["one_actor"])],
         },
         **paths,
         "overhead_ms_per_batch": overhead_ms_per_batch(

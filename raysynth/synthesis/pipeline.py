@@ -119,10 +119,10 @@ def generate(
     )
     for stage in stages:
         ds = stage(ds)
-    # Conforming and writing are light: a quarter CPU, so that on a small machine they never
-    # wait behind the actor pools holding the whole CPU budget.
-    ds = ds.map_batches(conform, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
-    ds.write_parquet(str(out_root / name), ray_remote_args={"num_cpus": 0.25})
+    # Conforming and writing are light and mostly I/O: they reserve no CPU, so they stream
+    # images to disk even while the actor pools hold every CPU of the cluster.
+    ds = ds.map_batches(conform, batch_format="pyarrow", batch_size=None, num_cpus=0)
+    ds.write_parquet(str(out_root / name), ray_remote_args={"num_cpus": 0})
     stats.generated = len(todo)
     stats.wall_s = time.perf_counter() - t0
     log.info(

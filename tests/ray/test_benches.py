@@ -37,6 +37,7 @@ def test_synthesis_bench(ray_local, tmp_path):
     for path in ("plain", "ray", "one_actor", "two_actors"):
         assert _positive(r["images_per_s"][path]["steady"]), path
         assert _positive(r["images_per_s"][path]["end_to_end"]), path
+    assert len(r["per_repeat"]["ratio"]) == len(r["per_repeat"]["scaling"]) == 1
     assert r["rows_written"] == 8  # every run wrote every image
     assert r["identical_images"] is True  # same rows → same bytes, with or without Ray
     if "OMP_NUM_THREADS" not in os.environ:  # Ray gives an actor of 2 CPUs 2 torch threads
@@ -58,11 +59,13 @@ def test_memory_bench(tmp_path):
 @pytest.mark.slow
 def test_filter_bench(ray_local, tmp_path):
     r = bench_filter.run(out=str(tmp_path / "f.json"), images=16, batch=4, steps=1, repeats=1)
-    for key in ("ratio", "ratio_end_to_end", "overlap"):
+    for key in ("ratio", "ratio_end_to_end", "overlap", "overlap_end_to_end"):
         assert _positive(r[key]), key
     for path in ("plain", "ray"):
         assert _positive(r["images_per_s"][path]["steady"]), path
+    for stage in ("generate", "filter", "pipeline"):
+        assert _positive(r["stages"]["images_per_s"][stage]["steady"]), stage
+        assert _positive(r["stages"]["wall_s"][stage]), stage
     assert all(_positive(v) for v in r["wall_s"].values())
-    assert all(_positive(v) for v in r["stage_wall_s"].values())
     assert r["rows_written"] == 16  # generate, filter, pipeline, plain and Ray filter runs
     assert 0 <= r["accepted"] <= 16
