@@ -63,7 +63,8 @@ from raysynth.config.schema import RunConfig
 from raysynth.data.images import encode_png
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
 from raysynth.filter.threshold import class_thresholds
-from raysynth.synthesis.schema import conform  # generate's own write step
+from raysynth.synthesis.pipeline import write_synthetic
+from raysynth.synthesis.schema import conform
 from raysynth.synthesis.table import read_table
 from raysynth.train.checkpoint import write_checkpoint
 from raysynth.train.models import build_model, encoder_config
@@ -157,9 +158,7 @@ def ray_filter(src: Path, stages: list, batch: int, out: Path) -> Timed:
     ds = ray.data.from_arrow([table.slice(i, batch) for i in range(0, table.num_rows, batch)])
     for stage in stages:
         ds = stage(ds)
-    # the same conform + write step as ``generate``, so every Ray path ends alike
-    ds = ds.map_batches(conform, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
-    ds.write_parquet(str(out), ray_remote_args={"num_cpus": 0.25})
+    write_synthetic(ds, out)  # the same write step as ``generate``
     wall = time.time() - start
     return Timed(wall, start, read_stamps(stamps), count_rows(out))
 

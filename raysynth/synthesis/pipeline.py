@@ -119,10 +119,7 @@ def generate(
     )
     for stage in stages:
         ds = stage(ds)
-    # Conforming and writing are light and mostly I/O: they reserve no CPU, so they stream
-    # images to disk even while the actor pools hold every CPU of the cluster.
-    ds = ds.map_batches(conform, batch_format="pyarrow", batch_size=None, num_cpus=0)
-    ds.write_parquet(str(out_root / name), ray_remote_args={"num_cpus": 0})
+    write_synthetic(ds, out_root / name)
     stats.generated = len(todo)
     stats.wall_s = time.perf_counter() - t0
     log.info(
@@ -130,3 +127,13 @@ def generate(
         name, len(todo), stats.skipped, stats.wall_s,
     )
     return stats
+
+
+def write_synthetic(ds: Any, path: str | Path) -> None:
+    """Conform rows to the synthetic schema and stream them to Parquet files under ``path``.
+
+    Conforming and writing are light and mostly I/O: they reserve no CPU, so they stream images
+    to disk even while the actor pools hold every CPU of the cluster.
+    """
+    ds = ds.map_batches(conform, batch_format="pyarrow", batch_size=None, num_cpus=0)
+    ds.write_parquet(str(path), ray_remote_args={"num_cpus": 0})
