@@ -1,8 +1,24 @@
-"""Latent diffusion generators: Stable Diffusion 1.x/2.x (``text2image``) and Stable unCLIP 2.1
-(``unclip``), loaded with diffusers' own ``from_pretrained`` (DESIGN §1, METHODS §2–3).
+"""Latent diffusion generators: Stable Diffusion 1.x/2.x and SDXL (``text2image``) and Stable
+unCLIP 2.1 (``unclip``), loaded with diffusers' own ``from_pretrained`` (DESIGN §1, METHODS §2–3).
 
-Both run ONE denoising loop (:meth:`LatentSampler.denoise`) on the pipeline's components rather
-than ``pipe(...)``, so feedback guidance can act between the UNet call and the scheduler step:
+All run ONE denoising loop (:meth:`LatentSampler.denoise`) on the pipeline's components rather
+than ``pipe(...)``, so feedback guidance can act between the UNet call and the scheduler step.
+What differs between pipeline families is only what conditions the UNet besides ``x_t`` and ``t``
+— a :class:`Conditioning` built by :meth:`LatentSampler.conditioning`:
+
+- SD 1.x/2.x: the text encoder's states (``encoder_hidden_states``);
+- SDXL (``StableDiffusionXLPipeline``, recognised by ``model_index.json``'s class name; the kind
+  stays ``text2image``): both text encoders' states concatenated, plus ``added_cond_kwargs`` —
+  the second encoder's pooled projection (``text_embeds``) and the micro-conditioning
+  ``time_ids`` = (original size, crop top-left (0, 0), target size), both sizes the resolution
+  actually sampled (the model's own, as ``pipe(...)`` does by default; ``image_size`` only resizes
+  the output). With ``force_zeros_for_empty_prompt`` (the SDXL base config) an empty negative
+  prompt is the all-zero embedding, as in ``pipe(...)`` without a negative prompt. The VAE
+  decodes with its own scaling factor, in float32 when the model runs in float16 and the VAE
+  config says ``force_upcast``; SDXL ships no safety checker (asking for one is a config error);
+- unCLIP: the text states plus ``class_labels`` (below).
+
+The loop:
 
 - classifier-free guidance ``ε̃ = ε(P_n) + s (ε(P_c) − ε(P_n))`` with ``s = guidance_scale`` and the
   row's negative prompt ``P_n`` (the empty prompt when there is none) as the unconditional branch.
@@ -31,7 +47,7 @@ import inspect
 import io
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +77,9 @@ SCHEDULERS = {
     "euler_ancestral": "EulerAncestralDiscreteScheduler",
     "dpm_solver": "DPMSolverMultistepScheduler",
 }
+SDXL = "StableDiffusionXLPipeline"
 PIPELINES = {
-    "text2image": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
+    "text2image": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", SDXL),
     "unclip": ("StableUnCLIPImg2ImgPipeline",),
 }
 _EMBED_CACHE_SIZE = 4096
@@ -112,6 +129,11 @@ def check_model_available(cfg: GeneratorConfig) -> dict[str, Any]:
         index = _cached_model_index(model)
     info = json.loads(Path(index).read_text())
     _check_pipeline_class(cfg, info.get("_class_name", ""))
+    if cfg.safety_checker and info.get("_class_name") == SDXL:
+        raise ConfigError(
+            f"{KEY}.safety_checker=true but {cfg.model!r} is an SDXL pipeline, and SDXL ships no "
+            "safety checker; set it to false or use a Stable Diffusion 1.x/2.x model that has one"
+        )
     check_scheduler(cfg.scheduler)
     return info
 
@@ -136,13 +158,13 @@ def _cached_model_index(model: str) -> str:
 def _check_pipeline_class(cfg: GeneratorConfig, name: str) -> None:
     if name in PIPELINES[cfg.kind]:
         return
-    if "XL" in name:
-        raise ConfigError(
-            f"{KEY}.model={cfg.model!r} is an SDXL pipeline ({name}), which raysynth does not "
-            "drive; pass a Stable Diffusion 1.x/2.x model (kind text2image) or Stable unCLIP "
-            "(kind unclip)"
-        )
     other = next((k for k, names in PIPELINES.items() if name in names), None)
+    if other is None and "XL" in name:
+        raise ConfigError(
+            f"{KEY}.model={cfg.model!r} is an SDXL {name}, which raysynth does not drive; "
+            f"pass an SDXL base model ({SDXL}, kind text2image), a Stable Diffusion 1.x/2.x "
+            "model (kind text2image) or Stable unCLIP (kind unclip)"
+        )
     hint = f"; set {KEY}.kind={other}" if other else ""
     raise ConfigError(
         f"{KEY}.model={cfg.model!r} is a {name or 'unknown'} pipeline but {KEY}.kind={cfg.kind} "
@@ -179,11 +201,12 @@ def load_pipeline(cfg: GeneratorConfig, device: torch.device) -> Any:
 
     info = check_model_available(cfg)
     check_adapters(cfg)
-    cls = getattr(
-        diffusers, "StableDiffusionPipeline" if cfg.kind == "text2image" else info["_class_name"]
-    )
+    name = info["_class_name"]
+    if cfg.kind == "text2image" and name != SDXL:
+        name = "StableDiffusionPipeline"  # also for an img2img folder: same components
+    cls = getattr(diffusers, name)
     kwargs: dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "local_files_only": True}
-    if cfg.kind == "text2image" and not cfg.safety_checker:
+    if name == "StableDiffusionPipeline" and not cfg.safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         pipe = cls.from_pretrained(
@@ -236,7 +259,7 @@ def _brief(exc: Exception, lines: int = 3, chars: int = 600) -> str:
 
 
 def build_latent_generator(spec: GeneratorSpec) -> Generator:
-    """The generator of ``spec.generator.kind`` (``text2image`` or ``unclip``)."""
+    """The generator of ``spec.generator.kind`` (``text2image``: SD or SDXL; ``unclip``)."""
     if spec.generator.kind == "text2image":
         return Text2ImageGenerator(spec)
     if spec.generator.kind == "unclip":
@@ -266,9 +289,41 @@ def _guidance_frame(scheduler: Any, t: torch.Tensor) -> tuple[float, torch.Tenso
     return 1.0, scheduler.alphas_cumprod[int(t)].float()
 
 
+@dataclass
+class Conditioning:
+    """What conditions the UNet besides ``x_t`` and ``t``, for a batch of rows — stacked
+    ``[unconditional; conditional]`` along the batch when classifier-free guidance is on.
+
+    ``encoder_hidden_states [B', S, D]`` (every family); ``class_labels [B', E]`` (unCLIP's image
+    embedding); ``added_cond_kwargs`` (SDXL: ``text_embeds [B', P]`` pooled text projection and
+    ``time_ids [B', 6]`` micro-conditioning).
+    """
+
+    encoder_hidden_states: torch.Tensor
+    class_labels: torch.Tensor | None = None
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None
+
+    def to(self, dtype: torch.dtype) -> Conditioning:
+        return Conditioning(
+            self.encoder_hidden_states.to(dtype),
+            None if self.class_labels is None else self.class_labels.to(dtype),
+            None
+            if self.added_cond_kwargs is None
+            else {k: v.to(dtype) for k, v in self.added_cond_kwargs.items()},
+        )
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"encoder_hidden_states": self.encoder_hidden_states}
+        if self.class_labels is not None:
+            kwargs["class_labels"] = self.class_labels
+        if self.added_cond_kwargs is not None:
+            kwargs["added_cond_kwargs"] = self.added_cond_kwargs
+        return kwargs
+
+
 class LatentSampler:
-    """A loaded latent diffusion pipeline plus everything both generators share: prompt
-    embeddings, the denoising loop, decoding, safety checking and provenance."""
+    """A loaded latent diffusion pipeline plus everything its generators share: prompt
+    embeddings and conditioning, the denoising loop, decoding, safety checking and provenance."""
 
     def __init__(self, spec: GeneratorSpec) -> None:
         g = spec.generator
@@ -286,31 +341,98 @@ class LatentSampler:
             ) from exc
         self.prediction_type = self.pipe.scheduler.config.prediction_type
         self.image_size = spec.image_size or g.image_size
+        self.use_uncond = g.guidance_scale != 1  # s = 1: the unconditional half would cancel
+        self._text_cache: dict[str, tuple[torch.Tensor, ...]] = {}
+        unet = self.pipe.unet
+        size = unet.config.sample_size
+        size = int(size if isinstance(size, int) else size[0])
+        self.latent_shape = (unet.config.in_channels, size, size)
+        self.is_sdxl = type(self.pipe).__name__ == SDXL
+        self.time_ids: torch.Tensor | None = None
+        self.force_zeros = False
+        if self.is_sdxl:
+            self._setup_sdxl(size * int(self.pipe.vae_scale_factor))
         self.feedback = build_feedback(spec, self.device, decode=self.decode_for_classifier)
         # the same criterion on already decoded pixels (final images: no second VAE decode)
         self.pixel_feedback = (
             None if self.feedback is None else replace(self.feedback, decode=self.adapt_pixels)
         )
-        self._text_cache: dict[str, torch.Tensor] = {}
-        unet = self.pipe.unet
-        size = unet.config.sample_size
-        size = int(size if isinstance(size, int) else size[0])
-        self.latent_shape = (unet.config.in_channels, size, size)
+
+    def _setup_sdxl(self, side: int) -> None:
+        """SDXL's micro-conditioning and VAE precision (as ``StableDiffusionXLPipeline``)."""
+        pipe = self.pipe
+        # (original size, crop top-left, target size): the resolution sampled, no crop
+        self.time_ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=torch.float32)
+        unet = pipe.unet
+        pooled_dim = int(pipe.text_encoder_2.config.projection_dim)
+        text_time = unet.config.addition_embed_type == "text_time"
+        expected = unet.add_embedding.linear_1.in_features if text_time else None
+        passed = (unet.config.addition_time_embed_dim or 0) * self.time_ids.shape[1] + pooled_dim
+        if expected != passed:
+            raise ConfigError(
+                f"{KEY}.model={self.spec.generator.model!r}: its UNet's added embedding "
+                f"(addition_embed_type={unet.config.addition_embed_type!r}, {expected} inputs) "
+                f"does not take SDXL's 6 time ids and text_encoder_2's pooled projection "
+                f"({passed} values); the pipeline folder's configs do not fit together"
+            )
+        self.force_zeros = bool(pipe.config.get("force_zeros_for_empty_prompt", False))
+        # the SDXL VAE overflows in float16: decode in float32 (its config says force_upcast)
+        if pipe.vae.dtype == torch.float16 and pipe.vae.config.get("force_upcast", False):
+            pipe.vae.to(torch.float32)
 
     # -- conditioning ---------------------------------------------------------------------------
 
-    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
-        """``[B, S, D]`` text-encoder states, each prompt encoded alone and cached."""
-        out = []
-        for p in prompts:
-            if p not in self._text_cache:
-                if len(self._text_cache) >= _EMBED_CACHE_SIZE:
-                    self._text_cache.clear()
-                with torch.no_grad():
-                    emb, _ = self.pipe.encode_prompt([p], self.device, 1, False)
-                self._text_cache[p] = emb[0]
-            out.append(self._text_cache[p])
-        return torch.stack(out)
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, ...]:
+        """One prompt through the pipeline's own ``encode_prompt`` (cached): ``(states [S, D],)``
+        for SD / unCLIP, ``(states [S, D1+D2], pooled [P])`` for SDXL."""
+        if prompt not in self._text_cache:
+            if len(self._text_cache) >= _EMBED_CACHE_SIZE:
+                self._text_cache.clear()
+            with torch.no_grad():
+                if self.is_sdxl:
+                    states, _, pooled, _ = self.pipe.encode_prompt(
+                        prompt=[prompt],
+                        device=self.device,
+                        num_images_per_prompt=1,
+                        do_classifier_free_guidance=False,
+                    )
+                    parts: tuple[torch.Tensor, ...] = (states[0], pooled[0])
+                else:
+                    states, _ = self.pipe.encode_prompt([prompt], self.device, 1, False)
+                    parts = (states[0],)
+            self._text_cache[prompt] = parts
+        return self._text_cache[prompt]
+
+    def negative_embedding(self, prompt: str) -> tuple[torch.Tensor, ...]:
+        """The unconditional branch of one row: its negative prompt, or the empty prompt —
+        all zeros instead where the SDXL config sets ``force_zeros_for_empty_prompt``."""
+        parts = self.encode_prompt(prompt)
+        if not prompt and self.is_sdxl and self.force_zeros:
+            return tuple(torch.zeros_like(p) for p in parts)
+        return parts
+
+    def conditioning(
+        self,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str],
+        class_labels: torch.Tensor | None = None,
+    ) -> Conditioning:
+        """The :class:`Conditioning` of a batch (unconditional half first when CFG is on).
+
+        ``class_labels [B, E]`` (unCLIP) condition the UNet; their unconditional branch is zero.
+        """
+        parts = [torch.stack(p) for p in zip(*(self.encode_prompt(p) for p in prompts))]
+        if self.use_uncond:
+            negatives = [self.negative_embedding(p) for p in negative_prompts]
+            parts = [torch.cat([torch.stack(n), c]) for n, c in zip(zip(*negatives), parts)]
+            if class_labels is not None:
+                class_labels = torch.cat([torch.zeros_like(class_labels), class_labels])
+        added = None
+        if self.is_sdxl:
+            assert self.time_ids is not None
+            time_ids = self.time_ids.to(self.device).repeat(len(parts[1]), 1)
+            added = {"text_embeds": parts[1], "time_ids": time_ids}
+        return Conditioning(parts[0], class_labels, added).to(self.dtype)
 
     def initial_latents(self, generators: list[torch.Generator]) -> torch.Tensor:
         """Unit Gaussian latents ``[B, C, h, w]``, one row per generator (drawn first)."""
@@ -326,28 +448,20 @@ class LatentSampler:
         self,
         noise: torch.Tensor,
         generators: list[torch.Generator],
-        prompts: Sequence[str],
-        negative_prompts: Sequence[str],
+        cond: Conditioning,
         labels: torch.Tensor,
-        class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoise ``noise [B, C, h, w]`` → clean latents ``[B, C, h, w]`` (float32).
 
-        ``class_labels [B, E]`` (unCLIP) condition the UNet; their unconditional branch is zero.
-        ``labels [B]`` are the classes feedback guidance scores against.
+        ``cond`` comes from :meth:`conditioning`; ``labels [B]`` are the classes feedback
+        guidance scores against.
         """
         g = self.spec.generator
         unet = self.pipe.unet
         scheduler = self.new_scheduler()
         scheduler.set_timesteps(g.num_steps, device=self.device)
-        use_uncond = g.guidance_scale != 1
-        text = self.text_embeddings(prompts)
-        if use_uncond:
-            text = torch.cat([self.text_embeddings(negative_prompts), text])
-        text = text.to(self.dtype)
-        cls = class_labels
-        if cls is not None:
-            cls = (torch.cat([torch.zeros_like(cls), cls]) if use_uncond else cls).to(self.dtype)
+        use_uncond = self.use_uncond
+        unet_kwargs = cond.unet_kwargs()
         step_kwargs = (
             {"generator": generators}
             if "generator" in inspect.signature(scheduler.step).parameters
@@ -356,12 +470,11 @@ class LatentSampler:
 
         def guided_output(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             inp = torch.cat([x_in, x_in]) if use_uncond else x_in
-            out = unet(inp.to(self.dtype), t, encoder_hidden_states=text, class_labels=cls)
-            out = out.sample.float()
+            out = unet(inp.to(self.dtype), t, **unet_kwargs).sample.float()
             if not use_uncond:
                 return out
-            unc, cond = out.chunk(2)
-            return unc + g.guidance_scale * (cond - unc)
+            unc, cond_out = out.chunk(2)
+            return unc + g.guidance_scale * (cond_out - unc)
 
         latents = noise.float() * scheduler.init_noise_sigma
         # no_grad, not inference_mode: feedback guidance needs autograd inside the loop
@@ -403,9 +516,22 @@ class LatentSampler:
     # -- decoding and output --------------------------------------------------------------------
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in about [-1, 1] (differentiable)."""
+        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in about [-1, 1] (differentiable).
+
+        Unscaled by the VAE's own ``scaling_factor`` (0.18215 SD, 0.13025 SDXL), or
+        denormalised with its ``latents_mean`` / ``latents_std`` where the config has them.
+        """
         vae = self.pipe.vae
-        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+        cfg = vae.config
+        mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
+        if mean is not None and std is not None:
+            shape = (1, len(mean), 1, 1)
+            mean_t = torch.tensor(mean, device=latents.device).view(shape)
+            std_t = torch.tensor(std, device=latents.device).view(shape)
+            latents = latents * std_t / cfg.scaling_factor + mean_t
+        else:
+            latents = latents / cfg.scaling_factor
+        return vae.decode(latents.to(vae.dtype)).sample.float()
 
     def adapt_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Model-resolution RGB in [-1, 1] → what the classifier sees: the output size and
@@ -424,7 +550,11 @@ class LatentSampler:
     def finish(self, latents: torch.Tensor, labels: torch.Tensor) -> list[GeneratedImage]:
         """Decode, score (feedback criterion), safety-check and encode the final latents."""
         with torch.no_grad():
-            pixels = self.vae_decode(latents).clamp(-1, 1)
+            pixels = self.vae_decode(latents)
+            watermark = getattr(self.pipe, "watermark", None)
+            if watermark is not None:  # SDXL's invisible watermark, where the pipeline adds it
+                pixels = watermark.apply_watermark(pixels).to(pixels.device, pixels.dtype)
+            pixels = pixels.clamp(-1, 1)
             crit: list[float | None] = [None] * len(latents)
             if self.pixel_feedback is not None:
                 values = self.pixel_feedback.evaluate(pixels, labels).float().cpu()
@@ -466,6 +596,25 @@ class LatentSampler:
         g = self.spec.generator
         sched = self.new_scheduler()
         config = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
+        sdxl: dict[str, Any] = {}
+        if self.is_sdxl:
+            assert self.time_ids is not None
+            ids = [int(v) for v in self.time_ids[0]]
+            sdxl = {
+                "micro_conditioning": {
+                    "original_size": ids[0:2],
+                    "crops_coords_top_left": ids[2:4],
+                    "target_size": ids[4:6],
+                },
+                "force_zeros_for_empty_prompt": self.force_zeros,
+                "vae_dtype": str(self.pipe.vae.dtype).removeprefix("torch."),
+                "watermark": getattr(self.pipe, "watermark", None) is not None,
+            }
+        negative = "unconditional branch of classifier-free guidance " + (
+            "(all-zero embedding when the row has none: force_zeros_for_empty_prompt)"
+            if self.is_sdxl and self.force_zeros
+            else "(empty prompt when the row has none)"
+        )
         return {
             "kind": g.kind,
             "model": g.model,
@@ -476,13 +625,13 @@ class LatentSampler:
             "prediction_type": self.prediction_type,
             "num_steps": g.num_steps,
             "guidance_scale": g.guidance_scale,
-            "negative_prompt": "unconditional branch of classifier-free guidance "
-            "(empty prompt when the row has none)",
+            "negative_prompt": negative,
             "image_size": self.image_size,
             "lora": [str(p) for p in g.lora],
             "lora_weights": list(g.lora_weights) or [1.0] * len(g.lora),
             "safety_checker": g.safety_checker,
             "feedback": asdict(self.spec.feedback),
+            **sdxl,
         }
 
 
@@ -501,7 +650,7 @@ def _labels(rows: Sequence[dict[str, Any]], device: torch.device) -> torch.Tenso
 
 
 class Text2ImageGenerator:
-    """Stable Diffusion 1.x/2.x: the row's prompt, negative prompt and seed → one image."""
+    """Stable Diffusion 1.x/2.x or SDXL: the row's prompt, negative prompt and seed → one image."""
 
     def __init__(self, spec: GeneratorSpec) -> None:
         self.sampler = LatentSampler(spec)
@@ -517,7 +666,7 @@ class Text2ImageGenerator:
         noise = s.initial_latents(generators)
         prompts, negatives = _prompts(rows)
         labels = _labels(rows, s.device)
-        latents = s.denoise(noise, generators, prompts, negatives, labels)
+        latents = s.denoise(noise, generators, s.conditioning(prompts, negatives), labels)
         return s.finish(latents, labels)
 
 
@@ -551,7 +700,8 @@ class UnclipGenerator:
         class_labels = self.image_conditioning(rows, generators)
         prompts, negatives = _prompts(rows)
         labels = _labels(rows, s.device)
-        latents = s.denoise(noise, generators, prompts, negatives, labels, class_labels)
+        cond = s.conditioning(prompts, negatives, class_labels)
+        latents = s.denoise(noise, generators, cond, labels)
         return s.finish(latents, labels)
 
     def image_conditioning(
@@ -617,6 +767,7 @@ class UnclipGenerator:
 
 __all__ = [
     "SCHEDULERS",
+    "Conditioning",
     "LatentSampler",
     "Text2ImageGenerator",
     "UnclipGenerator",

@@ -321,6 +321,38 @@ def test_output_size_and_channels_follow_the_spec(models):
     assert (img.mode, img.size) == ("L", (8, 8))
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "guidance_scale", "negatives"),
+    [("ddim", 4.0, None), ("ddim", 4.0, ("blurry", "dark photo")), ("euler", 1.0, None)],
+)
+def test_loop_reproduces_the_sd_pipeline_call(models, scheduler, guidance_scale, negatives):
+    """Same scheduler, seeds, no feedback: the shared loop gives ``StableDiffusionPipeline``'s
+    own images (the conditioning and CFG batch are wired as the library wires them)."""
+    from raysynth.synthesis.latent import _prompts, _row_generators
+
+    gen = build_generator(_spec(models, scheduler=scheduler, guidance_scale=guidance_scale))
+    s = gen.sampler
+    neg = negatives or ("", "")
+    rows = [_row(51, "a photo of a cat", neg[0]), _row(52, "a dog", neg[1], label=1)]
+    ref = s.pipe(
+        prompt=[r[col.PROMPT] for r in rows],
+        negative_prompt=None if negatives is None else list(negatives),
+        num_inference_steps=s.spec.generator.num_steps,
+        guidance_scale=guidance_scale,
+        generator=[torch.Generator().manual_seed(r[col.SEED]) for r in rows],
+        output_type="np",
+    ).images
+    generators = _row_generators(rows)
+    noise = s.initial_latents(generators)
+    latents = s.denoise(noise, generators, s.conditioning(*_prompts(rows)), torch.tensor([0, 1]))
+    with torch.no_grad():
+        ours = (s.vae_decode(latents) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert ref.shape == ours.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
+    pngs = np.stack([_decode(r.png) for r in gen.generate(rows)]).astype(int)
+    assert np.abs(pngs - np.round(ref * 255)).max() <= 1
+
+
 # feedback guidance -------------------------------------------------------------------------------
 
 
@@ -412,13 +444,18 @@ def test_uncached_hub_id_is_a_config_error():
         check_model_available(cfg)
 
 
-def test_wrong_pipeline_kind_and_sdxl_are_config_errors(models, tmp_path):
+def test_wrong_pipeline_kind_and_sdxl_refiner_are_config_errors(models, tmp_path):
     with pytest.raises(ConfigError, match="kind=unclip"):
         check_model_available(GeneratorConfig(kind="text2image", model=models["unclip"]))
-    (tmp_path / "model_index.json").write_text(
-        json.dumps({"_class_name": "StableDiffusionXLPipeline"})
-    )
-    with pytest.raises(ConfigError, match="SDXL"):
+    index = tmp_path / "model_index.json"
+    # SDXL base is a text2image model (tests/unit/test_sdxl.py drives it) ...
+    index.write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    assert check_model_available(GeneratorConfig(kind="text2image", model=str(tmp_path)))
+    with pytest.raises(ConfigError, match="kind=text2image"):
+        check_model_available(GeneratorConfig(kind="unclip", model=str(tmp_path)))
+    # ... the SDXL refiner (img2img, no first text encoder) is not
+    index.write_text(json.dumps({"_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+    with pytest.raises(ConfigError, match="SDXL.*base model"):
         check_model_available(GeneratorConfig(kind="text2image", model=str(tmp_path)))
 
 
