@@ -12,6 +12,8 @@ from raysynth.config.load import (
 )
 from raysynth.config.schema import (
     BUDGETS,
+    AirConfig,
+    AirLoraConfig,
     ClassifierConfig,
     DataConfig,
     EncoderConfig,
@@ -29,6 +31,8 @@ from raysynth.config.schema import (
 
 __all__ = [
     "BUDGETS",
+    "AirConfig",
+    "AirLoraConfig",
     "ClassifierConfig",
     "DataConfig",
     "EncoderConfig",

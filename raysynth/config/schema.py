@@ -310,12 +310,71 @@ class MixConfig:
 
 
 @dataclass(frozen=True)
+class AirLoraConfig:
+    """AiR step 2: LoRA on the generator's attention projections, trained on the top-K
+    pseudo-labelled images per class with the prompt ``"{synthesis.context} {class}"``."""
+
+    rank: int = 4
+    alpha: float = 4.0
+    steps: int = 500
+    learning_rate: float = 1e-4
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        for key in ("rank", "steps", "batch_size"):
+            _check(getattr(self, key) >= 1, f"air.lora.{key}", "must be >= 1")
+        _check(self.alpha > 0, "air.lora.alpha", "must be > 0")
+        _check(self.learning_rate > 0, "air.lora.learning_rate", "must be > 0")
+
+
+@dataclass(frozen=True)
+class AirConfig:
+    """AiR (paper 001, METHODS §4): CLIP zero-shot pseudo-labels of unlabeled images, a LoRA-
+    adapted generator, synthetic prototypes fused into the pseudo-labels, CoOp prompt learning.
+
+    The unlabeled images are the train split with its labels hidden (they are read only to
+    measure pseudo-label accuracy) or, with ``unlabeled_path``, a folder / Parquet table of
+    images without labels; the test split of ``data`` measures classification accuracy. The
+    adapted generator makes ``synthesis.per_class`` images per class (M) from
+    ``synthesis.prompt``; the most representative one per class is that class's prototype."""
+
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"  # open_clip pretrained tag, or a local checkpoint file
+    templates: tuple[str, ...] = ("a photo of a {c}.",)
+    temperature: float = 0.01  # τ of the zero-shot and prototype softmaxes
+    top_k: int = 16  # most confident pseudo-labelled images per class (LoRA data)
+    unlabeled_path: str = ""  # empty = the train split, labels hidden
+    lora: AirLoraConfig = field(default_factory=AirLoraConfig)
+    lam: float = 1.0  # λ of p* = p + λ p̂
+    beta: float = 1.0  # β of L = CE(x, ỹ*) + β CE(x̂, y)
+    n_ctx: int = 16  # learnable context tokens
+    iterations: int = 10  # prompt-learning iterations, pseudo-labels refreshed after each
+    epochs_per_iteration: int = 20
+    learning_rate: float = 2e-3
+    batch_size: int = 32
+    search: bool = False  # search λ and β with Ray Tune (tune.num_samples trials, on val)
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "air.temperature", "must be > 0")
+        _check(len(self.templates) >= 1, "air.templates", "give at least one template")
+        for i, t in enumerate(self.templates):
+            _check("{c}" in t, f"air.templates[{i}]", f"{t!r} must contain {{c}} (the class)")
+        for key in ("top_k", "n_ctx", "iterations", "epochs_per_iteration",
+                    "batch_size"):
+            _check(getattr(self, key) >= 1, f"air.{key}", "must be >= 1")
+        _check(self.lam >= 0, "air.lam", "must be >= 0")
+        _check(self.beta >= 0, "air.beta", "must be >= 0")
+        _check(self.learning_rate > 0, "air.learning_rate", "must be > 0")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole run: one section per stage."""
 
     preset: str = "custom"
     # unicon: contrastive encoder with searched per-class weights (paper 000);
-    # classifier: end-to-end classifier on real ∪ synthetic, balanced softmax (paper 002, 003).
+    # classifier: end-to-end classifier on real ∪ synthetic, balanced softmax (paper 002, 003);
+    # air: pseudo-labels + synthetic prototypes + prompt learning on unlabeled images (paper 001).
     flow: str = "unicon"
     seed: int = 0
     budget: str = "default"
@@ -329,10 +388,11 @@ class RunConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     train: ScalingConfig = field(default_factory=ScalingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    air: AirConfig = field(default_factory=AirConfig)
 
     def __post_init__(self) -> None:
         _check_choice(self.budget, "budget", BUDGETS)
-        _check_choice(self.flow, "flow", ("unicon", "classifier"))
+        _check_choice(self.flow, "flow", ("unicon", "classifier", "air"))
         _check(self.seed >= 0, "seed", "must be >= 0")
 
 

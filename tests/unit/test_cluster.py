@@ -31,6 +31,7 @@ MAIN_RECIPES = (
     "imagenet-lt-feedback",
     "nico-feedback",
     "flowers102-diffcoremix",
+    "air-flowers102",
 )
 RECIPES = sorted((ROOT / "jobs").glob("*.yaml"))
 IMAGE = re.compile(r"^rayproject/ray:(?P<version>\d+\.\d+\.\d+)(?P<variant>-[\w.-]+)?$")

@@ -21,6 +21,7 @@ MAIN_RECIPES = (
     "imagenet-lt-feedback",
     "nico-feedback",
     "flowers102-diffcoremix",
+    "air-flowers102",
 )
 EMBEDDED = ("digits", "digits-lt")
 
@@ -29,7 +30,7 @@ EMBEDDED = ("digits", "digits-lt")
 # runwayml/stable-diffusion-v1-5 is left out: it was taken down; stable-diffusion-v1-5/… is the
 # maintained copy. Add an id here only after checking its model_index.json.
 REAL_MODELS = {
-    "text2image": {"stable-diffusion-v1-5/stable-diffusion-v1-5"},
+    "text2image": {"stable-diffusion-v1-5/stable-diffusion-v1-5", "CompVis/stable-diffusion-v1-4"},
     "unclip": {
         "stabilityai/stable-diffusion-2-1-unclip",
         "stabilityai/stable-diffusion-2-1-unclip-small",
