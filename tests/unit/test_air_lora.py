@@ -13,6 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import png as _png
+from tiny_models import scheduler as _scheduler
+from tiny_models import text_encoder as _text_encoder
+from tiny_models import tokenizer as _tokenizer
+from tiny_models import unet as _unet
+from tiny_models import vae as _vae
 
 from raysynth import columns as col
 from raysynth.air.lora import (
@@ -45,12 +51,6 @@ from raysynth.synthesis.pixel import (
 from raysynth.train.checkpoint import restore_training, write_checkpoint
 
 CLASSES = ["cat", "dog"]
-SMALL = {
-    "hidden_size": 32,
-    "intermediate_size": 37,
-    "num_attention_heads": 4,
-    "num_hidden_layers": 2,
-}
 SD_SPEC = LoraTrainSpec(learning_rate=1e-2, steps=60, batch_size=4, checkpoint_every=0)
 PIXEL_TRAIN_SPEC = LoraTrainSpec(
     **{**PIXEL_SPEC.to_dict(), "learning_rate": 1e-2, "steps": 60, "batch_size": 8}
@@ -78,76 +78,6 @@ def one_thread():
 
 
 # tiny models (the Stable Diffusion builders are those of test_latent.py) --------------------------
-
-
-def _tokenizer():
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
-
-
-def _text_encoder():
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    cfg = CLIPTextConfig(
-        vocab_size=80, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, **SMALL
-    )
-    return CLIPTextModel(cfg)
-
-
-def _unet(channels=(8, 16)):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=channels,
-        norm_num_groups=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-    )
-
-
-def _vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        layers_per_block=1,
-        sample_size=16,
-    )
-
-
-def _scheduler(prediction_type="epsilon"):
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def save_tiny_sd(folder, prediction_type="epsilon") -> str:
