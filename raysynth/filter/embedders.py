@@ -379,6 +379,30 @@ def build_embedder(
     )
 
 
+def class_text_embeddings(
+    embedder: Embedder,
+    class_names: Sequence[str],
+    templates: Sequence[str] = ("a photo of a {}.",),
+) -> np.ndarray:
+    """The text classifier ``G(c)``: ``[C, D]`` unit rows, one per class (METHODS §4 step 1).
+
+    Each row is CLIP's prompt ensemble: the unit text embeddings of every template filled with the
+    class name (``{}`` or ``{c}`` marks where), averaged and renormalised.
+    """
+    if not embedder.has_text:
+        raise ConfigError(
+            "zero-shot pseudo-labels need an embedder with a text tower; set "
+            "filter.embedder=open_clip"
+        )
+    if not templates or any("{}" not in t and "{c}" not in t for t in templates):
+        raise ValueError(
+            f"every template needs a '{{}}' or '{{c}}' for the class name, got {templates!r}"
+        )
+    prompts = [t.format(c, c=c) for c in class_names for t in templates]
+    text = embedder.embed_texts(prompts).reshape(len(class_names), len(templates), -1)
+    return normalize(text.mean(axis=1)).astype(np.float32)
+
+
 def zero_shot_probs(
     embedder: Embedder,
     image_emb: np.ndarray,
@@ -388,16 +412,7 @@ def zero_shot_probs(
 ) -> np.ndarray:
     """CLIP zero-shot ``p: [N, C]``, ``p_c = softmax_c(cos(F(x), G(c)) / τ)`` (METHODS §4 step 1).
 
-    ``G(c)`` is the prompt ensemble of class ``c``: the unit text embeddings of every template
-    filled with the class name, averaged and renormalised. ``image_emb: [N, D]``.
+    ``G(c)`` is the prompt ensemble of :func:`class_text_embeddings`. ``image_emb: [N, D]``.
     """
-    if not embedder.has_text:
-        raise ConfigError(
-            "zero-shot pseudo-labels need an embedder with a text tower; set "
-            "filter.embedder=open_clip"
-        )
-    if not templates or any("{}" not in t for t in templates):
-        raise ValueError(f"every template needs a '{{}}' for the class name, got {templates!r}")
-    prompts = [t.format(c) for c in class_names for t in templates]
-    text = embedder.embed_texts(prompts).reshape(len(class_names), len(templates), -1)
-    return cosine_softmax(image_emb, text.mean(axis=1), temperature)
+    text = class_text_embeddings(embedder, class_names, templates)
+    return cosine_softmax(image_emb, text, temperature)

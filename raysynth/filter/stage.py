@@ -1,6 +1,7 @@
 """Embed + filter as Ray Data actor-pool stages (METHODS §3).
 
-``ImageEmbedder`` embeds rows of PNG bytes (used once per run for the real images);
+``ImageEmbedder`` embeds rows of PNG bytes (once per run for the real images; AiR's zero-shot
+pseudo-labeller extends it);
 ``FilterScorer`` embeds generated images and scores each against the real image its plan row
 names (``cond_id``): ``real_cos``, the class threshold, ``accepted`` and — when the embedder has
 a text tower — ``text_cos`` to its prompt. Both load their model once per actor.
@@ -48,15 +49,17 @@ def _build(spec: EmbedderSpec) -> Any:
 
 
 class ImageEmbedder:
-    """Rows with ``image`` (PNG) in, the same rows plus ``embedding`` (list of floats) out."""
+    """Rows with ``image`` (PNG) in; every other column (``sample_id``, ``label`` when there is
+    one, ...) plus ``embedding`` (list of floats) out — the image bytes are dropped."""
 
     def __init__(self, spec: EmbedderSpec) -> None:
         self.embedder = _build(spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         emb = self.embedder.embed_images(list(batch[col.IMAGE]))
-        return {col.SAMPLE_ID: batch[col.SAMPLE_ID], col.LABEL: batch[col.LABEL],
-                "embedding": list(emb.astype(np.float32))}
+        out: dict[str, Any] = {k: v for k, v in batch.items() if k != col.IMAGE}
+        out["embedding"] = list(emb.astype(np.float32))
+        return out
 
 
 @dataclass
