@@ -183,6 +183,7 @@ class GeneratorConfig:
     scheduler: str = "ddim"  # ddim | ddpm | pndm | euler | euler_ancestral | dpm_solver
     num_steps: int = 30
     guidance_scale: float = 3.0  # classifier-free guidance (1 + γ in DiffCoRe-Mix terms)
+    eta: float = 0.0  # DDIM η: 0 deterministic DDIM, 1 ancestral (DDPM-like) sampling
     image_size: int = 0  # output side in pixels; 0 = the model's own
     image_dropout: float = 0.0  # unCLIP: probability of dropping the image embedding
     negative_class: bool = False  # pixel model: guide away from the next class (negative prompt)
@@ -208,6 +209,12 @@ class GeneratorConfig:
         )
         _check(self.num_steps >= 1, f"{g}.num_steps", "must be >= 1")
         _check(self.guidance_scale >= 0, f"{g}.guidance_scale", "must be >= 0")
+        _check(0 <= self.eta <= 1, f"{g}.eta", "must be in [0, 1]")
+        _check(
+            self.eta == 0 or self.scheduler == "ddim",
+            f"{g}.eta",
+            f"η applies to the ddim scheduler only; scheduler={self.scheduler} (set eta to 0)",
+        )
         _check(0 <= self.image_dropout <= 1, f"{g}.image_dropout", "must be in [0, 1]")
         _check(
             not self.lora_weights or len(self.lora_weights) == len(self.lora),
@@ -349,18 +356,19 @@ class AirConfig:
     beta: float = 1.0  # β of L = CE(x, ỹ*) + β CE(x̂, y)
     n_ctx: int = 16  # learnable context tokens
     iterations: int = 10  # prompt-learning iterations, pseudo-labels refreshed after each
-    epochs_per_iteration: int = 20
+    steps_per_iteration: int = 50  # full-batch SGD steps on the context per iteration
     learning_rate: float = 2e-3
-    batch_size: int = 32
     search: bool = False  # search λ and β with Ray Tune (tune.num_samples trials, on val)
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "air.temperature", "must be > 0")
         _check(len(self.templates) >= 1, "air.templates", "give at least one template")
         for i, t in enumerate(self.templates):
-            _check("{c}" in t, f"air.templates[{i}]", f"{t!r} must contain {{c}} (the class)")
-        for key in ("top_k", "n_ctx", "iterations", "epochs_per_iteration",
-                    "batch_size"):
+            _check(
+                "{c}" in t or "{}" in t, f"air.templates[{i}]",
+                f"{t!r} must mark the class name with {{c}} (or {{}})",
+            )
+        for key in ("top_k", "n_ctx", "iterations", "steps_per_iteration"):
             _check(getattr(self, key) >= 1, f"air.{key}", "must be >= 1")
         _check(self.lam >= 0, "air.lam", "must be >= 0")
         _check(self.beta >= 0, "air.beta", "must be >= 0")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from raysynth.config.schema import RunConfig
+from raysynth.errors import ConfigError
 from raysynth.pipeline.prepare import (
     RealData,
     prepare_pixel_generator,
@@ -96,10 +97,29 @@ def check_models(cfg: RunConfig) -> None:
         latent.check_model_available(g)
         latent.check_scheduler(g.scheduler)
         latent.check_adapters(g)
+    elif g.kind == "pixel":
+        from raysynth.synthesis.generators import check_pixel_adapters
+
+        check_pixel_adapters(g)
+    if cfg.flow == "air":
+        from raysynth.pipeline.air import check_air
+
+        check_air(cfg)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
         from raysynth.filter.embedders import check_clip_available
 
         check_clip_available(cfg.filter.clip_model, cfg.filter.clip_pretrained)
+
+
+def check_weights(cfg: RunConfig, num_classes: int) -> None:
+    """Fixed per-class weights (``tune.weights``) must give one weight per class of the data
+    (their range, [0, 1], is checked with the config)."""
+    n = len(cfg.tune.weights)
+    if n and n != num_classes:
+        raise ConfigError(
+            f"tune.weights has {n} value(s) but the data has {num_classes} classes; give one "
+            "weight in [0, 1] per class, in the order of data.classes"
+        )
 
 
 def run_pipeline(
@@ -113,17 +133,46 @@ def run_pipeline(
     from raysynth.pipeline.learn import classifier_flow, final_accuracies, search
     from raysynth.pipeline.synthesize import accepted_arrays, synthesize
 
+    if stop_after == "search" and cfg.flow != "unicon":
+        raise ConfigError(
+            f"flow={cfg.flow} has no weight search (only flow=unicon does); run the whole job "
+            "with `raysynth run`"
+        )
+    check_models(cfg)  # before the run directory is created or touched
     run = RunDir(out)
     run.init(cfg, resume=resume)
     handler = run.attach_log()
-    stages = ["data", "generator", "synthesis", "search", "final", "report"]
+    if cfg.flow == "air":
+        from raysynth.pipeline import air
+
+        stages = list(air.STAGES)
+    else:
+        stages = ["data", "generator", "synthesis", "search", "final", "report"]
     if cfg.flow == "classifier":
         stages.remove("search")
     progress = Progress(stages)
     try:
-        check_models(cfg)
         progress.start("data")
         real = prepare_real(run, cfg)
+        check_weights(cfg, real.num_classes)  # before any model is trained
+        report: dict[str, Any] = {
+            "preset": cfg.preset,
+            "flow": cfg.flow,
+            "classes": real.class_names,
+            "split": "test",
+            "data": {
+                "skipped": [list(s) for s in real.images.skipped],
+                "counts": real.splits.counts(real.images.labels, real.num_classes),
+                "groups": real.splits.groups,
+            },
+        }
+        if cfg.flow == "air":
+            result = air.run_air(run, cfg, real, progress, resume, stop_after)
+            if stop_after == "synthesis":
+                progress.finish()
+                return result
+            report.update(result)
+            return _finish(run, report, progress)
         progress.start("generator")
         classifier = train_real_classifier(run, cfg, real) if needs_classifier(cfg, real) else None
         spec = generator_spec(run, cfg, real, classifier)
@@ -136,18 +185,7 @@ def run_pipeline(
             progress.finish()
             return {"synthesis": synthesis}
         synthetic = accepted_arrays(run.root / "synthetic", real)
-        report: dict[str, Any] = {
-            "preset": cfg.preset,
-            "flow": cfg.flow,
-            "classes": real.class_names,
-            "split": "test",
-            "synthesis": synthesis,
-            "data": {
-                "skipped": [list(s) for s in real.images.skipped],
-                "counts": real.splits.counts(real.images.labels, real.num_classes),
-                "groups": real.splits.groups,
-            },
-        }
+        report["synthesis"] = synthesis
         if cfg.flow == "unicon":
             common = {
                 "train": real.arrays("train"),
@@ -176,15 +214,20 @@ def run_pipeline(
                 real.arrays("train"), synthetic, real.arrays("test"), real.splits.groups,
                 real.num_classes, cfg, run,
             )
-        progress.start("report")
-        report["timings"] = {"total_s": progress.elapsed, "stages": dict(progress.timings)}
-        run.write_json("report.json", report)
-        from raysynth.report import render_report
-
-        render_report(run.root)
-        progress.finish()
-        report["timings"] = {"total_s": progress.elapsed, "stages": dict(progress.timings)}
-        run.write_json("report.json", report)
-        return report
+        return _finish(run, report, progress)
     finally:
         logging.getLogger("raysynth").removeHandler(handler)
+
+
+def _finish(run: RunDir, report: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Write report.json, render report.md / report.html, then record the report stage's time."""
+    from raysynth.report import render_report
+
+    progress.start("report")
+    report["timings"] = {"total_s": progress.elapsed, "stages": dict(progress.timings)}
+    run.write_json("report.json", report)
+    render_report(run.root)
+    progress.finish()
+    report["timings"] = {"total_s": progress.elapsed, "stages": dict(progress.timings)}
+    run.write_json("report.json", report)
+    return report

@@ -26,6 +26,7 @@ from PIL import Image
 from raysynth import columns as col
 from raysynth.data.store import read_classes, real_path
 from raysynth.errors import RunDirError
+from raysynth.report import air as air_report
 from raysynth.report import charts
 from raysynth.synthesis.table import iter_tables
 
@@ -89,7 +90,13 @@ def render_report(
     skipped = _dict(report.get("data")).get("skipped", meta.get("skipped", []))
     md_path, html_path = root / "report.md", root / "report.html"
     _write_atomic(md_path, build_markdown(report, skipped))
-    _write_atomic(html_path, build_html(report, skipped, gallery, len(names)))
+    prototypes: dict[str, bytes] = {}
+    if _dict(report.get("air")).get("prototypes"):
+        try:
+            prototypes = air_report.prototype_images(root, _dict(report.get("air")))
+        except Exception as e:  # a report shows what it can
+            log.warning("report: left out the prototypes (%s: %s)", type(e).__name__, e)
+    _write_atomic(html_path, build_html(report, skipped, gallery, len(names), prototypes))
     log.info("wrote %s and %s", md_path, html_path)
     return md_path, html_path
 
@@ -236,9 +243,9 @@ def classifier_table(report: dict) -> Table | None:
         header.append("change (points)")
     rows = []
     for gr in groups:
-        row = [gr, *(_pct(s.get(gr)) for s in series.values())]
+        row = [gr, *(_mean_std(s.get(gr)) for s in series.values())]
         if pair:
-            a, b = _finite(pair[0].get(gr)), _finite(pair[1].get(gr))
+            a, b = _finite(_mean(pair[0].get(gr))), _finite(_mean(pair[1].get(gr)))
             row.append(DASH if a is None or b is None else f"{100 * (b - a):+.2f}")
         rows.append(row)
     return Table(header, rows)
@@ -247,6 +254,18 @@ def classifier_table(report: dict) -> Table | None:
 def _classifier_series(report: dict) -> dict[str, dict]:
     clf = _dict(report.get("classifier"))
     return {k.replace("_", " "): v for k, v in clf.items() if isinstance(v, dict)}
+
+
+def _mean(v: Any) -> Any:
+    """A group's accuracy: ``{"mean", "std", "runs"}`` (what the classifier flow writes) or a
+    plain number."""
+    return v.get("mean") if isinstance(v, dict) else v
+
+
+def _mean_std(v: Any) -> str:
+    if isinstance(v, dict) and _finite(v.get("std")) is not None:
+        return f"{_pct(v.get('mean'))} ± {_pct(v.get('std'))}"
+    return _pct(_mean(v))
 
 
 def weights_of(report: dict) -> dict[str, float]:
@@ -287,6 +306,19 @@ def tune_table(report: dict) -> Table | None:
         _dur(t.get("wall_s")),
     ]
     return Table(["trials", "concurrent", "best val accuracy (%)", "wall time"], [row])
+
+
+def air_tables(report: dict) -> list[Table]:
+    """AiR (``flow: air``): accuracy per classifier, settings, prompt-learning iterations."""
+    a = _dict(report.get("air"))
+    if not a:
+        return []
+    out = [Table(*air_report.air_accuracy_rows(a, _pct, DASH)),
+           Table(*air_report.air_settings_rows(a, _num))]
+    header, rows = air_report.air_history_rows(a, _pct, _num)
+    if rows:
+        out.append(Table(header, rows))
+    return out
 
 
 def timings_table(report: dict) -> Table | None:
@@ -376,6 +408,12 @@ def build_markdown(report: dict, skipped: Any = ()) -> str:
             [weights_table(weights)],
             "0 = distrust the synthetic images of the class, 1 = trust them.",
         )
+    section(
+        "AiR: pseudo-labels and prompt learning",
+        air_tables(report),
+        "Pseudo-label accuracy is measured on the unlabeled images (their labels are never "
+        "trained on); test accuracy on the test split.",
+    )
     section("Synthesis", synthesis_tables(report))
     section("Weight search", [tune_table(report)])
     section("Timings", [timings_table(report)])
@@ -481,7 +519,11 @@ def _html_images(g: Gallery, total: int) -> list[str]:
 
 
 def build_html(
-    report: dict, skipped: Any = (), gallery: Gallery | None = None, total: int = 0
+    report: dict,
+    skipped: Any = (),
+    gallery: Gallery | None = None,
+    total: int = 0,
+    prototypes: dict[str, bytes] | None = None,
 ) -> str:
     g = gallery or Gallery()
     title = f"raysynth report: {report.get('preset', 'run')}"
@@ -489,7 +531,10 @@ def build_html(
     if (t := accuracy_table(report)) is not None:
         body += ["<h2>Accuracy</h2>", _html_table(t)]
     if (t := classifier_table(report)) is not None:
-        series = _classifier_series(report)
+        series = {
+            name: {gr: _mean(v) for gr, v in s.items()}
+            for name, s in _classifier_series(report).items()
+        }
         groups = [gr for gr in GROUPS if any(gr in s for s in series.values())]
         body += [
             "<h2>Classifier accuracy per group</h2>",
@@ -502,6 +547,15 @@ def build_html(
             _img(charts.weights_chart(weights), "weights"),
             f"<details><summary>values</summary>{_html_table(weights_table(weights))}</details>",
         ]
+    if tables := air_tables(report):
+        body += ["<h2>AiR: pseudo-labels and prompt learning</h2>", *map(_html_table, tables)]
+        protos = [
+            _thumb(png, name, name)
+            for name, png in (prototypes or {}).items()
+        ]
+        if protos := [t for t in protos if t is not None]:
+            body += ["<h3>Prototype per class (the most representative generated image)</h3>",
+                     _strip("prototypes", protos, "accepted")]
     if tables := synthesis_tables(report):
         body += ["<h2>Synthesis</h2>", *map(_html_table, tables)]
     body += _html_images(g, total)

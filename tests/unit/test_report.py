@@ -263,23 +263,33 @@ def test_partial_report_renders_what_is_there(tmp_path, report, n_img):
 
 
 def test_classifier_flow_shows_groups_with_and_without_synthetic(tmp_path):
+    def groups(overall, many, medium, few, std=0.01):  # as learn.classifier_flow writes them
+        return {
+            g: {"mean": v, "std": std, "runs": 3}
+            for g, v in (("overall", overall), ("many", many), ("medium", medium), ("few", few))
+        }
+
     report = {
         "preset": "digits-lt",
         "flow": "classifier",
         "classes": CLASSES,
         "classifier": {
-            "real_only": {"overall": 0.8, "many": 0.9, "medium": 0.8, "few": 0.5},
-            "with_synthetic": {"overall": 0.85, "many": 0.9, "medium": 0.85, "few": 0.7},
+            "real_only": groups(0.8, 0.9, 0.8, 0.5),
+            "with_synthetic": groups(0.85, 0.9, 0.85, 0.7, std=0.025),
         },
     }
     (tmp_path / "report.json").write_text(json.dumps(report))
     md_path, html_path = render_report(tmp_path)
     html, md = html_path.read_text(), md_path.read_text()
     assert len(parse(html).imgs) == 1  # the grouped bar chart
-    assert "| few | 50.00 | 70.00 | +20.00 |" in md
-    assert "| many | 90.00 | 90.00 | +0.00 |" in md
-    assert "<td>few</td><td>50.00</td><td>70.00</td><td>+20.00</td>" in html
+    assert "| few | 50.00 ± 1.00 | 70.00 ± 2.50 | +20.00 |" in md
+    assert "| many | 90.00 ± 1.00 | 90.00 ± 2.50 | +0.00 |" in md
+    assert "<td>few</td><td>50.00 ± 1.00</td><td>70.00 ± 2.50</td><td>+20.00</td>" in html
     assert "real only (%)" in html and "with synthetic (%)" in html
+    # plain numbers (no std) still render
+    report["classifier"] = {"real_only": {"few": 0.5}, "with_synthetic": {"few": 0.7}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert "| few | 50.00 | 70.00 | +20.00 |" in render_report(tmp_path)[0].read_text()
 
 
 def test_synthetic_table_is_read_only_until_every_class_is_full(tmp_path, monkeypatch):

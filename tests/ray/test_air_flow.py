@@ -1,0 +1,122 @@
+"""``flow: air`` end to end on tiny real models (a Stable Diffusion pipeline and an open_clip model
+built from config and saved to disk): pseudo-labels → LoRA → generation with the adapter →
+prototypes, fusion and prompt learning → report; then a resumed run redoes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny_models import png, save_clip, save_sd
+
+from raysynth import columns as col
+from raysynth.config import build_config
+from raysynth.errors import ConfigError
+from raysynth.pipeline.run import run_pipeline
+from raysynth.synthesis.table import read_table
+
+CLASSES = ("blue", "green", "red")
+
+
+def _image_folder(root, per_class: int = 11):
+    """Noisy 32×32 images whose dominant colour is their class (blue, green, red)."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 90, (32, 32, 3), dtype=np.uint8)
+            img[..., 2 - c] += 150  # blue → channel 2, green → 1, red → 0
+            (root / name / f"{i}.png").write_bytes(png(img))
+    return root
+
+
+@pytest.fixture(scope="module")
+def air_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("air")
+    return {
+        "data": str(_image_folder(root / "images")),
+        "sd": save_sd(root / "sd"),
+        "clip": save_clip(root / "clip", seed=3),
+    }
+
+
+def _config(setup, **extra):
+    overrides = {
+        "flow": "air",
+        "preset": "air-tiny",
+        "data.source": "imagefolder",
+        "data.path": setup["data"],
+        "data.image_size": 32,
+        "data.k": 6,
+        "data.pool_per_class": 0,
+        "data.val_per_class": 2,
+        "data.test_per_class": 3,
+        "synthesis.quota": "fixed",
+        "synthesis.per_class": 2,
+        "synthesis.prompt": "{context} {class}",
+        "synthesis.context": "colors",
+        "synthesis.generator.kind": "text2image",
+        "synthesis.generator.model": setup["sd"],
+        "synthesis.generator.num_steps": 2,
+        "synthesis.generator.image_size": 32,
+        "synthesis.batch_size": 3,
+        "synthesis.cpus_per_actor": 0.5,
+        "filter.cpus_per_actor": 0.5,
+        "air.clip_model": setup["clip"],
+        "air.clip_pretrained": "",
+        "air.top_k": 3,
+        "air.lora.steps": 4,
+        "air.lora.batch_size": 2,
+        "air.iterations": 2,
+        "air.steps_per_iteration": 3,
+        "air.n_ctx": 4,
+        **extra,
+    }
+    return build_config(overrides=overrides)
+
+
+def test_air_flow_runs_end_to_end_and_resumes(ray_local, tmp_path, air_setup):
+    cfg = _config(air_setup)
+    out = tmp_path / "run"
+    report = run_pipeline(cfg, out)
+
+    air = report["air"]
+    assert air["unlabeled"] == 3 * 6 and air["labels_known"] is True
+    assert air["synthetic"] == 3 * 2
+    for key in ("text", "fused", "prompt"):
+        assert 0.0 <= air["pseudo_label_accuracy"][key] <= 1.0
+    assert set(air["test_accuracy"]) == {"zero_shot", "fused", "prompt", "prompt_fused"}
+    assert [h["iteration"] for h in air["history"]] == [1, 2]
+    # the LoRA step trained on the top-3 pseudo-labelled images per class, 4 steps
+    assert air["lora"]["steps"] == 4 and 0 < air["lora"]["images"] <= 3 * 3
+    adapter = out / "air" / "lora"
+    assert (adapter / "pytorch_lora_weights.safetensors").is_file()
+    # every generated image came from the adapted model, and each class has its prototype
+    table = read_table(out / "synthetic", [col.SAMPLE_ID, col.LABEL, col.GENERATOR])
+    assert table.num_rows == 6
+    assert all(str(adapter) in g for g in table[col.GENERATOR].to_pylist())
+    assert set(air["prototypes"]) == set(CLASSES)
+    by_id = dict(zip(table[col.SAMPLE_ID].to_pylist(), table[col.LABEL].to_pylist()))
+    assert {CLASSES[by_id[sid]] for sid in air["prototypes"].values()} == set(CLASSES)
+    # fused test accuracy is what argmax(p + λ p̂) gives on the stored embeddings
+    z = np.load(out / "air" / "test.npz")
+    assert z["probs"].shape == (9, 3)
+    assert json.loads((out / "report.json").read_text())["air"] == air
+    html = (out / "report.html").read_text()
+    assert "AiR: pseudo-labels and prompt learning" in html and "Prototype per class" in html
+    assert "pseudo-label accuracy" in (out / "report.md").read_text()
+
+    # --resume: nothing is trained or generated again
+    stamps = {p: p.stat().st_mtime_ns for p in (adapter / "air_lora.json", out / "air" / "unlabeled.npz")}
+    again = run_pipeline(cfg, out, resume=True)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert read_table(out / "synthetic", [col.SAMPLE_ID]).num_rows == 6
+    assert again["air"]["pseudo_label_accuracy"] == air["pseudo_label_accuracy"]
+
+
+def test_air_flow_refuses_the_pixel_generator(tmp_path, air_setup):
+    cfg = _config(air_setup, **{"synthesis.generator.kind": "pixel"})
+    with pytest.raises(ConfigError, match="flow=air adapts a pretrained text-to-image model"):
+        run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "air").exists()
