@@ -9,7 +9,8 @@ small CNN of the default encoder size, written as a raysynth checkpoint into a t
 - ``ratio``: steady-state images/s of a Ray Data pipeline ``from_arrow(one block per batch) →
   map_batches(FilterScorer)`` on one actor of ``cpus_per_actor = cores`` / a plain loop calling
   ``FilterScorer(spec)`` on the same rows with ``torch.set_num_threads(cores)``; same batch,
-  both writing one Parquet file per batch with the synthetic schema. Steady state = slope of
+  both writing one Parquet file per batch with the synthetic schema; the batch is the product's
+  ``filter.batch_size`` (64) unless given. Steady state = slope of
   images against per-batch stamps, taken in the filter actor itself
   (:class:`StampedFilterScorer`) and right after each call in the plain loop; ``ratio_end_to_end``
   the same over the whole call (actor start, model load included). Target ≥ 0.85.
@@ -247,8 +248,8 @@ def _overlaps(m: Measured) -> tuple[list[float], list[float]]:
 
 def run(
     out: str | None = None,
-    images: int = 128,
-    batch: int = 16,
+    images: int = 384,
+    batch: int = 0,
     steps: int = 10,
     cores: int = 2,
     repeats: int = 2,
@@ -258,6 +259,7 @@ def run(
     Returns the result dict."""
     import ray
 
+    batch = batch or RunConfig().filter.batch_size  # the product's embed + filter batch
     if images < 2 * batch:
         raise ValueError(f"images={images} must be at least 2 batches ({2 * batch}) for a rate")
     cluster_cpus = int(ray.cluster_resources().get("CPU", 0))

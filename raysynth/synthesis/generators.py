@@ -165,6 +165,7 @@ class PixelGenerator:
             },
             "num_steps": g.num_steps,
             "guidance_scale": g.guidance_scale,
+            "eta": g.eta,
             "negative_class": g.negative_class,
             "lora": [str(p) for p in g.lora],
             "lora_weights": list(g.lora_weights) or [1.0] * len(g.lora),
@@ -188,6 +189,7 @@ class PixelGenerator:
             feedback=self.feedback,
             device=self.device,
             dtype=self.dtype,
+            eta=g.eta,
         )
         values = [None] * len(rows) if crit is None else [float(c) for c in crit]
         return [GeneratedImage(png_bytes(img), v) for img, v in zip(images, values)]

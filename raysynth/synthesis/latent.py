@@ -467,6 +467,8 @@ class LatentSampler:
             if "generator" in inspect.signature(scheduler.step).parameters
             else {}
         )
+        if g.eta:  # DDIM only (the config refuses η > 0 with any other scheduler)
+            step_kwargs["eta"] = g.eta
 
         def guided_output(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             inp = torch.cat([x_in, x_in]) if use_uncond else x_in
@@ -625,6 +627,7 @@ class LatentSampler:
             "prediction_type": self.prediction_type,
             "num_steps": g.num_steps,
             "guidance_scale": g.guidance_scale,
+            "eta": g.eta,
             "negative_prompt": negative,
             "image_size": self.image_size,
             "lora": [str(p) for p in g.lora],

@@ -110,3 +110,13 @@ def test_budget_overrides_the_preset_but_not_set():
     paper = build_config("digits", overrides={"budget": "paper"})
     assert preset.encoder.epochs < paper.encoder.epochs == 200
     assert build_config("digits", overrides={"budget": "smoke"}).tune.num_samples == 4
+
+
+def test_ddim_eta_is_checked_against_the_scheduler():
+    assert build_config(overrides={"synthesis.generator.eta": 1.0}).synthesis.generator.eta == 1.0
+    with pytest.raises(ConfigError, match=r"synthesis.generator.eta: η applies to the ddim"):
+        build_config(
+            overrides={"synthesis.generator.eta": 0.5, "synthesis.generator.scheduler": "euler"}
+        )
+    with pytest.raises(ConfigError, match=r"synthesis.generator.eta: must be in \[0, 1\]"):
+        build_config(overrides={"synthesis.generator.eta": 2.0})

@@ -218,6 +218,16 @@ def test_text2image_is_deterministic_per_row_whatever_the_batch(models):
     assert _decode(full[0]).shape == (16, 16, 3)
 
 
+def test_ddim_eta_samples_ancestrally_and_stays_per_row_deterministic(models):
+    gen = build_generator(_spec(models, eta=1.0))
+    rows = [_row(1), _row(2, "a photo of a dog", label=1), _row(3)]
+    full = _pngs(gen.generate(rows))
+    assert _pngs(gen.generate([rows[2], rows[0]])) == [full[2], full[0]]
+    plain = _pngs(build_generator(_spec(models)).generate(rows))
+    assert all(a != b for a, b in zip(full, plain))  # the per-step noise changes every image
+    assert gen.identity()["eta"] == 1.0
+
+
 def test_identity_names_model_scheduler_and_settings(models):
     gen = build_generator(_spec(models, scheduler="euler", guidance_scale=2.5))
     ident = json.loads(identity_json(gen))
