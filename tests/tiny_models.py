@@ -12,7 +12,24 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine thread sync dominates.
+
+    Not autouse: a module opts in with ``from tiny_models import one_thread  # noqa: F401`` and
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # A 2-layer, 32-wide CLIP text encoder (the SD text tower).
 SMALL = {
@@ -23,7 +40,7 @@ SMALL = {
 }
 
 
-def tokenizer():
+def tokenizer(model_max_length: int = 16):
     """A character-level CLIP tokenizer (letters, digits; anything else is <|endoftext|>)."""
     from transformers import CLIPTokenizer
 
@@ -31,48 +48,70 @@ def tokenizer():
     for c in "abcdefghijklmnopqrstuvwxyz0123456789":
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
-def text_encoder():
-    from transformers import CLIPTextConfig, CLIPTextModel
+def text_config(**overrides):
+    """The CLIPTextConfig of :func:`text_encoder` (for the tokenizer's vocab); ``overrides``
+    replace or add fields (e.g. ``projection_dim``)."""
+    from transformers import CLIPTextConfig
 
-    cfg = CLIPTextConfig(
-        vocab_size=80, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, **SMALL
+    return CLIPTextConfig(
+        **{
+            "vocab_size": 80,
+            "max_position_embeddings": 16,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            **SMALL,
+            **overrides,
+        }
     )
-    return CLIPTextModel(cfg)
 
 
-def unet(channels=(8, 16), **kwargs):
-    """An 8×8-latent UNet2DConditionModel with cross-attention (LoRA targets to_q/k/v/out)."""
+def text_encoder(**overrides):
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(text_config(**overrides))
+
+
+def unet(channels=(8, 16), **overrides):
+    """An 8×8-latent UNet2DConditionModel with cross-attention (LoRA targets to_q/k/v/out);
+    ``overrides`` replace or add constructor arguments."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=channels,
-        norm_num_groups=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        **kwargs,
+        **{
+            "sample_size": 8,
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 1,
+            "block_out_channels": channels,
+            "norm_num_groups": 4,
+            "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+            "cross_attention_dim": 32,
+            "attention_head_dim": 4,
+            **overrides,
+        }
     )
 
 
-def vae():
+def vae(**overrides):
+    """A 2-block AutoencoderKL (scale factor 2: 16×16 images ↔ 8×8 latents); ``overrides``
+    replace or add constructor arguments."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        layers_per_block=1,
-        sample_size=16,
+        **{
+            "block_out_channels": (8, 16),
+            "norm_num_groups": 4,
+            "down_block_types": ["DownEncoderBlock2D"] * 2,
+            "up_block_types": ["UpDecoderBlock2D"] * 2,
+            "latent_channels": 4,
+            "layers_per_block": 1,
+            "sample_size": 16,
+            **overrides,
+        }
     )
 
 
@@ -110,6 +149,24 @@ def save_sd(folder: Path, seed: int = 0) -> str:
     return str(folder)
 
 
+def pixel_config(**overrides):
+    """A class-conditional 8×8 one-channel pixel diffusion config for 3 classes (``overrides``:
+    other fields of ``PixelDiffusionConfig``, e.g. the training steps)."""
+    from raysynth.synthesis.pixel import PixelDiffusionConfig
+
+    return PixelDiffusionConfig(
+        **{
+            "image_size": 8,
+            "in_channels": 1,
+            "num_classes": 3,
+            "block_out_channels": (4, 8),
+            "layers_per_block": 1,
+            "norm_num_groups": 4,
+            **overrides,
+        }
+    )
+
+
 CLIP_CFG = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
@@ -117,14 +174,18 @@ CLIP_CFG = {
 }
 
 
-def save_clip(folder: Path, seed: int = 0) -> str:
-    """A random tiny CLIP as an open_clip ``local-dir:`` folder; returns the model name."""
+def save_clip(folder: Path, seed: int = 0, **model_cfg) -> str:
+    """A random tiny CLIP as an open_clip ``local-dir:`` folder; returns the model name.
+
+    ``model_cfg`` replaces or adds top-level fields of :data:`CLIP_CFG` (e.g. ``custom_text=True``
+    for open_clip's CustomTextCLIP layout)."""
     import open_clip
     import torch
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_CFG}))
+    cfg = {**CLIP_CFG, **model_cfg}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     torch.manual_seed(seed)
     name = f"local-dir:{folder}"
     model, _, _ = open_clip.create_model_and_transforms(name)
@@ -137,3 +198,13 @@ def png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def sd_images(width: int = 16) -> tuple[list[bytes], list[int]]:
+    """Four 16×``width`` RGB PNGs, dark cats (label 0) and bright dogs (label 1), and the labels."""
+    rng = np.random.default_rng(0)
+    images = [
+        png(np.clip(rng.normal(60 + 140 * (i % 2), 20, (16, width, 3)), 0, 255).astype(np.uint8))
+        for i in range(4)
+    ]
+    return images, [0, 1, 0, 1]

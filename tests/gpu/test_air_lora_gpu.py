@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from tiny_models import png, text_encoder, tokenizer, vae
 
 from raysynth.air.lora import (
     AdapterState,
@@ -25,16 +26,6 @@ from raysynth.air.lora import (
 pytestmark = pytest.mark.gpu
 
 
-def _png(arr: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 SD15_UNET = {
     "sample_size": 64,
     "block_out_channels": (320, 640, 1280, 1280),
@@ -44,45 +35,23 @@ SD15_UNET = {
 
 
 def _sd_pipeline(device: torch.device, dtype: torch.dtype, unet_config: dict):
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    """The tiny VAE, tokenizer and text encoder of tests/tiny_models.py, scaled to SD 1.5's
+    shapes (scale factor 8, 77 tokens, 768 features), around a UNet built from ``unet_config``."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
     torch.manual_seed(0)
     with device:  # initialise the 860M parameters where they will run
         unet = UNet2DConditionModel(**unet_config).to(dtype)
-    vae = AutoencoderKL(  # 4 blocks: scale factor 8, so 512×512 images ↔ 64×64 latents
-        block_out_channels=(8, 8, 16, 16),
-        norm_num_groups=4,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        layers_per_block=1,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=80,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            hidden_size=768,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=1,
-        )
-    )
     return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77),
+        vae=vae(  # 4 blocks: scale factor 8, so 512×512 images ↔ 64×64 latents
+            block_out_channels=(8, 8, 16, 16),
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4,
+        ),
+        text_encoder=text_encoder(
+            max_position_embeddings=77, hidden_size=768, intermediate_size=64, num_hidden_layers=1
+        ),
+        tokenizer=tokenizer(model_max_length=77),
         unet=unet,
         scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
         safety_checker=None,
@@ -100,7 +69,7 @@ def train_and_check(
     pipe = _sd_pipeline(device, getattr(torch, dtype), unet_config)
     rng = np.random.default_rng(0)
     shape = (image_size, image_size, 3)
-    images = [_png(rng.integers(0, 255, shape, dtype=np.uint8)) for _ in range(8)]
+    images = [png(rng.integers(0, 255, shape, dtype=np.uint8)) for _ in range(8)]
     labels = [0, 1] * 4
     task = build_sd_task(pipe, images, labels, ["thorn apple", "rose"], "Flowers:", spec, device)
     latent = unet_config["sample_size"]

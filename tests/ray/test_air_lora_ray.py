@@ -6,15 +6,19 @@ packages, so two test modules may not share a basename.)
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
+from tiny_models import (
+    one_thread,  # noqa: F401
+    pixel_config,
+    save_sd,
+    sd_images,
+)
 
 from raysynth.air.lora import (
     PIXEL_SPEC,
@@ -29,95 +33,12 @@ from raysynth.air.lora import (
 from raysynth.config.schema import GeneratorConfig, ScalingConfig
 from raysynth.errors import ConfigError
 from raysynth.synthesis.latent import load_pipeline
-from raysynth.synthesis.pixel import PixelDiffusionConfig, build_unet, save_pixel_model
+from raysynth.synthesis.pixel import build_unet, save_pixel_model
 from raysynth.synthesis.pixel import sampling_scheduler_config as pixel_scheduler_config
 
 CLASSES = ["cat", "dog"]
-SMALL = {
-    "hidden_size": 32,
-    "intermediate_size": 37,
-    "num_attention_heads": 4,
-    "num_hidden_layers": 2,
-}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-# tiny models (as in tests/unit/test_air_lora.py) -----------------------------------------------
-
-
-def _save_tiny_sd(folder) -> str:
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    torch.manual_seed(0)
-    StableDiffusionPipeline(
-        vae=AutoencoderKL(
-            block_out_channels=(8, 16),
-            norm_num_groups=4,
-            latent_channels=4,
-            layers_per_block=1,
-            down_block_types=["DownEncoderBlock2D"] * 2,
-            up_block_types=["UpDecoderBlock2D"] * 2,
-            sample_size=16,
-        ),
-        text_encoder=CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=80, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, **SMALL
-            )
-        ),
-        tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16),
-        unet=UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(8, 16),
-            norm_num_groups=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=4,
-        ),
-        scheduler=DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        ),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(folder)
-    return str(folder)
-
-
-def _sd_images() -> tuple[list[bytes], list[int]]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(4):
-        buf = io.BytesIO()
-        arr = np.clip(rng.normal(60 + 140 * (i % 2), 20, (16, 16, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out, [0, 1, 0, 1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
@@ -131,14 +52,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def pixel_model(tmp_path_factory):
-    cfg = PixelDiffusionConfig(
-        image_size=8,
-        in_channels=1,
-        num_classes=3,
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-    )
+    cfg = pixel_config()
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("air_ray") / "pixel"
     save_pixel_model(folder, build_unet(cfg), pixel_scheduler_config(cfg), cfg, ["a", "b", "c"])
@@ -183,8 +97,8 @@ def test_pixel_resume_repeats_the_uninterrupted_steps(pixel_model, tmp_path):
 
 @pytest.mark.slow
 def test_sd_lora_on_two_gloo_workers(ray_local, tmp_path):
-    model = _save_tiny_sd(tmp_path / "sd")
-    images, labels = _sd_images()
+    model = save_sd(tmp_path / "sd")
+    images, labels = sd_images()
     spec = LoraTrainSpec(learning_rate=1e-2, steps=40, batch_size=2, checkpoint_every=20)
     scaling = ScalingConfig(num_workers=2, cpus_per_worker=1)
     res = train_sd_lora(

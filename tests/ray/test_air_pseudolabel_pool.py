@@ -6,12 +6,9 @@ The tiny open_clip model is a ``local-dir:`` folder, so every actor loads it by 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import open_clip
 import torch
-from safetensors.torch import save_file
+from tiny_models import save_clip
 
 from raysynth.air.pseudolabel import (
     EmbedPool,
@@ -26,27 +23,10 @@ from raysynth.data.sources import UnlabeledSet
 torch.set_num_threads(1)
 
 NAMES = ("rose", "tulip", "thorn apple")
-TINY_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-def save_tiny_clip(folder, seed: int) -> str:
-    """A random tiny CLIP as an open_clip ``local-dir:`` folder (config + safetensors)."""
-    folder.mkdir(parents=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG}))
-    torch.manual_seed(seed)
-    name = f"local-dir:{folder}"
-    model, _, _ = open_clip.create_model_and_transforms(name)
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(folder / "open_clip_model.safetensors"))
-    return name
 
 
 def test_actor_pool_gives_the_in_process_probabilities(ray_local, tmp_path):
-    name = save_tiny_clip(tmp_path / "clip", seed=5)
+    name = save_clip(tmp_path / "clip", seed=5)
     rng = np.random.default_rng(7)
     pngs = [encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(11)]
     data = UnlabeledSet(

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import png as _png
-from tiny_models import scheduler as _scheduler
-from tiny_models import text_encoder as _text_encoder
-from tiny_models import tokenizer as _tokenizer
-from tiny_models import unet as _unet
-from tiny_models import vae as _vae
+from tiny_models import (
+    one_thread,  # noqa: F401
+    pixel_config,
+    save_sd,
+    sd_images,
+)
 
 from raysynth import columns as col
 from raysynth.air.lora import (
@@ -55,56 +55,13 @@ SD_SPEC = LoraTrainSpec(learning_rate=1e-2, steps=60, batch_size=4, checkpoint_e
 PIXEL_TRAIN_SPEC = LoraTrainSpec(
     **{**PIXEL_SPEC.to_dict(), "learning_rate": 1e-2, "steps": 60, "batch_size": 8}
 )
-PIXEL_CFG = PixelDiffusionConfig(
-    image_size=8,
-    in_channels=1,
-    num_classes=3,
-    block_out_channels=(4, 8),
-    layers_per_block=1,
-    norm_num_groups=4,
-    train_steps=30,
-    batch_size=8,
-    seed=3,
-)
+PIXEL_CFG = pixel_config(train_steps=30, batch_size=8, seed=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine thread sync dominates."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# tiny models (the Stable Diffusion builders are those of test_latent.py) --------------------------
-
-
-def save_tiny_sd(folder, prediction_type="epsilon") -> str:
-    from diffusers import StableDiffusionPipeline
-
-    torch.manual_seed(0)
-    StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=_text_encoder(),
-        tokenizer=_tokenizer(),
-        unet=_unet(),
-        scheduler=_scheduler(prediction_type),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(folder)
-    return str(folder)
-
-
-def sd_images() -> tuple[list[bytes], list[int]]:
-    """Four 20×16 RGB images (not square: the loader crops), dark cats and bright dogs."""
-    rng = np.random.default_rng(0)
-    images = [
-        _png(np.clip(rng.normal(60 + 140 * (i % 2), 20, (16, 20, 3)), 0, 255).astype(np.uint8))
-        for i in range(4)
-    ]
-    return images, [0, 1, 0, 1]
+# tiny data and models (Stable Diffusion: tests/tiny_models.py) -----------------------------------
 
 
 def digits(n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -171,9 +128,9 @@ def _train(task, spec, folder) -> dict:
 @pytest.fixture(scope="module")
 def sd(tmp_path_factory):
     root = tmp_path_factory.mktemp("air_sd")
-    model = save_tiny_sd(root / "sd")
+    model = save_sd(root / "sd")
     pipe = load_pipeline(GeneratorConfig(kind="text2image", model=model), torch.device("cpu"))
-    images, labels = sd_images()
+    images, labels = sd_images(width=20)  # not square: the loader crops
     task = build_sd_task(pipe, images, labels, CLASSES, "Pets:", SD_SPEC, torch.device("cpu"))
     return {"model": model, **_train(task, SD_SPEC, root / "adapter")}
 
@@ -229,7 +186,7 @@ def test_workers_take_equal_disjoint_shards():
 
 
 def test_bad_inputs_fail_on_the_driver_before_any_training(tmp_path, pixel):
-    images, labels = sd_images()
+    images, labels = sd_images(width=20)
     with pytest.raises(ConfigError, match="model_index.json is missing"):
         train_sd_lora(str(tmp_path / "none"), images, labels, CLASSES, "", tmp_path / "out")
     with pytest.raises(ConfigError, match="is not a pixel diffusion model"):

@@ -8,7 +8,6 @@ folder like a user's model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
@@ -16,7 +15,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from tiny_models import save_clip
 
 from raysynth.air.prompt import (
     PromptConfig,
@@ -32,27 +31,13 @@ from raysynth.filter.select import cosine_softmax
 
 torch.set_num_threads(1)
 
-TEXT_CFG = {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
-VISION_CFG = {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16}
 NAMES = ["rose", "tulip", "thorn apple"]
 FAST = PromptConfig(n_ctx=4, iterations=3, steps=15, top_k=8)
 
 
-def _save(folder, **extra):
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"embed_dim": 16, "vision_cfg": VISION_CFG, "text_cfg": dict(TEXT_CFG), **extra}
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
-    torch.manual_seed(0)
-    name = f"local-dir:{folder}"
-    model, _, _ = open_clip.create_model_and_transforms(name)
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(folder / "open_clip_model.safetensors"))
-    return name
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    return _save(tmp_path_factory.mktemp("prompt") / "clip")
+    return save_clip(tmp_path_factory.mktemp("prompt") / "clip")
 
 
 def _load(name):
@@ -76,7 +61,7 @@ def _data(seed: int = 0, n: int = 30, syn_shift: float = 0.0) -> PromptData:
 def test_prompt_with_hand_words_as_context_is_encode_text(tmp_path, custom_text):
     """ctx = the token embeddings of "a photo of a" reproduces open_clip's encode_text exactly,
     for CLIP and CustomTextCLIP layouts: the prompt path is the model's own text path."""
-    name = _save(tmp_path / "m", **({"custom_text": True} if custom_text else {}))
+    name = save_clip(tmp_path / "m", **({"custom_text": True} if custom_text else {}))
     model, tokenizer = _load(name)
     assert type(model).__name__ == ("CustomTextCLIP" if custom_text else "CLIP")
     enc = PromptTextEncoder(model, tokenizer, NAMES, n_ctx=4)
@@ -92,7 +77,7 @@ def test_prompt_with_hand_words_as_context_is_encode_text(tmp_path, custom_text)
 
 
 def test_unsupported_text_towers_and_long_prompts_are_config_errors(tmp_path):
-    coca_like = _save(tmp_path / "cls", custom_text=True)
+    coca_like = save_clip(tmp_path / "cls", custom_text=True)
     model, tokenizer = _load(coca_like)
     model.text.cls_emb = torch.nn.Parameter(torch.zeros(32))
     with pytest.raises(ConfigError, match="class token"):
@@ -105,7 +90,7 @@ def test_unsupported_text_towers_and_long_prompts_are_config_errors(tmp_path):
 
     with pytest.raises(ConfigError, match="Linear text tower.*open_clip's own transformer"):
         PromptTextEncoder(HFLike(), tokenizer, NAMES)
-    model, tokenizer = _load(_save(tmp_path / "plain"))
+    model, tokenizer = _load(save_clip(tmp_path / "plain"))
     with pytest.raises(ConfigError, match="exceed the text tower's 24 tokens; lower n_ctx"):
         PromptTextEncoder(model, tokenizer, ["a rather long name"], n_ctx=20)
 

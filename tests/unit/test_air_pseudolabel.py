@@ -8,7 +8,6 @@ through ``open_clip.create_model_and_transforms`` — the path a Ray actor takes
 from __future__ import annotations
 
 import io
-import json
 import logging
 
 import numpy as np
@@ -18,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from tiny_models import save_clip
 
 from raysynth.air.pseudolabel import (
     ZeroShotSpec,
@@ -33,29 +32,16 @@ from raysynth.filter.threshold import normalize
 
 torch.set_num_threads(1)
 
-TINY_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 NAMES = ["rose", "tulip", "thorn apple"]
-
-
-def save_tiny_clip(folder, seed: int = 0):
-    """A random tiny CLIP as an open_clip ``local-dir:`` folder; returns (name, model, preprocess)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG}))
-    torch.manual_seed(seed)
-    name = f"local-dir:{folder}"
-    model, _, preprocess = open_clip.create_model_and_transforms(name)
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(folder / "open_clip_model.safetensors"))
-    return name, model.eval(), preprocess
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    return save_tiny_clip(tmp_path_factory.mktemp("air-clip") / "tiny")
+    """(name, model, preprocess) of a random tiny CLIP saved as an open_clip ``local-dir:`` folder,
+    the model loaded back from that folder."""
+    name = save_clip(tmp_path_factory.mktemp("air-clip") / "tiny")
+    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    return name, model.eval(), preprocess
 
 
 def _pngs(n: int, seed: int = 0, size: int = 32) -> list[bytes]:

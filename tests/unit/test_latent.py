@@ -13,7 +13,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from tiny_models import SMALL
+from tiny_models import (
+    SMALL,
+    one_thread,  # noqa: F401
+)
 from tiny_models import png as _png
 from tiny_models import scheduler as _scheduler
 from tiny_models import text_encoder as _text_encoder
@@ -36,17 +39,10 @@ from raysynth.synthesis.latent import (
 
 CLASSES = ["cat", "dog"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # tiny components ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine thread sync dominates."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _image_processor():

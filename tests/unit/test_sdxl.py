@@ -15,6 +15,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import (
+    one_thread,  # noqa: F401
+    text_config,
+    text_encoder,
+    tokenizer,
+    vae,
+)
+from tiny_models import unet as tiny_unet
 
 from raysynth import columns as col
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
@@ -23,81 +31,24 @@ from raysynth.synthesis.generators import GeneratorSpec, build_generator, identi
 from raysynth.synthesis.latent import _prompts, _row_generators, check_model_available
 
 CLASSES = ["cat", "dog"]
-SMALL = {
-    "hidden_size": 32,
-    "intermediate_size": 37,
-    "num_attention_heads": 4,
-    "num_hidden_layers": 2,
-}
 TIME_EMBED_DIM = 4
 PROJECTION_DIM = 32
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# tiny SDXL components ----------------------------------------------------------------------------
-
-
-def _tokenizer():
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
-
-
-def _text_config(**extra):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=80, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, **SMALL, **extra
-    )
+# tiny SDXL components (the SD 1.x ones of tests/tiny_models.py, with SDXL's conditioning) --------
 
 
 def _unet():
     """An SDXL-style UNet: cross-attention over both encoders' states (32 + 32), and the
     ``text_time`` added embedding of 6 time ids and text_encoder_2's pooled projection."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    return tiny_unet(
         cross_attention_dim=64,
-        attention_head_dim=4,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=TIME_EMBED_DIM,
         projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + PROJECTION_DIM,
-    )
-
-
-def _vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        layers_per_block=1,
-        sample_size=16,
-        scaling_factor=0.13025,  # SDXL's VAE
-        force_upcast=True,
     )
 
 
@@ -120,7 +71,7 @@ def models(tmp_path_factory):
     """A tiny SDXL pipeline (and a force_zeros=false copy), a LoRA adapter and a classifier."""
     from diffusers import StableDiffusionXLPipeline
     from peft import LoraConfig, get_peft_model_state_dict
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
     from raysynth.train.checkpoint import write_checkpoint
     from raysynth.train.models import build_model
@@ -128,11 +79,11 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("sdxl")
     torch.manual_seed(0)
     pipe = StableDiffusionXLPipeline(
-        vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config()),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(projection_dim=PROJECTION_DIM)),
-        tokenizer=_tokenizer(),
-        tokenizer_2=_tokenizer(),
+        vae=vae(scaling_factor=0.13025, force_upcast=True),  # SDXL's VAE settings
+        text_encoder=text_encoder(),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(projection_dim=PROJECTION_DIM)),
+        tokenizer=tokenizer(),
+        tokenizer_2=tokenizer(),
         unet=_unet(),
         scheduler=_scheduler(),
         force_zeros_for_empty_prompt=True,
