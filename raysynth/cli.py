@@ -105,6 +105,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     preset = args.preset or (None if args.config else "digits")
     cfg = build_config(preset, args.config, parse_set(args.set))
+    from raysynth.pipeline.run import check_models, check_weights
+
+    check_models(cfg)  # a missing model fails here, before Ray starts or anything is written
     if not args.dry_run:
         from raysynth.pipeline.run import run_pipeline
 
@@ -119,6 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(dump_yaml(cfg))
     images = load_dataset(cfg.data)
     splits = make_splits(images, cfg.data, cfg.seed)
+    check_weights(cfg, images.num_classes)
     counts = splits.counts(images.labels, images.num_classes)
     print(f"data: {len(images)} images, {images.num_classes} classes, {images.channels} channel(s)")
     if images.skipped:
@@ -166,11 +170,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_stage(args: argparse.Namespace) -> int:
     """``synthesize`` / ``tune`` / ``train``: the main job up to (or from) one stage."""
     from raysynth.config import build_config, parse_set
-    from raysynth.pipeline.run import run_pipeline
+    from raysynth.pipeline.run import check_models, run_pipeline
     from raysynth.rundir import RunDir
 
     preset = args.preset or (None if args.config else "digits")
     cfg = build_config(preset, args.config, parse_set(args.set))
+    check_models(cfg)  # before Ray starts
     run = RunDir(args.out)
     if args.command != "synthesize" and not run.exists():
         raise RaysynthError(

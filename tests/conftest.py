@@ -12,14 +12,27 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A local Ray instance with 2 CPUs for the tests that need one."""
+def _ray_session():
+    """Shuts down whatever Ray instance the session left connected."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_session):
+    """A local Ray instance with 2 CPUs for the tests that need one.
+
+    Started on first use and kept for the session; started again when a module that runs its
+    own cluster (tests/ray/test_multinode.py shuts this one down first) has disconnected it, so
+    the tests pass in any order.
+    """
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    return ray
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 import math
 import tempfile
 from collections.abc import Callable
@@ -22,6 +23,8 @@ import torch
 from raysynth.config.schema import ScalingConfig
 from raysynth.errors import TrainingError
 from raysynth.train.checkpoint import read_state, restore_training, write_checkpoint
+
+log = logging.getLogger("raysynth.train")
 
 
 class TrainSession:
@@ -62,24 +65,26 @@ class TrainSession:
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
         """Load the newest checkpoint (Ray's or the run directory's); returns the next epoch."""
-        candidates: list[tuple[int, Callable[[], dict]]] = []
+        candidates: list[tuple[int, Callable[[], dict], str]] = []
         ray_ckpt = self._train.get_checkpoint() if self._train else None
         if ray_ckpt is not None:
             with ray_ckpt.as_directory() as d:
                 state = read_state(d)
             if state is not None:
-                candidates.append((state["epoch"], lambda: self._restore_ray(ray_ckpt, model, optimizer)))
+                candidates.append((state["epoch"], lambda: self._restore_ray(ray_ckpt, model, optimizer),
+                                   "the Ray Train checkpoint"))
         if self.checkpoint_dir is not None and (self.checkpoint_dir / "state.json").is_file():
             state = read_state(self.checkpoint_dir)
             assert state is not None
             folder = self.checkpoint_dir
             candidates.append(
-                (state["epoch"], lambda: restore_training(folder, model, optimizer))
+                (state["epoch"], lambda: restore_training(folder, model, optimizer), str(folder))
             )
         if not candidates:
             return 0
-        epoch, load = max(candidates, key=lambda c: c[0])
+        epoch, load, source = max(candidates, key=lambda c: c[0])
         load()
+        log.info("resuming training at epoch %d from %s", epoch + 1, source)
         return epoch + 1
 
     @staticmethod

@@ -93,3 +93,82 @@ def test_missing_dataset_path(tmp_path):
 def test_unknown_preset(preset):
     proc = raysynth("run", "--dry-run", "--preset", preset)
     _assert_clear_error(proc, "preset 'nope' does not exist", "digits")
+
+
+# --- fixed per-class weights (`tune.weights`, from --set or a config file) ----------------------
+# There is no `--weights FILE` option: weights come in through the config, e.g. a YAML file
+# `tune: {weights: [...]}` passed with --config (it may start from a preset with `base:`).
+
+
+def _weights_file(tmp_path, weights):
+    path = tmp_path / "weights.yaml"
+    path.write_text(f"base: digits\ndata:\n  classes: ['0', '1', '2']\ntune:\n  weights: {weights}\n")
+    return path
+
+
+def test_weights_outside_unit_interval(tmp_path):
+    proc = raysynth("run", "--dry-run", "--config", str(_weights_file(tmp_path, [0.5, 1.5, 0.2])))
+    _assert_clear_error(proc, "tune.weights", "[0, 1]", "1.5")
+    proc = raysynth("run", "--dry-run", "--set", "tune.weights=[-0.1,0.5]")
+    _assert_clear_error(proc, "tune.weights", "-0.1")
+
+
+def test_weights_that_do_not_match_the_classes(tmp_path):
+    proc = raysynth("run", "--dry-run", "--config", str(_weights_file(tmp_path, [0.5, 0.5])))
+    _assert_clear_error(proc, "tune.weights has 2 value(s) but the data has 3 classes")
+
+
+def test_weights_mismatch_stops_before_any_model_is_trained(tmp_path):
+    """The same check in the job itself, right after the data stage (in-process: the error
+    comes before anything needs Ray)."""
+    from raysynth.config import build_config
+    from raysynth.errors import ConfigError
+    from raysynth.pipeline.run import run_pipeline
+
+    out = tmp_path / "run"
+    cfg = build_config(config_file=_weights_file(tmp_path, [0.5, 0.5, 0.5, 0.5]))
+    with pytest.raises(ConfigError, match=r"tune.weights has 4 value\(s\) but the data has 3"):
+        run_pipeline(cfg, out)
+    assert (out / "real" / "train.parquet").is_file()  # the data stage ran...
+    assert not (out / "generator").exists() and not (out / "synthetic").exists()  # ...no more
+
+
+# --- a generator model that is not there (offline) ----------------------------------------------
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("model", ["/nope", "nobody/no-such-model"])
+def test_missing_model_is_a_clear_error_and_writes_nothing(tmp_path, model):
+    out = tmp_path / "run"
+    sets = ["--set", "synthesis.generator.kind=text2image",
+            "--set", f"synthesis.generator.model={model}"]
+    proc = raysynth("run", *sets, "--out", str(out))
+    _assert_clear_error(proc, f"synthesis.generator.model={model!r}")
+    assert not out.exists()  # failed before the run directory was created
+
+
+def test_missing_model_leaves_an_existing_run_directory_untouched(tmp_path):
+    """A run whose model has since gone (deleted cache, another machine): `--resume` stops with a
+    clear error and changes no file of the run directory."""
+    from raysynth.config import build_config
+    from raysynth.pipeline.prepare import prepare_real
+    from raysynth.rundir import RunDir
+
+    overrides = {"synthesis.generator.kind": "text2image", "synthesis.generator.model": "/nope",
+                 "data.classes": ["0", "1"]}
+    out = tmp_path / "run"
+    run = RunDir(out)
+    run.init(build_config("digits", overrides=overrides))
+    prepare_real(run, build_config("digits", overrides=overrides))  # real/: the run's data
+    (out / "run.log").write_text("earlier stages\n")
+    before = _snapshot(out)
+    assert "real/train.parquet" in before
+    proc = raysynth("run", "--resume", "--out", str(out), "--set", "data.classes=0,1",
+                    *[a for k, v in overrides.items() if k != "data.classes"
+                      for a in ("--set", f"{k}={v}")])
+    _assert_clear_error(proc, "synthesis.generator.model='/nope'", "model_index.json")
+    assert _snapshot(out) == before

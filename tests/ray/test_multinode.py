@@ -1,0 +1,227 @@
+"""The synthesis pools on a several-node cluster (``ray.cluster_utils.Cluster``, all on this
+machine): a CPU-only head and two nodes with one logical GPU each, as on a cluster with a CPU head
+and one-GPU workers (cluster/). With ``gpus_per_actor=1`` the generator and embedder pools put one
+actor per GPU and never two on one; a GPU node removed in the middle of synthesis loses no image
+and duplicates none; on a machine without CUDA the actors' torch device stays the CPU although
+Ray hands each of them a GPU id (CUDA_VISIBLE_DEVICES).
+
+The module runs its own cluster, so it first disconnects the session's local Ray instance
+(conftest's ``ray_local`` starts that one again for whatever test needs it next). The cluster's
+session directories and its ``ray_current_cluster`` address file live in a temp dir of their own
+(RAY_TMPDIR), so no other ``ray.init()`` on this machine can find and join it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raysynth import columns as col
+from raysynth.config import build_config
+from raysynth.filter.stage import EmbedderSpec, ImageEmbedder
+from raysynth.pipeline.synthesize import embedder_pool
+from raysynth.synthesis.generators import GeneratorSpec
+from raysynth.synthesis.pipeline import generate, plan_round
+from raysynth.synthesis.pixel import PixelDiffusionConfig, load_or_train
+from raysynth.synthesis.table import read_table
+from raysynth.train.checkpoint import write_checkpoint
+from raysynth.train.models import build_model, encoder_config
+
+CLASSES = ["0", "1", "2"]
+GPU_NODES = 2
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    tmp = Path(tempfile.mkdtemp(prefix="rsmn-", dir="/tmp"))  # short: Unix socket paths
+    old_tmpdir = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(tmp)
+    c = None
+    try:
+        c = Cluster(initialize_head=True,
+                    head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+        for _ in range(GPU_NODES):
+            c.add_node(num_cpus=1, num_gpus=1)
+        ray.init(address=c.address, log_to_driver=False)
+        yield c
+    finally:
+        ray.shutdown()
+        if c is not None:
+            c.shutdown()
+        if old_tmpdir is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old_tmpdir
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pixel_folder(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 1, 8, 8)).astype(np.float32)
+    y = np.repeat(np.arange(3), 4)
+    cfg = PixelDiffusionConfig(num_classes=3, block_out_channels=(8, 16), layers_per_block=1,
+                               norm_num_groups=4, mid_attention=False, train_steps=3, batch_size=4)
+    return str(load_or_train(tmp_path_factory.mktemp("gen"), x, y, cfg, class_names=CLASSES))
+
+
+@pytest.fixture(scope="module")
+def classifier_folder(tmp_path_factory):
+    enc = encoder_config("small_cnn", 1, 8, 8, 16)
+    model_cfg = {"kind": "classifier", "encoder": enc, "num_classes": 3}
+    torch.manual_seed(0)
+    return str(write_checkpoint(tmp_path_factory.mktemp("clf") / "model",
+                                build_model(model_cfg), model_cfg))
+
+
+def _config(**over):
+    return build_config(overrides={
+        "synthesis.generator.num_steps": 30, "synthesis.batch_size": 2,
+        "synthesis.min_actors": GPU_NODES, "synthesis.max_actors": GPU_NODES,
+        "synthesis.gpus_per_actor": 1.0, "synthesis.cpus_per_actor": 0.5,
+        "filter.gpus_per_actor": 1.0, "filter.cpus_per_actor": 0.5, "filter.batch_size": 2,
+        "filter.embedder": "classifier", **over})
+
+
+def gpu_nodes() -> dict[str, float]:
+    """GPUs of each alive node."""
+    import ray
+
+    return {n["NodeID"]: n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]}
+
+
+def actor_spans(class_part: str) -> list[tuple[str, str, float, float]]:
+    """(actor id, node id, start ms, end ms) of every actor, alive or dead, whose class name
+    contains ``class_part`` — from the GCS actor table, which keeps dead actors. (A restarted
+    actor keeps its first start time with its last node: only for pools that lost no actor.)"""
+    from ray._private.state import actors
+
+    return [(aid, a["Address"]["NodeID"], a["StartTime"], a["EndTime"] or float("inf"))
+            for aid, a in actors().items() if class_part in a["ActorClassName"]]
+
+
+def alive_actors(class_part: str) -> dict[str, str]:
+    """Alive actors whose class name contains ``class_part``: actor id → node id."""
+    from ray._private.state import actors
+
+    return {aid: a["Address"]["NodeID"] for aid, a in actors().items()
+            if a["State"] == "ALIVE" and class_part in a["ActorClassName"]}
+
+
+def over_placed(spans, gpus: dict[str, float]) -> list[str]:
+    """Moments at which a node held more of these one-GPU actors than it has GPUs."""
+    out = []
+    for node in {s[1] for s in spans}:
+        events = sorted([(s[2], 1) for s in spans if s[1] == node]
+                        + [(s[3], -1) for s in spans if s[1] == node], key=lambda e: (e[0], e[1]))
+        running = 0
+        for t, step in events:
+            running += step
+            if running > gpus.get(node, 0):
+                out.append(f"{running} actors at t={t} on node {node[:8]} with "
+                           f"{gpus.get(node, 0)} GPUs")
+    return out
+
+
+def test_actors_see_a_gpu_id_but_torch_stays_on_the_cpu(cluster, pixel_folder, classifier_folder):
+    import ray
+
+    from raysynth.filter.stage import _build
+    from raysynth.synthesis.generators import build_generator
+
+    cfg = _config()
+    spec = GeneratorSpec(cfg.synthesis.generator, cfg.synthesis.feedback, CLASSES,
+                         pixel_folder=pixel_folder, channels=1)
+    espec = EmbedderSpec(cfg.filter, classifier_folder, channels=1, image_size=8)
+
+    @ray.remote(num_gpus=1, num_cpus=0.5)
+    def devices():
+        return (os.environ.get("CUDA_VISIBLE_DEVICES"), ray.get_gpu_ids(),
+                str(build_generator(spec).device), str(_build(espec).device))
+
+    visible, ids, gen_device, emb_device = ray.get(devices.remote(), timeout=120)
+    assert visible == "0" and len(ids) == 1  # Ray gave the task its node's logical GPU
+    expected = "cuda" if torch.cuda.is_available() else "cpu"  # this machine: no CUDA → cpu
+    assert cfg.synthesis.generator.device == "auto"
+    assert gen_device.startswith(expected) and emb_device.startswith(expected)
+
+
+def test_pools_place_one_actor_per_gpu_and_survive_a_node_loss(
+    cluster, pixel_folder, classifier_folder, tmp_path
+):
+    import ray.data
+
+    cfg = _config()
+    spec = GeneratorSpec(cfg.synthesis.generator, cfg.synthesis.feedback, CLASSES,
+                         pixel_folder=pixel_folder, channels=1)
+    real_ids = {c: [f"real-{c}-{i}" for i in range(3)] for c in range(3)}
+    rows = plan_round(cfg.synthesis, CLASSES, real_ids, dict.fromkeys(range(3), 8), cfg.seed, 0)
+    out = tmp_path / "synthetic"
+    result: dict = {}
+
+    def run():
+        try:
+            result["stats"] = generate(rows, spec, out, cfg.synthesis)
+        except BaseException as e:  # surfaced by the assertion below
+            result["error"] = e
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    both: dict[str, str] = {}
+    deadline = time.time() + 180
+    while worker.is_alive() and time.time() < deadline and len(both) < GPU_NODES:
+        placement = alive_actors("DiffusionGenerator")
+        if len(placement) == GPU_NODES:
+            both = placement
+        time.sleep(0.2)
+    assert len(both) == GPU_NODES, "the generator pool never had one actor on each GPU node"
+    assert len(set(both.values())) == GPU_NODES  # two actors, two nodes, one GPU each
+    assert all(gpu_nodes()[n] == 1 for n in both.values())
+
+    capacity = gpu_nodes()
+    time.sleep(1.0)  # let each actor take a batch, then lose one GPU node mid-synthesis
+    lost = next(n for n in cluster.worker_nodes if n.node_id in both.values())
+    cluster.remove_node(lost)
+    crowded = []
+    while worker.is_alive() and time.time() < deadline + 120:
+        # The killed actor is restarted where a GPU is free: never two generators on one GPU.
+        placement = alive_actors("DiffusionGenerator")
+        crowded += over_placed([(a, n, 0, 1) for a, n in placement.items()], capacity)
+        time.sleep(0.2)
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "synthesis did not finish after the node loss"
+    assert "error" not in result, result.get("error")
+    assert result["stats"].generated == len(rows)
+    ids = read_table(out, [col.SAMPLE_ID])[col.SAMPLE_ID].to_pylist()
+    assert sorted(ids) == sorted(r[col.SAMPLE_ID] for r in rows)  # every planned id, once
+    assert not crowded, crowded
+
+    # A replacement node comes up (as the autoscaler would bring one); the embedder pool
+    # (filter.gpus_per_actor=1, up to synthesis.max_actors actors) spreads over the GPUs.
+    cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.wait_for_nodes()
+    capacity = gpu_nodes()
+    espec = EmbedderSpec(cfg.filter, classifier_folder, channels=1, image_size=8)
+    ds = ray.data.read_parquet(str(out)).select_columns([col.SAMPLE_ID, col.IMAGE])
+    ds = ds.map_batches(ImageEmbedder, fn_constructor_kwargs={"spec": espec}, **embedder_pool(cfg))
+    embedded = [str(i) for b in ds.iter_batches(batch_format="numpy", batch_size=None)
+                for i in b[col.SAMPLE_ID]]
+    assert sorted(embedded) == sorted(ids)
+    spans = actor_spans("ImageEmbedder")
+    assert spans, "no embedder actor was started"
+    assert {s[1] for s in spans} <= {n for n, g in capacity.items() if g >= 1}  # GPU nodes only
+    assert len(spans) <= cfg.synthesis.max_actors
+    assert not over_placed(spans, capacity)
