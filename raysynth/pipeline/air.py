@@ -63,6 +63,12 @@ def check_air(cfg: RunConfig) -> None:
             "not have): set synthesis.generator.kind=text2image and synthesis.generator.model"
         )
     check_clip_available(cfg.air.clip_model, cfg.air.clip_pretrained)
+    path = cfg.air.unlabeled_path
+    if path and "://" not in path and not Path(path).expanduser().exists():
+        raise ConfigError(
+            f"air.unlabeled_path={path!r} does not exist; give a folder of images or a Parquet "
+            "table, or leave it empty to use the train split with its labels hidden"
+        )
 
 
 # 1. embedding and zero-shot pseudo-labels ------------------------------------------------------
@@ -97,7 +103,13 @@ def split_set(real: RealData, split: str) -> UnlabeledSet:
 def unlabeled_set(cfg: RunConfig, real: RealData) -> UnlabeledSet:
     if not cfg.air.unlabeled_path:
         return split_set(real, "train")
-    data = load_unlabeled(cfg.air.unlabeled_path, 3, cfg.data.image_size)
+    try:
+        data = load_unlabeled(cfg.air.unlabeled_path, 3, cfg.data.image_size)
+    except DataError as e:
+        raise DataError(
+            f"air.unlabeled_path={cfg.air.unlabeled_path!r}: {e} (a folder of images, any depth, "
+            "or a Parquet table with an 'image' column)"
+        ) from e
     if len(data) == 0:
         raise DataError(f"air.unlabeled_path={cfg.air.unlabeled_path!r} holds no readable image")
     return data
@@ -264,9 +276,13 @@ def learn_prompt(
     if a.search:
         if data.val_emb is None:
             raise ConfigError("air.search=true needs a validation split: set data.val_per_class")
-        spec = PromptTrialSpec(a.clip_model, a.clip_pretrained, tuple(unl.class_names), base,
-                               device)
-        search = search_prompt_params(data, spec, cfg, run.sub("tune"), resume=resume)
+        search = run.read_json("air/search.json")
+        if search is None:  # a finished search is not run again on --resume
+            spec = PromptTrialSpec(
+                a.clip_model, a.clip_pretrained, tuple(unl.class_names), base, device
+            )
+            search = search_prompt_params(data, spec, cfg, run.sub("tune"), resume=resume)
+            run.write_json("air/search.json", search)
         base = PromptConfig(**{**asdict(base), "lam": search["lam"], "beta": search["beta"]})
     clip = ClipEmbedder(a.clip_model, a.clip_pretrained, device=device)
     encoder = PromptTextEncoder(

@@ -77,7 +77,8 @@ def _config(setup, **extra):
 
 
 def test_air_flow_runs_end_to_end_and_resumes(ray_local, tmp_path, air_setup):
-    cfg = _config(air_setup)
+    search = {"air.search": True, "tune.num_samples": 2, "tune.n_initial_points": 1}
+    cfg = _config(air_setup, **search)
     out = tmp_path / "run"
     report = run_pipeline(cfg, out)
 
@@ -88,6 +89,9 @@ def test_air_flow_runs_end_to_end_and_resumes(ray_local, tmp_path, air_setup):
         assert 0.0 <= air["pseudo_label_accuracy"][key] <= 1.0
     assert set(air["test_accuracy"]) == {"zero_shot", "fused", "prompt", "prompt_fused"}
     assert [h["iteration"] for h in air["history"]] == [1, 2]
+    # λ and β came from a 2-trial Tune search on the val split
+    assert air["search"]["trials"] == 2
+    assert (air["lam"], air["beta"]) == (air["search"]["lam"], air["search"]["beta"])
     # the LoRA step trained on the top-3 pseudo-labelled images per class, 4 steps
     assert air["lora"]["steps"] == 4 and 0 < air["lora"]["images"] <= 3 * 3
     adapter = out / "air" / "lora"
@@ -108,7 +112,8 @@ def test_air_flow_runs_end_to_end_and_resumes(ray_local, tmp_path, air_setup):
     assert "pseudo-label accuracy" in (out / "report.md").read_text()
 
     # --resume: nothing is trained or generated again
-    stamps = {p: p.stat().st_mtime_ns for p in (adapter / "air_lora.json", out / "air" / "unlabeled.npz")}
+    kept = ("lora/air_lora.json", "unlabeled.npz", "search.json")
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "air" / k for k in kept)}
     again = run_pipeline(cfg, out, resume=True)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert read_table(out / "synthetic", [col.SAMPLE_ID]).num_rows == 6
@@ -120,3 +125,10 @@ def test_air_flow_refuses_the_pixel_generator(tmp_path, air_setup):
     with pytest.raises(ConfigError, match="flow=air adapts a pretrained text-to-image model"):
         run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "air").exists()
+
+
+def test_a_missing_unlabeled_folder_stops_before_anything_is_written(tmp_path, air_setup):
+    cfg = _config(air_setup, **{"air.unlabeled_path": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match=r"air.unlabeled_path=.*nope' does not exist"):
+        run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
