@@ -52,10 +52,17 @@ def run(out: str | None = None, concurrency: int = 2, evals: int = 16) -> dict[s
             t0 = time.perf_counter()
             gp = search_weights_gp(val, cfg, Path(tmp) / "gp")
             gp_wall = time.perf_counter() - t0
-            noise = [
-                evaluate(val, "unicon", gp.best_weights, cfg, stable_seed("noise", s), tmp, f"n{s}").mean
-                for s in range(3)
-            ]
+            # Each best value is the maximum of noisy evaluations (it is biased upward): both
+            # best points are evaluated again with fresh seeds, and those means are compared.
+            def again(weights: list[float], tag: str) -> list[float]:
+                return [
+                    evaluate(val, "unicon", weights, cfg, stable_seed("noise", s), tmp,
+                             f"{tag}{s}").mean
+                    for s in range(3)
+                ]
+
+            noise = again(gp.best_weights, "g")
+            tune_again = again(tuned.best_weights, "t")
         finally:
             torch.set_num_threads(threads)
     result = {
@@ -72,8 +79,15 @@ def run(out: str | None = None, concurrency: int = 2, evals: int = 16) -> dict[s
         "best_gp_weights": gp.best_weights,
         "noise_std": float(np.std(noise)),
         "noise_values": noise,
+        "best_tune_again": float(np.mean(tune_again)),
+        "best_gp_again": float(np.mean(noise)),
         "within_noise": bool(
-            abs(tuned.best_val_acc - gp.best_val_acc) <= max(2 * float(np.std(noise)), 0.01)
+            abs(np.mean(tune_again) - np.mean(noise))
+            <= max(2 * float(np.sqrt((np.var(noise) + np.var(tune_again)) / 2)), 0.01)
         ),
+        "measures": {
+            "within_noise": "the two best points, each evaluated again with 3 fresh seeds, differ "
+            "by at most 2 pooled within-point std (or 1 point)",
+        },
     }
     return emit(result, out)
