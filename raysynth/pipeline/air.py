@@ -117,6 +117,10 @@ def unlabeled_set(cfg: RunConfig, real: RealData) -> UnlabeledSet:
 
 def embedded(run: RunDir, name: str, data: UnlabeledSet, spec: ZeroShotSpec, pool: EmbedPool):
     """``air/{name}.npz`` (ids, CLIP embeddings, ``p``, true labels), computed once per run."""
+    if len(data) == 0:  # e.g. data.val_per_class=0: nothing to embed
+        c = len(spec.class_names)
+        return PseudoLabels([], np.zeros((0, 0), np.float32), np.zeros((0, c)),
+                            list(spec.class_names), np.zeros(0, np.int64))
     path = run.sub("air") / f"{name}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)

@@ -132,3 +132,13 @@ def test_a_missing_unlabeled_folder_stops_before_anything_is_written(tmp_path, a
     with pytest.raises(ConfigError, match=r"air.unlabeled_path=.*nope' does not exist"):
         run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_air_flow_without_val_and_test_splits_reports_pseudo_labels_only(
+    ray_local, tmp_path, air_setup
+):
+    cfg = _config(air_setup, **{"data.val_per_class": 0, "data.test_per_class": 0})
+    air = run_pipeline(cfg, tmp_path / "run")["air"]
+    assert air["test_accuracy"] == {} and air["search"] is None
+    assert 0.0 <= air["pseudo_label_accuracy"]["fused"] <= 1.0
+    assert all(h["val_acc"] is None for h in air["history"])  # NaN → null in report.json
