@@ -208,3 +208,50 @@ def sd_images(width: int = 16) -> tuple[list[bytes], list[int]]:
         for i in range(4)
     ]
     return images, [0, 1, 0, 1]
+
+
+def bar_digits(n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Digit-like 8×8 arrays: a bright bar per class (row, column or diagonal) plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.uniform(0, 0.2, size=(n, 1, 8, 8)).astype(np.float32)
+    for i, c in enumerate(y):
+        if c == 0:
+            x[i, 0, 3:5, :] = 1.0
+        elif c == 1:
+            x[i, 0, :, 3:5] = 1.0
+        else:
+            x[i, 0, np.arange(8), np.arange(8)] = 1.0
+    return x, y
+
+
+def digits3_protocol():
+    """Bundled digits 0, 1, 7 as protocol data: 8 train, 4 "synthetic", 16 pool, 20 eval each."""
+    from raysynth.config.schema import DataConfig
+    from raysynth.data import load_dataset, to_tensor_array
+    from raysynth.train.arrays import LabeledArrays, ProtocolData
+
+    ds = load_dataset(DataConfig(source="digits", classes=("0", "1", "7")))
+    x, y = to_tensor_array(ds.images, 1), ds.labels
+    rng = np.random.default_rng(0)
+    parts = {"train": [], "syn": [], "pool": [], "eval": []}
+    for c in range(3):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        parts["eval"] += list(idx[:20])
+        parts["pool"] += list(idx[20:36])
+        parts["train"] += list(idx[36:44])
+        parts["syn"] += list(idx[44:48])
+    arr = {k: LabeledArrays(x[np.array(v)], y[np.array(v)]) for k, v in parts.items()}
+    return ProtocolData(arr["train"], arr["syn"], arr["pool"], arr["eval"], num_classes=3)
+
+
+def train_pixel_folder(folder: Path, class_names=("0", "1", "2")) -> str:
+    """A 3-step pixel model on random 8×8 data, cached in ``folder`` (the synthesis tests' model)."""
+    from raysynth.synthesis.pixel import PixelDiffusionConfig, load_or_train
+
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 1, 8, 8)).astype(np.float32)
+    y = np.repeat(np.arange(3), 4)
+    cfg = PixelDiffusionConfig(num_classes=3, block_out_channels=(8, 16), layers_per_block=1,
+                               norm_num_groups=4, mid_attention=False, train_steps=3, batch_size=4)
+    return str(load_or_train(folder, x, y, cfg, class_names=list(class_names)))

@@ -20,9 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from tiny_models import train_pixel_folder
 
 from raysynth import columns as col
 from raysynth.config import build_config
@@ -30,7 +30,6 @@ from raysynth.filter.stage import EmbedderSpec, ImageEmbedder
 from raysynth.pipeline.synthesize import embedder_pool
 from raysynth.synthesis.generators import GeneratorSpec
 from raysynth.synthesis.pipeline import generate, plan_round
-from raysynth.synthesis.pixel import PixelDiffusionConfig, load_or_train
 from raysynth.synthesis.table import read_table
 from raysynth.train.checkpoint import write_checkpoint
 from raysynth.train.models import build_model, encoder_config
@@ -70,12 +69,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def pixel_folder(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    x = rng.random((12, 1, 8, 8)).astype(np.float32)
-    y = np.repeat(np.arange(3), 4)
-    cfg = PixelDiffusionConfig(num_classes=3, block_out_channels=(8, 16), layers_per_block=1,
-                               norm_num_groups=4, mid_attention=False, train_steps=3, batch_size=4)
-    return str(load_or_train(tmp_path_factory.mktemp("gen"), x, y, cfg, class_names=CLASSES))
+    return train_pixel_folder(tmp_path_factory.mktemp("gen"), CLASSES)
 
 
 @pytest.fixture(scope="module")

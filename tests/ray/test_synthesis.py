@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
+from tiny_models import train_pixel_folder
 
 from raysynth import columns as col
 from raysynth.config import build_config
 from raysynth.data import decode_png
 from raysynth.synthesis.generators import GeneratorSpec
 from raysynth.synthesis.pipeline import generate, plan_round, quotas
-from raysynth.synthesis.pixel import PixelDiffusionConfig, load_or_train
 from raysynth.synthesis.stage import DiffusionGenerator, plan_table
 from raysynth.synthesis.table import existing_ids, read_table
 
@@ -17,12 +17,7 @@ CLASSES = ["0", "1", "2"]
 
 @pytest.fixture(scope="module")
 def pixel_folder(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    x = rng.random((12, 1, 8, 8)).astype(np.float32)
-    y = np.repeat(np.arange(3), 4)
-    cfg = PixelDiffusionConfig(num_classes=3, block_out_channels=(8, 16), layers_per_block=1,
-                               norm_num_groups=4, mid_attention=False, train_steps=3, batch_size=4)
-    return str(load_or_train(tmp_path_factory.mktemp("gen"), x, y, cfg, class_names=CLASSES))
+    return train_pixel_folder(tmp_path_factory.mktemp("gen"), CLASSES)
 
 
 def _spec(pixel_folder, **over):

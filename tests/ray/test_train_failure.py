@@ -15,14 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import ray.cloudpickle
+from tiny_models import digits3_protocol
 
 from raysynth.config import build_config
-from raysynth.config.schema import DataConfig
-from raysynth.data import load_dataset, to_tensor_array
-from raysynth.train.arrays import LabeledArrays, ProtocolData
 from raysynth.train.protocol import model_config
 from raysynth.train.session import run_trainer
 
@@ -63,18 +60,7 @@ def flaky_loop(config: dict) -> None:
 
 @pytest.fixture(scope="module")
 def digits3():
-    ds = load_dataset(DataConfig(source="digits", classes=("0", "1", "7")))
-    x, y = to_tensor_array(ds.images, 1), ds.labels
-    rng = np.random.default_rng(0)
-    parts = {"train": [], "syn": [], "pool": [], "eval": []}
-    for c in range(3):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        parts["eval"] += list(idx[:20])
-        parts["pool"] += list(idx[20:36])
-        parts["train"] += list(idx[36:44])
-        parts["syn"] += list(idx[44:48])
-    arr = {k: LabeledArrays(x[np.array(v)], y[np.array(v)]) for k, v in parts.items()}
-    return ProtocolData(arr["train"], arr["syn"], arr["pool"], arr["eval"], num_classes=3)
+    return digits3_protocol()
 
 
 def _run(data, tmp_path, max_failures: int, fail_at: int):

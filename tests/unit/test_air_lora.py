@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny_models import (
+    bar_digits,
     one_thread,  # noqa: F401
     pixel_config,
     save_sd,
@@ -64,19 +65,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # tiny data and models (Stable Diffusion: tests/tiny_models.py) -----------------------------------
 
 
-def digits(n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Digit-like 8×8 arrays: a bright bar per class (row, column or diagonal) plus noise."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    x = rng.uniform(0, 0.2, size=(n, 1, 8, 8)).astype(np.float32)
-    for i, c in enumerate(y):
-        if c == 0:
-            x[i, 0, 3:5, :] = 1.0
-        elif c == 1:
-            x[i, 0, :, 3:5] = 1.0
-        else:
-            x[i, 0, np.arange(8), np.arange(8)] = 1.0
-    return x, y
+digits = bar_digits
 
 
 def save_tiny_pixel(folder, cfg: PixelDiffusionConfig = PIXEL_CFG) -> str:

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import bar_digits
 
 from raysynth.errors import ConfigError, DataError, RunDirError
 from raysynth.synthesis.pixel import (
@@ -31,19 +32,7 @@ TINY = PixelDiffusionConfig(
 )
 
 
-def _digits(n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Digit-like 8×8 arrays: a bright bar per class (row, column or diagonal) plus noise."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    x = rng.uniform(0, 0.2, size=(n, 1, 8, 8)).astype(np.float32)
-    for i, c in enumerate(y):
-        if c == 0:
-            x[i, 0, 3:5, :] = 1.0
-        elif c == 1:
-            x[i, 0, :, 3:5] = 1.0
-        else:
-            x[i, 0, np.arange(8), np.arange(8)] = 1.0
-    return x, y
+_digits = bar_digits
 
 
 @pytest.fixture(scope="module")
