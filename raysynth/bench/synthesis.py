@@ -1,34 +1,38 @@
 """``raysynth bench synthesis``: the Ray Data generate stage against a plain loop; 2 actors vs 1.
 
-Both paths run the same plan rows through the same :class:`DiffusionGenerator` (the ``digits``
+Every path runs the same plan rows through the same :class:`DiffusionGenerator` (the ``digits``
 pixel model's architecture, trained a few steps into a temporary folder: speed does not depend on
-the weights), with the same batch size and the same number of cores, and write the same Parquet:
+the weights), with the same batch size, and writes the same Parquet:
 
 - **plain**: one process with ``torch.set_num_threads(cores)``; a fresh ``DiffusionGenerator``
   (model load included) called batch by batch on the plan table, each batch conformed to the
   synthetic schema and written as its own Parquet file with pyarrow — the loop one writes
   without Ray;
-- **ray**: :func:`raysynth.synthesis.pipeline.generate`, the product's stage, with one actor of
-  ``cpus_per_actor = cores``. Ray sets ``OMP_NUM_THREADS`` to an actor's CPU count, so torch
-  runs ``cores`` threads there too (``actor_threads`` reports what a probe actor saw).
+- **pool**: :func:`raysynth.synthesis.pipeline.generate`, the product's stage, at the same total
+  cores as plain: ``cores`` actors of one CPU each (Ray Data's data parallelism; on a GPU, one
+  actor with the GPU);
+- **wide_actor**: the same stage with one actor of ``cpus_per_actor = cores``. Ray sets
+  ``OMP_NUM_THREADS`` to an actor's CPU count, so torch runs ``cores`` threads there as in plain
+  (``actor_threads`` reports what a probe actor saw);
+- **one_actor**: one actor of one CPU, the base of ``scaling``.
 
 Two figures per path:
 
 - **end to end**: images / wall time of the whole call — model load, actor start, Ray Data
   planning and the write tail included (what one short run costs);
 - **steady state**: the least-squares slope of images done against time, over one stamp taken as
-  each batch leaves the generator — in the plain loop right after the call, in Ray by a
-  ``map_batches`` on one zero-CPU actor right after the generator pool (:func:`stamp_stage`; its
-  small cost counts against Ray). One-time costs fall before the first stamp (``first_batch_s``)
-  or after the last (``tail_s``), so this is the rate of a long run; a slope rather than
-  first-to-last also stays unbiased when two actors finish batches in pairs.
+  each batch leaves the generator — in the plain loop right after the call, in Ray inside the
+  generator actor right after the call (:class:`StampedGenerator`: the product's pool with one
+  line appended to a file per batch). One-time costs fall before the first stamp
+  (``first_batch_s``) or after the last (``tail_s``), so this is the rate of a long run; a slope
+  rather than first-to-last also stays unbiased when two actors finish batches in pairs.
 
-``ratio`` = steady-state Ray / plain images/s (target ≥ 0.85), ``ratio_end_to_end`` the same end
-to end, ``scaling`` = steady-state images/s of 2 actors with 1 core each / 1 actor with 1 core
-(target ≥ 1.6 when two cores are free; null on a cluster with fewer than 2 CPUs). Both paths are
-warmed once (imports, Ray Data's first run); repeats are interleaved and every ratio is the
-median of per-repeat ratios, so machine noise hits both sides alike. On a GPU ``flop_fraction``
-is the model FLOP/s of the Ray path over the FLOP/s of a large matmul in the same dtype.
+``ratio`` = steady-state pool / plain images/s (target ≥ 0.85), ``ratio_end_to_end`` the same
+end to end, ``ratio_wide_actor`` = wide_actor / plain, ``scaling`` = pool / one_actor (target ≥
+1.6 with 2 cores; null with fewer than 2 CPUs or on a GPU). Every path is warmed once (imports,
+Ray Data's first run); repeats are interleaved and every ratio is the median of per-repeat
+ratios, so machine noise hits all sides alike. On a GPU ``flop_fraction`` is the model FLOP/s of
+the pool over the FLOP/s of a large matmul in the same dtype.
 
 The helpers above ``run`` (tiny model, plan, stamps) are shared by the ``memory`` and ``filter``
 benches.
@@ -123,42 +127,24 @@ def plan_rows(cfg: RunConfig, images: int, round_: int = 0) -> list[dict[str, An
     return plan_round(cfg.synthesis, CLASSES, real_ids(), counts, cfg.seed, round_)
 
 
-def _batch_stamper() -> type:
-    """The stamping callable class, defined in a function so that cloudpickle ships it by value:
-    its actor then starts without importing raysynth (torch, diffusers) and is ready long before
-    the generator's first batch."""
+class StampedGenerator(DiffusionGenerator):
+    """``DiffusionGenerator`` that appends ``<time> <rows>`` to ``stamps`` after each batch,
+    inside the actor (the Ray side of the steady-state rate). One machine only: the file is
+    local to the actor."""
 
-    class BatchStamper:
-        def __init__(self, path: str) -> None:
-            self.path = path
+    stamps = ""  # set by :func:`stamped_generator`
 
-        def __call__(self, batch):
-            with open(self.path, "a") as f:  # one short append per batch
-                f.write(f"{time.time()!r} {batch.num_rows}\n")
-            return batch
-
-    return BatchStamper
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        out = super().__call__(batch)
+        with open(self.stamps, "a") as f:  # one short append per batch
+            f.write(f"{time.time()!r} {len(batch[col.SAMPLE_ID])}\n")
+        return out
 
 
-def stamp_stage(path: str | Path):
-    """A ``generate`` stage that appends ``<time> <rows>`` to ``path`` as each batch passes by.
-
-    One long-lived zero-CPU actor (a task per batch would wait for a fresh worker process
-    whenever the pools hold every CPU); one machine only, as the file is local to the actor."""
-
-    def stage(ds: Any) -> Any:
-        from ray.data import ActorPoolStrategy
-
-        return ds.map_batches(
-            _batch_stamper(),
-            fn_constructor_kwargs={"path": str(path)},
-            batch_format="pyarrow",
-            batch_size=None,
-            num_cpus=0,
-            compute=ActorPoolStrategy(size=1),
-        )
-
-    return stage
+def stamped_generator(stamps: str | Path) -> type:
+    """A :class:`StampedGenerator` writing to ``stamps`` (``generate`` builds its pool's actors
+    from a class and the spec alone)."""
+    return type("StampedGenerator", (StampedGenerator,), {"stamps": str(stamps)})
 
 
 def read_stamps(path: str | Path) -> list[tuple[float, int]]:
@@ -274,7 +260,10 @@ def ray_generate(
     out.mkdir(parents=True, exist_ok=True)
     stamps = out.with_suffix(".stamps")
     start = time.time()
-    generate(rows, spec, out, cfg.synthesis, stages=stages or [stamp_stage(stamps)])
+    if stages:
+        generate(rows, spec, out, cfg.synthesis, stages=stages)
+    else:
+        generate(rows, spec, out, cfg.synthesis, generator=stamped_generator(stamps))
     wall = time.time() - start
     return Timed(wall, start, read_stamps(stamps), count_rows(out))
 
@@ -363,40 +352,53 @@ def _measure(
     batch: int,
     steps: int,
     cores: int,
-    gpus: float,
+    cuda: bool,
     repeats: int,
     scale: bool,
 ) -> tuple[dict[str, list[Timed]], int]:
-    """Warm both paths, then interleave the repeats; returns the runs and the actor threads."""
-    cfg = bench_config(
-        batch, steps, **{"synthesis.cpus_per_actor": cores, "synthesis.gpus_per_actor": gpus}
+    """Warm every path, then interleave the repeats; returns the runs and the threads a
+    ``cores``-CPU actor gets."""
+    gpu = {"synthesis.gpus_per_actor": 1.0} if cuda else {"synthesis.generator.device": "cpu"}
+    # the pool: one actor per core on CPU (Ray Data's data parallelism), one per GPU on a GPU
+    n_pool = 1 if cuda else cores
+    pool = bench_config(
+        batch,
+        steps,
+        **gpu,
+        **{
+            "synthesis.cpus_per_actor": 1 if n_pool > 1 else cores,
+            "synthesis.min_actors": n_pool,
+            "synthesis.max_actors": n_pool,
+        },
     )
-    spec = generator_spec(cfg, folder)
-    cpu = {"synthesis.cpus_per_actor": 1, "synthesis.generator.device": "cpu"}
-    one = bench_config(batch, steps, **cpu)
-    two = bench_config(
-        batch, steps, **cpu, **{"synthesis.min_actors": 2, "synthesis.max_actors": 2}
+    wide = bench_config(batch, steps, **gpu, **{"synthesis.cpus_per_actor": cores})
+    one = bench_config(
+        batch, steps, **{"synthesis.cpus_per_actor": 1, "synthesis.generator.device": "cpu"}
     )
+    spec = generator_spec(pool, folder)
     cpu_spec = generator_spec(one, folder)
+    configs: dict[str, tuple[GeneratorSpec, RunConfig]] = {"pool": (spec, pool)}
+    if n_pool > 1:
+        configs["wide_actor"] = (spec, wide)
+    if scale:
+        configs["one_actor"] = (cpu_spec, one)
 
     # warm-up: imports, torch's thread pools, Ray Data's first execution
     plain_generate(rows[: 2 * batch], spec, batch, cores, root / "warm-plain")
-    ray_generate(rows[: 2 * batch], spec, cfg, root / "warm-ray")
+    ray_generate(rows[: 2 * batch], spec, pool, root / "warm-ray")
     threads = actor_threads(cores)
 
-    runs: dict[str, list[Timed]] = {"plain": [], "ray": [], "one_actor": [], "two_actors": []}
+    runs: dict[str, list[Timed]] = {"plain": [], **{k: [] for k in configs}}
     for r in range(repeats):
         runs["plain"].append(plain_generate(rows, spec, batch, cores, root / f"plain-{r}"))
-        runs["ray"].append(ray_generate(rows, spec, cfg, root / f"ray-{r}"))
-        if scale:
-            runs["one_actor"].append(ray_generate(rows, cpu_spec, one, root / f"one-{r}"))
-            runs["two_actors"].append(ray_generate(rows, cpu_spec, two, root / f"two-{r}"))
+        for name, (sp, cfg) in configs.items():
+            runs[name].append(ray_generate(rows, sp, cfg, root / f"{name}-{r}"))
     return runs, threads
 
 
 def run(
     out: str | None = None,
-    images: int = 64,
+    images: int = 768,
     batch: int = 8,
     steps: int = 10,
     cores: int = 2,
@@ -413,18 +415,17 @@ def run(
         raise ValueError(f"images={images} must be at least 2 batches ({2 * batch}) for a rate")
     cluster_cpus = int(ray.cluster_resources().get("CPU", 0))
     cores = max(1, min(cores, cluster_cpus))
-    scale = cluster_cpus >= 2
     cuda = torch.cuda.is_available()
+    scale = cores >= 2 and not cuda
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="raysynth-bench-synthesis-") as tmp:
         root = Path(tmp)
         folder = train_tiny_pixel_model(root / "model")
         cfg = bench_config(batch, steps)
         rows = plan_rows(cfg, images)
-        gpus = 1.0 if cuda else 0.0
-        runs, threads = _measure(root, folder, rows, batch, steps, cores, gpus, repeats, scale)
+        runs, threads = _measure(root, folder, rows, batch, steps, cores, cuda, repeats, scale)
         last = repeats - 1
-        identical = same_images(root / f"plain-{last}", root / f"ray-{last}")
+        identical = same_images(root / f"plain-{last}", root / f"pool-{last}")
         gflop = gflop_per_image(generator_spec(cfg, folder), rows, batch)
         ceiling = matmul_tflops(DTYPES[cfg.synthesis.generator.dtype]) if cuda else None
 
@@ -432,35 +433,47 @@ def run(
     e2e = {k: [t.end_to_end() for t in v] for k, v in runs.items()}
     paths = per_path(runs)
     ips = paths["images_per_s"]
+    wide = "wide_actor" in runs
+
+    def ratio(num: str, den: str, figures: dict[str, list[float]]) -> float | None:
+        return median_ratio(figures[num], figures[den]) if num in runs and den in runs else None
+
     result = {
         "name": "synthesis",
-        "ratio": median_ratio(steady["ray"], steady["plain"]),
-        "ratio_end_to_end": median_ratio(e2e["ray"], e2e["plain"]),
-        "scaling": median_ratio(steady["two_actors"], steady["one_actor"]) if scale else None,
-        "scaling_end_to_end": (
-            median_ratio(e2e["two_actors"], e2e["one_actor"]) if scale else None
-        ),
+        "ratio": ratio("pool", "plain", steady),
+        "ratio_end_to_end": ratio("pool", "plain", e2e),
+        "ratio_wide_actor": ratio("wide_actor", "plain", steady),
+        "scaling": ratio("pool", "one_actor", steady),
+        "scaling_end_to_end": ratio("pool", "one_actor", e2e),
         "flop_fraction": (
-            gflop * 1e9 * ips["ray"]["steady"] / (ceiling * 1e12) if ceiling else None
+            gflop * 1e9 * ips["pool"]["steady"] / (ceiling * 1e12) if ceiling else None
         ),
         "measures": {
-            "ratio": "steady-state images/s, Ray generate stage (1 actor, cpus_per_actor=cores) "
-            "/ plain loop (torch threads=cores); slope of images vs per-batch stamps",
-            "ratio_end_to_end": "images / wall time of the whole call, Ray / plain (model load, "
-            "actor start and write tail included)",
-            "scaling": "steady-state images/s, Ray 2 actors x 1 core / 1 actor x 1 core (CPU)",
-            "flop_fraction": "GPU only: gflop_per_image x Ray steady images/s / TFLOP/s of a "
+            "ratio": "steady-state images/s at the same total cores: the product's Ray Data "
+            "generate stage with a pool of `cores` one-CPU actors (one one-GPU actor on a GPU) "
+            "/ the plain loop with torch threads = cores; slope of images vs per-batch stamps",
+            "ratio_end_to_end": "images / wall time of the whole call, pool / plain (model "
+            "load, actor start and write tail included)",
+            "ratio_wide_actor": "steady state, one actor of `cores` CPUs (torch threads = "
+            "cores) / plain loop",
+            "scaling": "steady state, the pool of `cores` one-CPU actors / one one-CPU actor",
+            "flop_fraction": "GPU only: gflop_per_image x pool steady images/s / TFLOP/s of a "
             "large matmul in the generator's dtype on the same device",
             "first_batch_s": "call start -> first batch out of the generator",
             "tail_s": "last batch out of the generator -> call returned",
         },
         "per_repeat": {
-            "ratio": [a / b for a, b in zip(steady["ray"], steady["plain"])],
-            "scaling": [a / b for a, b in zip(steady["two_actors"], steady["one_actor"])],
+            "ratio": [a / b for a, b in zip(steady["pool"], steady["plain"])],
+            "ratio_wide_actor": (
+                [a / b for a, b in zip(steady["wide_actor"], steady["plain"])] if wide else []
+            ),
+            "scaling": (
+                [a / b for a, b in zip(steady["pool"], steady["one_actor"])] if scale else []
+            ),
         },
         **paths,
         "overhead_ms_per_batch": overhead_ms_per_batch(
-            ips["ray"]["steady"], ips["plain"]["steady"], batch
+            ips["pool"]["steady"], ips["plain"]["steady"], batch
         ),
         "rows_written": min(t.rows_written for v in runs.values() for t in v),
         "identical_images": identical,
@@ -470,6 +483,7 @@ def run(
         "batch": batch,
         "steps": steps,
         "cores": cores,
+        "pool_actors": 1 if cuda else cores,
         "actor_threads": threads,
         "plain_threads": cores,
         "repeats": repeats,

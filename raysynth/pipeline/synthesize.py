@@ -118,10 +118,12 @@ def most_representative_ids(root: Path, real: RealData) -> dict[str, str]:
     return {real.class_names[c]: str(kept_ids[i]) for c, i in chosen.items()}
 
 
-def accept_all(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The filter switched off: every generated image is accepted."""
-    batch[col.ACCEPTED] = np.array([img is not None for img in batch[col.IMAGE]])
-    return batch
+class AcceptAll:
+    """The filter switched off: every generated image is accepted (a Ray Data callable class)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch[col.ACCEPTED] = np.array([img is not None for img in batch[col.IMAGE]])
+        return batch
 
 
 def accepted_per_class(
@@ -165,10 +167,18 @@ def synthesize(
         tau = np.full(real.num_classes, np.nan)
 
     def filter_stage(ds: Any) -> Any:
-        if (
-            not cfg.filter.enabled
-        ):  # keep every image that exists (the safety checker may drop some)
-            return ds.map_batches(accept_all, batch_format="numpy", num_cpus=0.25)
+        if not cfg.filter.enabled:
+            # keep every image that exists (the safety checker may drop some): a long-lived
+            # zero-CPU actor, like the writer (a task would wait for a CPU the generator pool
+            # holds, or start a worker process mid-stream — see ``write_synthetic``)
+            from ray.data import ActorPoolStrategy
+
+            return ds.map_batches(
+                AcceptAll,
+                batch_format="numpy",
+                num_cpus=0,
+                compute=ActorPoolStrategy(size=1),
+            )
         return ds.map_batches(
             FilterScorer, fn_constructor_kwargs={"spec": fspec}, **embedder_pool(cfg)
         )

@@ -1,14 +1,16 @@
 """The synthetic table: a Parquet dataset under ``<run>/synthetic/`` (DESIGN §1–2).
 
-Written by Ray Data's streaming ``write_parquet`` (one file per block), read back here. A file
-left half-written by a killed driver cannot be read; it is moved aside (``*.corrupt``) and its
-rows count as missing, so the next run makes them again. Rows are unique by ``sample_id``: a
+Written by :class:`PartWriter` (one file per block, from a long-lived Ray Data actor), read back
+here. A part is written under a hidden temporary name and renamed into place, so a killed writer
+leaves no half-written part; a file that still cannot be read (a copy cut short, a disk fault) is
+moved aside (``*.corrupt``) and its rows count as missing, so the next run makes them again. Rows are unique by ``sample_id``: a
 ``sample_id`` seen twice (a retried write) keeps its first row — generation is deterministic, so
 both rows hold the same image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -19,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysynth import columns as col
+from raysynth.synthesis.schema import conform
 
 log = logging.getLogger("raysynth.synthesis")
 
@@ -51,9 +54,7 @@ def existing_ids(root: str | Path) -> set[str]:
     return ids
 
 
-def iter_tables(
-    root: str | Path, columns: Sequence[str] | None = None
-) -> Iterator[pa.Table]:
+def iter_tables(root: str | Path, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
     """Stream the table file by file, first occurrence of each ``sample_id`` only."""
     seen: set[str] = set()
     for f in parquet_files(root):
@@ -85,3 +86,26 @@ def count_by(root: str | Path, column: str) -> dict:
         for item in vc:
             counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
     return counts
+
+
+class PartWriter:
+    """A Ray Data callable class: conform a block to the synthetic schema and write it as one
+    Parquet part under ``path``; returns one row (``file``, ``rows``) per part.
+
+    The part's name is a hash of its ``sample_id``s, so a retried block overwrites its own part
+    instead of adding a copy; the write goes to a hidden temporary file first and is renamed
+    into place (atomic on one filesystem), so readers never see a partial part.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        table = conform(block)
+        ids = "\n".join(table[col.SAMPLE_ID].to_pylist()).encode()
+        name = f"part-{hashlib.sha256(ids).hexdigest()[:24]}.parquet"
+        tmp = self.path / f".{name}.{os.getpid()}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.path / name)
+        return pa.table({"file": [name], "rows": [table.num_rows]})

@@ -32,12 +32,14 @@ def test_synthesis_bench(ray_local, tmp_path):
     out = tmp_path / "bench-synthesis.json"
     r = bench_synthesis.run(out=str(out), images=8, batch=4, steps=1, repeats=1)
     assert json.loads(out.read_text()) == r
-    for key in ("ratio", "ratio_end_to_end", "scaling", "scaling_end_to_end", "gflop_per_image"):
+    keys = ("ratio", "ratio_end_to_end", "ratio_wide_actor", "scaling", "scaling_end_to_end")
+    for key in (*keys, "gflop_per_image"):
         assert _positive(r[key]), key
-    for path in ("plain", "ray", "one_actor", "two_actors"):
+    for path in ("plain", "pool", "wide_actor", "one_actor"):
         assert _positive(r["images_per_s"][path]["steady"]), path
         assert _positive(r["images_per_s"][path]["end_to_end"]), path
-    assert len(r["per_repeat"]["ratio"]) == len(r["per_repeat"]["scaling"]) == 1
+    assert r["pool_actors"] == 2  # at the same total cores as plain: one actor per core
+    assert all(len(r["per_repeat"][k]) == 1 for k in ("ratio", "ratio_wide_actor", "scaling"))
     assert r["rows_written"] == 8  # every run wrote every image
     assert r["identical_images"] is True  # same rows → same bytes, with or without Ray
     if "OMP_NUM_THREADS" not in os.environ:  # Ray gives an actor of 2 CPUs 2 torch threads
@@ -58,14 +60,24 @@ def test_memory_bench(tmp_path):
 
 @pytest.mark.slow
 def test_filter_bench(ray_local, tmp_path):
-    r = bench_filter.run(out=str(tmp_path / "f.json"), images=16, batch=4, steps=1, repeats=1)
-    for key in ("ratio", "ratio_end_to_end", "overlap", "overlap_end_to_end"):
+    r = bench_filter.run(
+        out=str(tmp_path / "f.json"),
+        images=16,
+        batch=8,
+        batches=3,
+        filter_batch=4,
+        steps=1,
+        repeats=1,
+    )
+    keys = ("ratio", "ratio_end_to_end", "ratio_product_batch", "overlap", "overlap_end_to_end")
+    for key in keys:
         assert _positive(r[key]), key
-    for path in ("plain", "ray"):
+    for path in ("plain", "ray", "plain_product_batch", "ray_product_batch"):
         assert _positive(r["images_per_s"][path]["steady"]), path
     for stage in ("generate", "filter", "pipeline"):
         assert _positive(r["stages"]["images_per_s"][stage]["steady"]), stage
         assert _positive(r["stages"]["wall_s"][stage]), stage
     assert all(_positive(v) for v in r["wall_s"].values())
-    assert r["rows_written"] == 16  # generate, filter, pipeline, plain and Ray filter runs
+    # generate, filter, pipeline: every image; filter alone: 3 batches of 8 rows
+    assert r["rows_written"] == {"filter_alone": 24, "generate_filter": 16}
     assert 0 <= r["accepted"] <= 16
