@@ -8,12 +8,21 @@ classifier being raysynth's small CNN. Repeats are interleaved and the median of
 reported, so machine noise hits all alike. ``ratio`` = guided / unguided time (target ≤ 2) with
 the default detached gradient; ``ratio_through_model`` the same with the UNet backpropagated too
 (``FeedbackGuidance(through_model=True)``).
+
+``latent`` is the same comparison for a latent model, through the product's generator: a small
+Stable Diffusion 1.x pipeline built from config (:mod:`raysynth.bench.tiny_sd`: 32-pixel images,
+16×16 latents, UNet and VAE of 32/64 channels), saved and loaded back with ``from_pretrained``;
+``Text2ImageGenerator.generate`` on one batch of plan rows with ``synthesis.feedback`` off and on
+(the classifier sees the VAE-decoded prediction of the clean image, so every guided step also
+backpropagates through the VAE decoder). ``latent.ratio`` = guided / unguided.
 """
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -41,6 +50,8 @@ def run(
     every: int = 5,
     criterion: str = "entropy",
     repeats: int = 5,
+    latent: bool = True,
+    latent_batch: int = 8,
 ) -> dict:
     """Run the bench; print its JSON and write it to ``out`` (a file, or a folder for
     ``bench-guidance.json``) when given. Returns the result dict."""
@@ -92,4 +103,76 @@ def run(
         "device": device,
         "threads": torch.get_num_threads(),
     }
+    if latent:
+        result["latent"] = latent_ratio(
+            batch=latent_batch,
+            num_steps=num_steps,
+            every=every,
+            criterion=criterion,
+            repeats=repeats,
+        )
+        result["latent_ratio"] = result["latent"]["ratio"]
     return emit(result, out)
+
+
+def latent_ratio(
+    batch: int = 8,
+    num_steps: int = 30,
+    every: int = 5,
+    criterion: str = "entropy",
+    repeats: int = 3,
+) -> dict:
+    """Guided / unguided time of the product's text-to-image generator on a small SD model."""
+    from raysynth.bench.tiny_sd import save_small_sd
+    from raysynth.config.schema import FeedbackConfig, GeneratorConfig
+    from raysynth.synthesis.generators import GeneratorSpec, build_generator
+    from raysynth.synthesis.plan import make_plan
+    from raysynth.train.checkpoint import write_checkpoint
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    classes = [f"class{c}" for c in range(10)]
+    with tempfile.TemporaryDirectory(prefix="raysynth-bench-guidance-") as tmp:
+        model = save_small_sd(Path(tmp) / "sd", image_size=32)
+        clf_cfg = {
+            "kind": "classifier",
+            "encoder": encoder_config("small_cnn", 3, 32, 32, 128),
+            "num_classes": len(classes),
+        }
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            clf = write_checkpoint(Path(tmp) / "clf", build_model(clf_cfg).eval(), clf_cfg)
+        gen_cfg = GeneratorConfig(
+            kind="text2image", model=model, device=device, num_steps=num_steps
+        )
+        feedback = {
+            "unguided": FeedbackConfig(),
+            "guided": FeedbackConfig(criterion=criterion, scale=0.05, every=every),
+        }
+        gens = {
+            name: build_generator(
+                GeneratorSpec(gen_cfg, fb, classes, classifier_folder=str(clf), image_size=32)
+            )
+            for name, fb in feedback.items()
+        }
+        counts = {
+            c: batch // len(classes) + (c < batch % len(classes)) for c in range(len(classes))
+        }
+        ids = {c: [f"real-{c}"] for c in range(len(classes))}
+        rows = make_plan(classes, ids, {c: n for c, n in counts.items() if n}, 0)
+        for g in gens.values():  # warm-up
+            g.generate(rows)
+        times: dict[str, list[float]] = {name: [] for name in gens}
+        for _ in range(repeats):
+            for name, g in gens.items():
+                times[name].append(_timed(lambda g=g: g.generate(rows)))
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    return {
+        "ratio": med["guided"] / med["unguided"],
+        "guided_s": med["guided"],
+        "unguided_s": med["unguided"],
+        "model": "SD 1.x from config: 32 px, 16x16 latents, UNet/VAE channels (32, 64)",
+        "batch": len(rows),
+        "num_steps": num_steps,
+        "every": every,
+        "repeats": repeats,
+    }

@@ -1,0 +1,82 @@
+"""A small Stable Diffusion 1.x pipeline built from config for the benches (nothing downloaded).
+
+Random weights (speed does not depend on them): a character-level CLIP tokenizer, a 2-layer
+CLIP text tower, a cross-attention ``UNet2DConditionModel`` and a 2-block ``AutoencoderKL``
+(scale factor 2), saved with ``save_pretrained`` so the product loads it through the same
+``from_pretrained`` path as a Hub model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def save_small_sd(
+    folder: str | Path, image_size: int = 32, channels: tuple[int, ...] = (32, 64)
+) -> str:
+    """Write the pipeline to ``folder``; ``image_size`` pixels (latents of half the side)."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32)
+    text = CLIPTextConfig(
+        vocab_size=len(vocab),
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=1,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pipe = StableDiffusionPipeline(
+            vae=AutoencoderKL(
+                block_out_channels=channels,
+                norm_num_groups=8,
+                down_block_types=["DownEncoderBlock2D"] * 2,
+                up_block_types=["UpDecoderBlock2D"] * 2,
+                latent_channels=4,
+                layers_per_block=1,
+                sample_size=image_size,
+            ),
+            text_encoder=CLIPTextModel(text),
+            tokenizer=tokenizer,
+            unet=UNet2DConditionModel(
+                sample_size=image_size // 2,
+                in_channels=4,
+                out_channels=4,
+                layers_per_block=1,
+                block_out_channels=channels,
+                norm_num_groups=8,
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=64,
+                attention_head_dim=8,
+            ),
+            scheduler=DDIMScheduler(
+                beta_start=0.00085,
+                beta_end=0.012,
+                beta_schedule="scaled_linear",
+                clip_sample=False,
+                set_alpha_to_one=False,
+                steps_offset=1,
+            ),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.save_pretrained(folder)
+    return str(folder)
