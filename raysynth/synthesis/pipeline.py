@@ -147,11 +147,16 @@ def write_synthetic(ds: Any, path: str | Path, writers: int = 1) -> int:
     Ray Data's ``write_parquet`` runs each block as a task instead; zero-CPU tasks are unbounded
     and each one beyond the few idle workers Ray keeps starts a fresh worker process — on a
     2-core machine that churn took 80% of the CPU from the generators (``raysynth bench
-    synthesis``, two actors: 19 images/s, 103 with the writes bounded). The driver only sees one
-    small row per part.
+    synthesis``, two actors: 19 images/s, 103 with the writes bounded). The writers are pinned to
+    the driver's node, so ``path`` is the driver's disk on any cluster (no shared filesystem
+    needed); the images reach it through the object store, and the driver process itself only
+    sees one small row per part.
     """
+    import ray
     from ray.data import ActorPoolStrategy
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     ds = ds.map_batches(
         PartWriter,
         fn_constructor_kwargs={"path": str(path)},
@@ -159,5 +164,6 @@ def write_synthetic(ds: Any, path: str | Path, writers: int = 1) -> int:
         batch_size=None,
         num_cpus=0,
         compute=ActorPoolStrategy(size=max(1, writers)),
+        scheduling_strategy=here,
     )
     return sum(int(sum(b["rows"])) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))

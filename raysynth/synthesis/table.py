@@ -2,10 +2,10 @@
 
 Written by :class:`PartWriter` (one file per block, from a long-lived Ray Data actor), read back
 here. A part is written under a hidden temporary name and renamed into place, so a killed writer
-leaves no half-written part; a file that still cannot be read (a copy cut short, a disk fault) is
-moved aside (``*.corrupt``) and its rows count as missing, so the next run makes them again. Rows are unique by ``sample_id``: a
-``sample_id`` seen twice (a retried write) keeps its first row — generation is deterministic, so
-both rows hold the same image.
+leaves no half-written part; a file that still cannot be read (a copy cut short, a disk fault)
+is moved aside (``*.corrupt``) and its rows count as missing, so the next run makes them again.
+Rows are unique by ``sample_id``: a ``sample_id`` seen twice (a retried write) keeps its first
+row — generation is deterministic, so both rows hold the same image.
 """
 
 from __future__ import annotations
