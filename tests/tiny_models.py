@@ -42,13 +42,9 @@ SMALL = {
 
 def tokenizer(model_max_length: int = 16):
     """A character-level CLIP tokenizer (letters, digits; anything else is <|endoftext|>)."""
-    from transformers import CLIPTokenizer
+    from raysynth.bench.tiny_sd import char_tokenizer
 
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    return char_tokenizer(model_max_length)
 
 
 def text_config(**overrides):
@@ -116,17 +112,9 @@ def vae(**overrides):
 
 
 def scheduler(prediction_type="epsilon"):
-    from diffusers import DDIMScheduler
+    from raysynth.bench.tiny_sd import ddim_scheduler
 
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    return ddim_scheduler(prediction_type)
 
 
 def save_sd(folder: Path, seed: int = 0) -> str:
@@ -252,6 +240,13 @@ def train_pixel_folder(folder: Path, class_names=("0", "1", "2")) -> str:
     rng = np.random.default_rng(0)
     x = rng.random((12, 1, 8, 8)).astype(np.float32)
     y = np.repeat(np.arange(3), 4)
-    cfg = PixelDiffusionConfig(num_classes=3, block_out_channels=(8, 16), layers_per_block=1,
-                               norm_num_groups=4, mid_attention=False, train_steps=3, batch_size=4)
+    cfg = PixelDiffusionConfig(
+        num_classes=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        mid_attention=False,
+        train_steps=3,
+        batch_size=4,
+    )
     return str(load_or_train(folder, x, y, cfg, class_names=list(class_names)))

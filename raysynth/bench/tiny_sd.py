@@ -9,29 +9,47 @@ CLIP text tower, a cross-attention ``UNet2DConditionModel`` and a 2-block ``Auto
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+
+
+def char_tokenizer(model_max_length: int = 32) -> Any:
+    """A character-level CLIP tokenizer (letters, digits; anything else is <|endoftext|>)."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def ddim_scheduler(prediction_type: str = "epsilon") -> Any:
+    """The DDIM scheduler of Stable Diffusion 1.x (scaled-linear betas)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
 
 
 def save_small_sd(
     folder: str | Path, image_size: int = 32, channels: tuple[int, ...] = (32, 64)
 ) -> str:
     """Write the pipeline to ``folder``; ``image_size`` pixels (latents of half the side)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32)
+    tokenizer = char_tokenizer(32)
     text = CLIPTextConfig(
-        vocab_size=len(vocab),
+        vocab_size=len(tokenizer),
         max_position_embeddings=32,
         bos_token_id=0,
         eos_token_id=1,
@@ -66,14 +84,7 @@ def save_small_sd(
                 cross_attention_dim=64,
                 attention_head_dim=8,
             ),
-            scheduler=DDIMScheduler(
-                beta_start=0.00085,
-                beta_end=0.012,
-                beta_schedule="scaled_linear",
-                clip_sample=False,
-                set_alpha_to_one=False,
-                steps_offset=1,
-            ),
+            scheduler=ddim_scheduler(),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
