@@ -197,7 +197,10 @@ def test_digits_lt_is_long_tailed_and_feedback_guided():
     assert groups["many"] == [0, 1, 2] and groups["few"] == [7, 8, 9]
     assert (cfg.synthesis.quota, cfg.synthesis.top_up_to) == ("top_up", cfg.data.k)
     fb = cfg.synthesis.feedback
-    assert fb.criterion == "entropy" and fb.every == 5 and 0 < fb.scale <= 0.1
+    # hardness feedback on six of 100 steps (chosen on the validation split; see the preset)
+    assert fb.criterion == "hardness" and 0 < fb.scale <= 0.1
+    steps = cfg.synthesis.generator.num_steps
+    assert steps == 100 and len(range(0, steps, fb.every)) == 6
     assert cfg.end_to_end.synthetic_share == 0.5 and cfg.end_to_end.balanced_softmax
 
 
