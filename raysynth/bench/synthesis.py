@@ -32,7 +32,9 @@ end to end, ``ratio_wide_actor`` = wide_actor / plain, ``scaling`` = pool / one_
 1.6 with 2 cores; null with fewer than 2 CPUs or on a GPU). Every path is warmed once (imports,
 Ray Data's first run); repeats are interleaved and every ratio is the median of per-repeat
 ratios, so machine noise hits all sides alike. On a GPU ``flop_fraction`` is the model FLOP/s of
-the pool over the FLOP/s of a large matmul in the same dtype.
+the pool over the FLOP/s of a large matmul in the same dtype, and the JSON gets an ``sd15``
+section (:func:`run_sd15`): the same stage on a Stable Diffusion 1.5-sized model at 512 px in
+bf16, images/s and fraction of the FLOP ceiling (target ≥ 40% at batch ≥ 8).
 
 The helpers above ``run`` (tiny model, plan, stamps) are shared by the ``memory`` and ``filter``
 benches.
@@ -40,6 +42,7 @@ benches.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
@@ -53,6 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 
 from raysynth import columns as col
 from raysynth.config import build_config
@@ -491,5 +495,76 @@ def run(
         "load_avg": {"before": load_before, "after": load_average()},
         "device": "cuda" if cuda else "cpu",
     }
+    if cuda:
+        result["sd15"] = run_sd15()
     write_result(result, out, "synthesis")
     return result
+
+
+def unet_tflop_per_forward(pipe_folder: str) -> float:
+    """FLOPs (TFLOP) of one UNet forward of the pipeline in ``pipe_folder`` for one image."""
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = UNet2DConditionModel.from_pretrained(pipe_folder, subfolder="unet").to("cuda")
+    c = unet.config
+    x = torch.randn(1, c.in_channels, c.sample_size, c.sample_size, device="cuda", dtype=unet.dtype)
+    text = torch.randn(1, 77, c.cross_attention_dim, device="cuda", dtype=unet.dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(x, 500, encoder_hidden_states=text)
+    return counter.get_total_flops() / 1e12
+
+
+def run_sd15(
+    images: int = 64, batch: int = 8, steps: int = 30, dtype: str = "bfloat16"
+) -> dict[str, Any]:
+    """The product's generate stage on a Stable Diffusion 1.5-sized model built from config
+    (:func:`raysynth.bench.tiny_sd.save_sd15_sized`, 512 px, random weights), one actor with one
+    GPU, in ``dtype``: steady-state images/s and the fraction of the FLOP ceiling (model FLOP/s
+    — every UNet call with classifier-free guidance, the text tower and the VAE decode, counted
+    by ``FlopCounterMode`` — over a large matmul's TFLOP/s in the same dtype). Needs CUDA and a
+    connected Ray instance with a GPU."""
+    from raysynth.bench.tiny_sd import save_sd15_sized
+    from raysynth.synthesis.generators import DTYPES
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("bench synthesis sd15 needs a CUDA device")
+    with tempfile.TemporaryDirectory(prefix="raysynth-bench-sd15-") as tmp:
+        root = Path(tmp)
+        model = save_sd15_sized(root / "sd15", DTYPES[dtype])
+        cfg = bench_config(
+            batch,
+            steps,
+            **{
+                "synthesis.generator.kind": "text2image",
+                "synthesis.generator.model": model,
+                "synthesis.generator.dtype": dtype,
+                "synthesis.gpus_per_actor": 1.0,
+                "synthesis.cpus_per_actor": 1,
+            },
+        )
+        spec = GeneratorSpec(cfg.synthesis.generator, cfg.synthesis.feedback, CLASSES)
+        rows = plan_rows(cfg, images)
+        ray_generate(rows[:batch], spec, cfg, root / "warm")
+        timed = ray_generate(rows, spec, cfg, root / "run")
+        table = read_table(root / "run", [col.IMAGE])
+        side = Image.open(io.BytesIO(table[col.IMAGE][0].as_py())).size
+        gflop = gflop_per_image(spec, rows, batch)
+        unet_tflop = unet_tflop_per_forward(model)
+        ceiling = matmul_tflops(DTYPES[dtype])
+    ips = timed.steady()
+    return {
+        "model": "SD 1.5-sized UNet (320/640/1280/1280) and VAE from config, random weights",
+        "dtype": dtype,
+        "image_px": list(side),
+        "batch": batch,
+        "steps": steps,
+        "images": images,
+        "rows_written": timed.rows_written,
+        "images_per_s": {"steady": ips, "end_to_end": timed.end_to_end()},
+        "gflop_per_image": gflop,
+        "unet_tflop_per_forward": unet_tflop,
+        "ceiling_tflops": ceiling,
+        "flop_fraction": gflop * 1e9 * ips / (ceiling * 1e12),
+        "target_flop_fraction": 0.4,
+    }

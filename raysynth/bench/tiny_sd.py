@@ -91,3 +91,71 @@ def save_small_sd(
         )
     pipe.save_pretrained(folder)
     return str(folder)
+
+
+# Stable Diffusion 1.5's UNet and VAE (diffusers configs of runwayml/stable-diffusion-v1-5).
+SD15_UNET: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
+    "up_block_types": (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ),
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+SD15_VAE: dict[str, Any] = {
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "sample_size": 512,
+}
+
+
+def save_sd15_sized(folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> str:
+    """SD 1.5's UNet (~860M parameters, 64×64 latents) and VAE (512-pixel images) with random
+    weights, around a 1-layer text tower of SD's width (768) and a character tokenizer of 77
+    tokens: the FLOPs of SD 1.5 sampling at 512 px, nothing downloaded. Built on the GPU when
+    there is one, saved in ``dtype``."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = char_tokenizer(77)
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_attention_heads=12,
+        num_hidden_layers=1,
+    )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with torch.random.fork_rng(devices=[]), device:
+        torch.manual_seed(0)
+        pipe = StableDiffusionPipeline(
+            vae=AutoencoderKL(**SD15_VAE),
+            text_encoder=CLIPTextModel(text),
+            tokenizer=tokenizer,
+            unet=UNet2DConditionModel(**SD15_UNET),
+            scheduler=ddim_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.to(dtype=dtype).save_pretrained(folder)
+    return str(folder)
