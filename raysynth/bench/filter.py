@@ -270,12 +270,12 @@ def _measure(
         m.generate.append(ray_generate(rows, spec, cfg, gen))
         m.filter.append(ray_filter(gen, [product(stamps(only))], f.batch_size, only))
         m.pipeline.append(ray_generate(rows, spec, cfg, pipe, [product(stamps(pipe))]))
-        for b, plain, ray in (
-            (batch, m.plain, m.ray),
-            (f.batch_size, m.plain_product, m.ray_product),
+        for key, b, plain, ray in (
+            ("batch", batch, m.plain, m.ray),
+            ("product", f.batch_size, m.plain_product, m.ray_product),
         ):
-            plain.append(plain_filter(long, fspec, b, cores, root / f"plain-{b}-{r}"))
-            out = root / f"ray-{b}-{r}"
+            plain.append(plain_filter(long, fspec, b, cores, root / f"plain-{key}-{r}"))
+            out = root / f"ray-{key}-{r}"
             ray.append(ray_filter(long, [alone(stamps(out), b)], b, out))
     return m
 
