@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ctl.add_argument("--k", type=int, default=16, help="real images per class (default 16)")
     ctl.add_argument(
-        "--n-synthetic", type=int, default=0, help="synthetic images per class (default: k)"
+        "--n-synthetic",
+        type=int,
+        default=0,
+        help="synthetic images per class drawn for each encoder run (default: k/2, the paper)",
     )
     ctl.add_argument("--out", help="run directory (default runs/study-<kind>-<classes>-k<K>)")
     ctl.add_argument("--resume", action="store_true", help="continue an interrupted study")
@@ -137,11 +140,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from raysynth.config import build_config, parse_set
-    from raysynth.study.controlled import StudySpec, run_controlled, study_config
+    from raysynth.config import parse_set
+    from raysynth.study.controlled import StudySpec, build_study_config, run_controlled
 
     spec = StudySpec(tuple(args.classes), args.synthetic, args.k, args.n_synthetic)
-    cfg = study_config(spec, build_config(overrides=parse_set(args.set)))
+    cfg = build_study_config(spec, parse_set(args.set))
     kind = args.synthetic.replace(":", "-").replace(",", "_")
     out = Path(args.out or f"runs/study-{kind}-{'_'.join(args.classes)}-k{args.k}")
     _connect_ray(args.address)

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from raysynth.bench import emit
-from raysynth.config import build_config
 from raysynth.seeding import stable_seed
-from raysynth.study.controlled import StudySpec, build_study_data, study_config
+from raysynth.study.controlled import StudySpec, build_study_config, build_study_data
 from raysynth.train.protocol import evaluate
 from raysynth.tune.gp import search_weights_gp
 from raysynth.tune.search import search_weights
@@ -36,7 +35,7 @@ def run(out: str | None = None, concurrency: int = 2, evals: int = 16) -> dict[s
         "tune.n_initial_points": max(evals // 4, 2),
         "tune.max_concurrent": concurrency,
     }
-    cfg = study_config(spec, build_config(overrides=overrides))
+    cfg = build_study_config(spec, overrides)
     val, _ = build_study_data(spec, cfg)
     with tempfile.TemporaryDirectory(prefix="raysynth-bench-tune-") as tmp:
         # Warm-up: imports and the first Ray actor start are not what is being compared.

@@ -9,7 +9,10 @@ Real images of the named classes, and "synthetic" images whose usefulness is kno
 
 Per class the real images are split into test, val, the classifier pool and the k-shot train
 set (:func:`raysynth.data.make_splits`); the "synthetic" images come only from what is left, so
-they never overlap an evaluation image.
+they never overlap an evaluation image. As in the paper (§4.1), every image left over becomes a
+synthetic image (at most 300 per class, the paper's count) and each encoder run draws ``k/2``
+of them per class afresh; the validation split has 64 images per class (the paper's MNIST
+setting; :data:`STUDY_DEFAULTS`, under any ``--set``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from raysynth.train.arrays import LabeledArrays, ProtocolData
 log = logging.getLogger("raysynth.study")
 
 KINDS = ("same-class", "swapped", "morph", "noise")
+MAX_SYNTHETIC = 300  # synthetic images per class in the paper's MNIST datasets
+# The paper's MNIST study: 64 validation images per class (a finer objective than 20 gives:
+# with 2 classes, 128 images move it in 0.8-point steps instead of 2.5).
+STUDY_DEFAULTS: dict[str, object] = {"data.val_per_class": 64}
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class StudySpec:
     classes: tuple[str, ...]
     synthetic: str = "same-class"
     k: int = 16
-    n_synthetic: int = 0  # per class; 0 = k (as many synthetic as real images per class)
+    n_synthetic: int = 0  # drawn per class for each encoder run; 0 = k/2 (the paper)
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2:
@@ -52,6 +59,13 @@ class StudySpec:
         parse_synthetic(self.synthetic, len(self.classes))  # raises on a malformed kind
         if self.k < 1:
             raise ConfigError("--k must be >= 1")
+        if self.n_synthetic < 0:
+            raise ConfigError("--n-synthetic must be >= 0 (0 = k/2, the paper's count)")
+
+    @property
+    def per_run(self) -> int:
+        """Synthetic images per class each encoder run draws."""
+        return self.n_synthetic or max(1, self.k // 2)
 
 
 def parse_synthetic(text: str, num_classes: int) -> tuple[str, list[float]]:
@@ -81,6 +95,13 @@ def parse_synthetic(text: str, num_classes: int) -> tuple[str, list[float]]:
     return kind, params
 
 
+def build_study_config(spec: StudySpec, sets: dict[str, object]) -> RunConfig:
+    """Defaults → the study's defaults (:data:`STUDY_DEFAULTS`) → ``--set`` → the study's data."""
+    from raysynth.config import build_config
+
+    return study_config(spec, build_config(overrides={**STUDY_DEFAULTS, **sets}))
+
+
 def study_config(spec: StudySpec, base: RunConfig) -> RunConfig:
     """The run config of a study: digits restricted to the classes, k from the spec."""
     return replace(
@@ -108,10 +129,11 @@ def build_study_data(spec: StudySpec, cfg: RunConfig) -> tuple[ProtocolData, Pro
     c = len(spec.classes)
     rng = np.random.default_rng(stable_seed(cfg.seed, "study", spec.synthetic))
     leftover = [rng.permutation(np.flatnonzero((y == k) & ~used)) for k in range(c)]
-    n_syn = min(min(len(v) for v in leftover), spec.n_synthetic or spec.k)
-    if n_syn == 0:
+    n_syn = min(min(len(v) for v in leftover), MAX_SYNTHETIC)
+    if n_syn < spec.per_run:
         raise DataError(
-            "no digits are left for synthetic images after the splits; lower --k or "
+            f"{n_syn} digits per class are left for synthetic images after the splits and each "
+            f"encoder run draws {spec.per_run}; lower --k or --n-synthetic, or "
             "data.test_per_class / data.val_per_class / data.pool_per_class"
         )
     kind, params = parse_synthetic(spec.synthetic, c)
@@ -134,7 +156,12 @@ def build_study_data(spec: StudySpec, cfg: RunConfig) -> tuple[ProtocolData, Pro
     def part(idx: np.ndarray) -> LabeledArrays:
         return LabeledArrays(x[idx], y[idx])
 
-    common = {"train": part(splits.train), "synthetic": synthetic, "pool": part(splits.pool)}
+    common = {
+        "train": part(splits.train),
+        "synthetic": synthetic,
+        "pool": part(splits.pool),
+        "synthetic_per_class": spec.per_run,
+    }
     val = ProtocolData(**common, eval=part(splits.val), num_classes=c)
     test = ProtocolData(**common, eval=part(splits.test), num_classes=c)
     return val, test
@@ -149,8 +176,9 @@ def run_controlled(spec: StudySpec, cfg: RunConfig, out: str | Path, resume: boo
     try:
         val, test = build_study_data(spec, cfg)
         log.info(
-            "study %s: classes %s, k=%d, %d synthetic per class",
-            spec.synthetic, ",".join(spec.classes), spec.k, len(val.synthetic) // val.num_classes,
+            "study %s: classes %s, k=%d, %d synthetic per class per encoder run (of %d)",
+            spec.synthetic, ",".join(spec.classes), spec.k, spec.per_run,
+            len(val.synthetic) // val.num_classes,
         )
         search_summary = search(val, cfg, run, resume)
         weights = search_summary["best_weights"]
@@ -161,7 +189,8 @@ def run_controlled(spec: StudySpec, cfg: RunConfig, out: str | Path, resume: boo
             "study": {
                 "kind": spec.synthetic,
                 "k": spec.k,
-                "synthetic_per_class": len(val.synthetic) // val.num_classes,
+                "synthetic_per_class": spec.per_run,
+                "synthetic_pool_per_class": len(val.synthetic) // val.num_classes,
             },
             "weights": dict(zip(spec.classes, (float(w) for w in weights))),
             "accuracy": accuracy,
@@ -185,7 +214,8 @@ def summary_markdown(report: dict) -> str:
     lines = [
         f"# Controlled study: {study['kind']} on digits {' vs '.join(report['classes'])}",
         "",
-        f"k = {study['k']} real and {study['synthetic_per_class']} synthetic images per class; "
+        f"k = {study['k']} real and {study['synthetic_per_class']} synthetic images per class "
+        f"(drawn afresh for each encoder run from {study['synthetic_pool_per_class']}); "
         f"accuracy on the test split, mean ± std over {acc['unicon']['runs']} runs "
         "(encoder runs × classifier runs).",
         "",
