@@ -28,7 +28,8 @@ def contrastive_run_loop(config: dict[str, Any]) -> None:
     ``weights`` (per class, or None), ``encoder`` (EncoderConfig), ``classifier``
     (ClassifierConfig), ``model_cfg``, ``aug_kind``, ``seed``, ``n_classif``, optional
     ``checkpoint_dir`` / ``checkpoint_every`` (resume), ``save_dir`` (final model), ``threads``.
-    Reports ``accs`` (one eval accuracy per classifier run) and ``group_accs``.
+    Reports ``accs`` (one eval accuracy per classifier run), ``nlls`` (their mean eval
+    cross-entropy) and ``group_accs``.
     """
     _threads(config)
     data: ProtocolData = config["data"]
@@ -59,7 +60,9 @@ def contrastive_run_loop(config: dict[str, Any]) -> None:
         restore=session.restore,
         on_epoch=on_epoch,
     )
-    metrics: dict[str, Any] = {"accs": [], "group_accs": [], "world_size": session.world_size}
+    metrics: dict[str, Any] = {
+        "accs": [], "nlls": [], "group_accs": [], "world_size": session.world_size
+    }
     if session.rank == 0:
         if config.get("save_dir"):
             write_checkpoint(config["save_dir"], model, config["model_cfg"])
@@ -77,12 +80,13 @@ def classify_runs(
     n_classif: int,
     device: torch.device,
 ) -> dict[str, list]:
-    """``n_classif`` MLPs on frozen embeddings, each on its own draw from the pool."""
+    """``n_classif`` MLPs on frozen embeddings, each on its own draw from the pool: accuracy,
+    mean cross-entropy and per-group accuracy of each on ``data.eval``."""
     pool_f = model.embed(torch.from_numpy(data.pool.x).to(device), cfg.features)
     eval_f = model.embed(torch.from_numpy(data.eval.x).to(device), cfg.features)
     pool_y = torch.from_numpy(data.pool.y).to(device)
     eval_y = torch.from_numpy(data.eval.y).to(device)
-    accs, groups = [], []
+    accs, nlls, groups = [], [], []
     for j in range(n_classif):
         s = stable_seed(seed, "classifier", j)
         idx = sample_per_class(data.pool.y, cfg.per_class, np.random.default_rng(s), data.num_classes)
@@ -91,8 +95,9 @@ def classify_runs(
         with torch.no_grad():
             logits = mlp(eval_f)
         accs.append(accuracy(logits, eval_y))
+        nlls.append(float(torch.nn.functional.cross_entropy(logits, eval_y)))
         groups.append(group_accuracy(logits, eval_y, data.groups))
-    return {"accs": accs, "group_accs": groups}
+    return {"accs": accs, "nlls": nlls, "group_accs": groups}
 
 
 def end_to_end_loop(config: dict[str, Any]) -> None:

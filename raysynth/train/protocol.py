@@ -7,7 +7,7 @@ The test split is only ever passed here for the final report; the search uses va
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,11 @@ from raysynth.train.session import run_trainer
 
 @dataclass
 class ProtocolResult:
-    """Accuracies of every classifier run (``n_contr · n_classif`` values)."""
+    """Accuracies (and eval cross-entropies) of every classifier run (``n_contr · n_classif``)."""
 
     accs: list[float]
     group_accs: list[dict[str, float]]
+    nlls: list[float] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -37,6 +38,11 @@ class ProtocolResult:
     @property
     def std(self) -> float:
         return float(np.std(self.accs))
+
+    @property
+    def nll(self) -> float:
+        """Mean eval cross-entropy: breaks ties between equal accuracies (lower is better)."""
+        return float(np.mean(self.nlls)) if self.nlls else float("nan")
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mean": self.mean, "std": self.std, "runs": len(self.accs)}
@@ -83,6 +89,7 @@ def evaluate(
     with ``save_models`` the final encoder is written to ``storage/{name}-r{r}/model``.
     """
     accs: list[float] = []
+    nlls: list[float] = []
     groups: list[dict[str, float]] = []
     mcfg = model_config(cfg, data)
     aug = resolve_kind(cfg.encoder.augment, data.image_size)
@@ -116,5 +123,6 @@ def evaluate(
             if resumable:
                 atomic_write_text(done, json.dumps(metrics))
         accs.extend(metrics["accs"])
+        nlls.extend(metrics.get("nlls", []))  # absent from results written by older versions
         groups.extend(metrics["group_accs"])
-    return ProtocolResult(accs, groups)
+    return ProtocolResult(accs, groups, nlls)

@@ -11,7 +11,7 @@ from raysynth.config.schema import RunConfig
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import ProtocolData
 from raysynth.train.protocol import evaluate
-from raysynth.tune.search import METRIC, SearchResult
+from raysynth.tune.search import METRIC, SearchResult, pick_best
 
 
 def gp_search(
@@ -46,7 +46,7 @@ def gp_search(
         random_state=seed,
     )
     wall = time.perf_counter() - t0
-    best = max(history, key=lambda h: h[METRIC])
+    best = pick_best(history)
     return SearchResult(
         best_weights=best["weights"],
         best_val_acc=best[METRIC],
@@ -63,11 +63,13 @@ def search_weights_gp(data: ProtocolData, cfg: RunConfig, storage: str | Path) -
     seed = stable_seed(cfg.seed, "search")
     calls = {"n": 0}
     stds: list[float] = []
+    nlls: list[float] = []
 
     def objective(w: list[float]) -> float:
         calls["n"] += 1
         res = evaluate(data, "unicon", w, cfg, seed, storage, f"gp-{calls['n']:04d}")
         stds.append(res.std)
+        nlls.append(res.nll)
         return res.mean
 
     result = gp_search(
@@ -78,8 +80,9 @@ def search_weights_gp(data: ProtocolData, cfg: RunConfig, storage: str | Path) -
         stable_seed(cfg.seed, "gp"),
         cfg.tune.warm_start,
     )
-    for h, s in zip(result.history, stds):
-        h["val_std"] = s
-    best = max(result.history, key=lambda h: h[METRIC])
+    for h, s, nll in zip(result.history, stds, nlls):
+        h["val_std"], h["val_nll"] = s, nll
+    best = pick_best(result.history)
+    result.best_weights, result.best_val_acc = best["weights"], best[METRIC]
     result.best_val_std = best["val_std"]
     return result

@@ -63,6 +63,19 @@ class SearchResult:
         }
 
 
+def pick_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trial with the highest validation accuracy; among equal accuracies (common when the
+    task saturates: 100% at many weights) the one with the lowest validation cross-entropy, then
+    the earliest. Without this, a tie went to whichever tied trial finished first — usually the
+    warm-start point w = 0 — whatever the weights did to the classifiers' confidence."""
+
+    def nll(row: dict[str, Any]) -> float:
+        v = float(row.get("val_nll", float("nan")))
+        return v if np.isfinite(v) else float("inf")
+
+    return min(enumerate(rows), key=lambda ir: (-ir[1][METRIC], nll(ir[1]), ir[0]))[1]
+
+
 def best_so_far(values: list[float]) -> list[float]:
     return [float(v) for v in np.maximum.accumulate(values)] if values else []
 
@@ -105,7 +118,9 @@ def _trial(config: dict[str, Any], data: ProtocolData, cfg: RunConfig) -> None:
         data, "unicon", weights, cfg, stable_seed(cfg.seed, "search"), trial_dir, "unicon",
         threads=threads,
     )
-    ray.tune.report({METRIC: res.mean, "val_std": res.std, "accs": res.accs, "done": True})
+    ray.tune.report(
+        {METRIC: res.mean, "val_std": res.std, "val_nll": res.nll, "accs": res.accs, "done": True}
+    )
 
 
 def build_search_tuner(
@@ -194,6 +209,7 @@ def _ledger_callback(path: Path, num_classes: int):
                 "weights": weights_from(trial.config, num_classes),
                 METRIC: float(result[METRIC]),
                 "val_std": float(result["val_std"]),
+                "val_nll": float(result.get("val_nll", float("nan"))),
                 "finished_at": float(result.get("timestamp", time.time())),
             }
             with open(path, "a") as f:
@@ -321,6 +337,7 @@ def search_weights(
             "weights": [float(w) for w in row["weights"]],
             METRIC: float(row[METRIC]),
             "val_std": float(row["val_std"]),
+            "val_nll": float(row.get("val_nll", float("nan"))),
             "finished_at": float(row["finished_at"]),
             "trial_id": row["trial_id"],
         }
@@ -328,7 +345,7 @@ def search_weights(
     ]
     if not rows:
         raise RuntimeError(f"no trial of the weight search finished; first errors: {errors[:3]}")
-    best = max(rows, key=lambda r: r[METRIC])
+    best = pick_best(rows)
     return SearchResult(
         best_weights=best["weights"],
         best_val_acc=best[METRIC],

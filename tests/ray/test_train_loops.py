@@ -40,6 +40,9 @@ def test_protocol_local_mode_learns(digits3, tmp_path):
     res = evaluate(digits3, "unicon", [0.5] * 3, cfg, 0, tmp_path, "u")
     assert len(res.accs) == 2 and res.summary()["runs"] == 2
     assert res.mean > 0.85  # 0 vs 1 vs 7 on 8x8 digits is easy after a few epochs
+    # the eval cross-entropy of each classifier run (the search's tie-break), from its own model
+    assert len(res.nlls) == 2 and all(0 < v < np.log(3) for v in res.nlls)
+    assert res.nll == pytest.approx(np.mean(res.nlls))
 
 
 def test_resume_matches_uninterrupted_training(digits3, tmp_path):

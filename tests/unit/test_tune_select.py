@@ -1,0 +1,28 @@
+"""Which trial the weight search reports: highest validation accuracy, ties broken by the lower
+validation cross-entropy (then the earlier trial)."""
+
+import math
+
+from raysynth.tune.search import pick_best
+
+
+def _row(w, acc, nll=math.nan):
+    return {"weights": [w, w], "val_acc": acc, "val_nll": nll}
+
+
+def test_highest_accuracy_wins_whatever_the_cross_entropy():
+    rows = [_row(0.0, 0.95, 0.01), _row(0.5, 0.97, 0.90), _row(1.0, 0.96, 0.02)]
+    assert pick_best(rows)["weights"] == [0.5, 0.5]
+
+
+def test_equal_accuracies_go_to_the_lower_cross_entropy():
+    # a saturated task: 100% at every weight; w = 0 finished first but its classifiers are
+    # less sure of the right class
+    rows = [_row(0.0, 1.0, 0.30), _row(1.0, 1.0, 0.05), _row(0.4, 1.0, 0.12), _row(0.2, 0.99, 0.01)]
+    assert pick_best(rows)["weights"] == [1.0, 1.0]
+
+
+def test_rows_without_cross_entropy_fall_back_to_the_earliest_tie():
+    rows = [_row(0.3, 0.9), _row(0.0, 1.0), _row(1.0, 1.0), _row(0.7, 1.0, 0.2)]
+    assert pick_best(rows)["weights"] == [0.7, 0.7]  # a known cross-entropy beats an unknown one
+    assert pick_best(rows[:3])["weights"] == [0.0, 0.0]
