@@ -104,25 +104,28 @@ class ClassifierEmbedder:
         self.batch_size = batch_size
         self.dim = int(model.encoder.out_dim)
 
-    @torch.inference_mode()
     def embed_images(self, pngs: list[bytes]) -> np.ndarray:
         """``[N, dim]`` unit-norm penultimate features."""
-        out = []
-        for i in range(0, len(pngs), self.batch_size):
-            x = to_tensor_array(pngs[i : i + self.batch_size], self.channels, self.image_size)
-            out.append(self._features(torch.from_numpy(x).to(self.device)).float().cpu())
-        return _unit_rows(torch.cat(out) if out else torch.zeros(0, self.dim), self.dim)
+        return self.embed_with_probs(pngs)[0]
 
-    @torch.inference_mode()
     def class_probs(self, pngs: list[bytes]) -> np.ndarray | None:
         """``[N, C]`` softmax of the classifier's own logits (None for a contrastive model)."""
-        if not hasattr(self.model, "fc"):
-            return None
-        out = []
+        return self.embed_with_probs(pngs)[1]
+
+    @torch.inference_mode()
+    def embed_with_probs(self, pngs: list[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Both of the above from one decode and one forward pass per chunk: the features, and
+        the softmax of the classifier's head on them (None for a contrastive model)."""
+        head = getattr(self.model, "fc", None)
+        feats, probs = [], []
         for i in range(0, len(pngs), self.batch_size):
             x = to_tensor_array(pngs[i : i + self.batch_size], self.channels, self.image_size)
-            out.append(torch.softmax(self.model(torch.from_numpy(x).to(self.device)).float(), 1))
-        return torch.cat(out).cpu().numpy() if out else None
+            f = self._features(torch.from_numpy(x).to(self.device))
+            feats.append(f.float().cpu())
+            if head is not None:
+                probs.append(torch.softmax(head(f).float(), 1).cpu())
+        emb = _unit_rows(torch.cat(feats) if feats else torch.zeros(0, self.dim), self.dim)
+        return emb, (torch.cat(probs).numpy() if probs else None)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         raise ConfigError(

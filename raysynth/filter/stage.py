@@ -92,14 +92,13 @@ class FilterScorer:
         own = np.full(n, np.nan)
         if has.any():
             pngs = [img for img in images if img is not None]
-            emb = self.embedder.embed_images(pngs)
+            emb, probs = self._embed(pngs)
             refs = np.stack([self.spec.real_embeddings[str(c)] for c in batch[col.COND_ID][has]])
             real_cos[has] = cosine_to_reference(emb, refs)
             if getattr(self.embedder, "has_text", False):
                 prompts = [str(p) for p in batch[col.PROMPT][has]]
                 text = self.embedder.embed_texts(prompts)
                 text_cos[has] = cosine_to_reference(emb, text)
-            probs = self._class_probs(pngs, emb)
             if probs is not None:
                 own[has] = probs[np.arange(len(pngs)), labels[has]]
         tau = self.spec.thresholds[labels]
@@ -112,13 +111,17 @@ class FilterScorer:
         out[OWN_PROB] = own
         return out
 
-    def _class_probs(self, pngs: list[bytes], emb: np.ndarray) -> np.ndarray | None:
-        """Own-class probability source for the AiR selection: CLIP zero-shot when the embedder
-        has a text tower, else the real-split classifier's softmax."""
-        if getattr(self.embedder, "has_text", False) and self.spec.class_names:
+    def _embed(self, pngs: list[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Embeddings, and each image's class probabilities for the AiR selection: CLIP
+        zero-shot when the embedder has a text tower, else the real-split classifier's softmax
+        (from the same forward pass as its features)."""
+        if getattr(self.embedder, "has_text", False):
+            emb = self.embedder.embed_images(pngs)
+            if not self.spec.class_names:
+                return emb, None
             from raysynth.filter.embedders import zero_shot_probs
 
-            return zero_shot_probs(self.embedder, emb, list(self.spec.class_names))
-        if hasattr(self.embedder, "class_probs"):
-            return self.embedder.class_probs(pngs)
-        return None
+            return emb, zero_shot_probs(self.embedder, emb, list(self.spec.class_names))
+        if hasattr(self.embedder, "embed_with_probs"):
+            return self.embedder.embed_with_probs(pngs)
+        return self.embedder.embed_images(pngs), None

@@ -165,6 +165,13 @@ def test_classifier_embedder_is_normalised_penultimate_features(classifier):
     assert got.dtype == np.float32 and got.shape == (5, 8)
     np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    # the classifier's own softmax comes from the same forward pass as the features
+    both, probs = emb.embed_with_probs(pngs)
+    with torch.no_grad():
+        want_p = torch.softmax(model(torch.from_numpy(to_tensor_array(pngs, 1, 8))), 1).numpy()
+    np.testing.assert_allclose(both, got, atol=1e-6)
+    np.testing.assert_allclose(probs, want_p, atol=1e-6)
+    np.testing.assert_allclose(emb.class_probs(pngs), want_p, atol=1e-6)
     with pytest.raises(ConfigError, match="text tower"):
         zero_shot_probs(emb, got, ["a", "b", "c"])
     with pytest.raises(ConfigError, match="takes 1-channel images"):
