@@ -7,9 +7,13 @@ small CNN of the default encoder size, written as a raysynth checkpoint into a t
 (both paths time that read).
 
 - ``ratio``: steady-state images/s of a Ray Data pipeline ``from_arrow(one block per batch) →
-  map_batches(FilterScorer)`` on one actor of ``cpus_per_actor = cores`` / a plain loop calling
-  ``FilterScorer(spec)`` on the same rows with ``torch.set_num_threads(cores)``; same batch,
-  both writing one Parquet file per batch with the synthetic schema. The input is the generated
+  map_batches(FilterScorer)`` on a pool of ``cores`` actors of one CPU each (Ray Data's data
+  parallelism, as the ``synthesis`` bench's pool; on a GPU one actor with the GPU) / a plain loop
+  calling ``FilterScorer(spec)`` on the same rows with ``torch.set_num_threads(cores)``; same
+  batch, same total cores, both writing one Parquet file per batch with the synthetic schema.
+  ``ratio_wide_actor``: the same stage on one actor of ``cpus_per_actor = cores`` (torch's
+  threads inside one actor, like the plain loop) — lower on a small CPU machine, where the
+  actor's threads share the cores with the stage's writer and Ray Data's executor. The input is the generated
   rows repeated under new ids to ``batches`` (16) batches of ``batch`` (1024) rows. Steady state
   = slope of images against per-batch stamps, taken in the filter actor itself
   (:class:`StampedFilterScorer`) and right after each call in the plain loop;
@@ -127,9 +131,10 @@ def filter_stage(
     gpus: float,
     max_actors: int,
     stamps: Path | None = None,
+    min_actors: int = 1,
 ):
     """The filter pool as ``raysynth.pipeline.synthesize`` wires it (a ``generate`` stage);
-    with ``stamps``, its actors stamp every batch."""
+    with ``stamps``, its actors stamp every batch. ``min_actors = max_actors`` fixes its size."""
     fn, kwargs = FilterScorer, {"spec": fspec}
     if stamps is not None:
         fn, kwargs = StampedFilterScorer, {"spec": fspec, "stamps": str(stamps)}
@@ -142,7 +147,7 @@ def filter_stage(
             fn_constructor_kwargs=kwargs,
             batch_size=batch,
             batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=1, max_size=max_actors),
+            compute=ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
             num_gpus=gpus,
             num_cpus=cpus,
         )
@@ -207,6 +212,7 @@ def replicate(src: Path, rows: int, out: Path) -> Path:
 class Measured:
     plain: list[Timed] = field(default_factory=list)  # filter alone, plain loop, `batch`
     ray: list[Timed] = field(default_factory=list)  # filter alone, Ray pool of `cores`, `batch`
+    ray_wide: list[Timed] = field(default_factory=list)  # one actor of `cores` CPUs (CPU only)
     plain_product: list[Timed] = field(default_factory=list)  # the same at filter.batch_size
     ray_product: list[Timed] = field(default_factory=list)
     generate: list[Timed] = field(default_factory=list)  # product pools from here on
@@ -215,7 +221,7 @@ class Measured:
 
     def rows_written(self) -> dict[str, int]:
         """Fewest rows any run wrote: the filter-alone runs on the long input; the rest."""
-        long = self.plain + self.ray + self.plain_product + self.ray_product
+        long = self.plain + self.ray + self.ray_wide + self.plain_product + self.ray_product
         return {
             "filter_alone": min(t.rows_written for t in long),
             "generate_filter": min(
@@ -250,6 +256,12 @@ def _measure(
         )
 
     def alone(stamps: Path, b: int):
+        """The filter alone at the same total cores: ``cores`` one-CPU actors (one GPU actor)."""
+        if gpus:
+            return filter_stage(fspec, b, cores, gpus, 1, stamps)
+        return filter_stage(fspec, b, 1, 0, cores, stamps, min_actors=cores)
+
+    def wide(stamps: Path, b: int):
         return filter_stage(fspec, b, cores, gpus, 1, stamps)
 
     def stamps(out: Path) -> Path:
@@ -277,6 +289,9 @@ def _measure(
             plain.append(plain_filter(long, fspec, b, cores, root / f"plain-{key}-{r}"))
             out = root / f"ray-{key}-{r}"
             ray.append(ray_filter(long, [alone(stamps(out), b)], b, out))
+        if not gpus and cores > 1:
+            out = root / f"ray-wide-{r}"
+            m.ray_wide.append(ray_filter(long, [wide(stamps(out), batch)], batch, out))
     return m
 
 
@@ -342,6 +357,8 @@ def run(
         "plain_product_batch": m.plain_product,
         "ray_product_batch": m.ray_product,
     }
+    if m.ray_wide:
+        runs["ray_wide_actor"] = m.ray_wide
     steady = {k: [t.steady() for t in v] for k, v in runs.items()}
     e2e = {k: [t.end_to_end() for t in v] for k, v in runs.items()}
     paths = per_path(runs)
@@ -355,12 +372,16 @@ def run(
         "ratio_product_batch": median_ratio(
             steady["ray_product_batch"], steady["plain_product_batch"]
         ),
+        "ratio_wide_actor": (
+            median_ratio(steady["ray_wide_actor"], steady["plain"]) if m.ray_wide else None
+        ),
         "overlap": float(statistics.median(overlap)),
         "overlap_end_to_end": float(statistics.median(overlap_e2e)),
         "measures": {
-            "ratio": "steady-state images/s at `batch`, Ray FilterScorer pool (1 actor, "
-            "cpus_per_actor=cores) / plain FilterScorer loop (torch threads=cores); slope of "
-            "images vs per-batch stamps",
+            "ratio": "steady-state images/s at `batch`, Ray FilterScorer pool (`cores` actors "
+            "of 1 CPU; on a GPU 1 actor with it) / plain FilterScorer loop (torch "
+            "threads=cores); slope of images vs per-batch stamps",
+            "ratio_wide_actor": "the same with 1 actor of cpus_per_actor=cores (CPU only)",
             "ratio_end_to_end": "images / wall time of the whole call, Ray / plain",
             "ratio_product_batch": "the ratio at the product's filter.batch_size",
             "overlap": "steady-state s/image of generate with the filter stage / (s/image of "

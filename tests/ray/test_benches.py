@@ -69,10 +69,11 @@ def test_filter_bench(ray_local, tmp_path):
         steps=1,
         repeats=1,
     )
-    keys = ("ratio", "ratio_end_to_end", "ratio_product_batch", "overlap", "overlap_end_to_end")
+    keys = ("ratio", "ratio_end_to_end", "ratio_product_batch", "ratio_wide_actor", "overlap",
+            "overlap_end_to_end")
     for key in keys:
         assert _positive(r[key]), key
-    for path in ("plain", "ray", "plain_product_batch", "ray_product_batch"):
+    for path in ("plain", "ray", "ray_wide_actor", "plain_product_batch", "ray_product_batch"):
         assert _positive(r["images_per_s"][path]["steady"]), path
     for stage in ("generate", "filter", "pipeline"):
         assert _positive(r["stages"]["images_per_s"][stage]["steady"]), stage
