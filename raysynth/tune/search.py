@@ -73,7 +73,8 @@ def pick_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
         v = float(row.get("val_nll", float("nan")))
         return v if np.isfinite(v) else float("inf")
 
-    return min(enumerate(rows), key=lambda ir: (-ir[1][METRIC], nll(ir[1]), ir[0]))[1]
+    # accuracies equal up to float rounding (the same counts summed in another order) tie
+    return min(enumerate(rows), key=lambda ir: (-round(ir[1][METRIC], 9), nll(ir[1]), ir[0]))[1]
 
 
 def best_so_far(values: list[float]) -> list[float]:

@@ -20,6 +20,10 @@ def test_equal_accuracies_go_to_the_lower_cross_entropy():
     # less sure of the right class
     rows = [_row(0.0, 1.0, 0.30), _row(1.0, 1.0, 0.05), _row(0.4, 1.0, 0.12), _row(0.2, 0.99, 0.01)]
     assert pick_best(rows)["weights"] == [1.0, 1.0]
+    # the same accuracies summed in another order differ in the last bit: still a tie
+    a, b = (1.0 + 0.9 + 0.95) / 3, (0.95 + 0.9 + 1.0) / 3
+    rows = [_row(0.0, b, 0.3), _row(1.0, a, 0.1)]  # b > a by one bit
+    assert pick_best(rows)["weights"] == [1.0, 1.0]
 
 
 def test_rows_without_cross_entropy_fall_back_to_the_earliest_tie():
