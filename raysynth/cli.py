@@ -141,14 +141,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from raysynth.config import parse_set
-    from raysynth.study.controlled import StudySpec, build_study_config, run_controlled
+    from raysynth.study.controlled import (
+        StudySpec,
+        build_study_config,
+        build_study_data,
+        run_controlled,
+    )
 
     spec = StudySpec(tuple(args.classes), args.synthetic, args.k, args.n_synthetic)
     cfg = build_study_config(spec, parse_set(args.set))
+    data = build_study_data(spec, cfg)  # too few digits for the counts: fails before Ray starts
     kind = args.synthetic.replace(":", "-").replace(",", "_")
     out = Path(args.out or f"runs/study-{kind}-{'_'.join(args.classes)}-k{args.k}")
     _connect_ray(args.address)
-    run_controlled(spec, cfg, out, resume=args.resume)
+    run_controlled(spec, cfg, out, resume=args.resume, data=data)
     print((out / "report.md").read_text())
     print(f"report: {out / 'report.json'}")
     return 0

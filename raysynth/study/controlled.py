@@ -167,14 +167,23 @@ def build_study_data(spec: StudySpec, cfg: RunConfig) -> tuple[ProtocolData, Pro
     return val, test
 
 
-def run_controlled(spec: StudySpec, cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
-    """Search the weights on val, then report the three methods on test. Needs Ray connected."""
+def run_controlled(
+    spec: StudySpec,
+    cfg: RunConfig,
+    out: str | Path,
+    resume: bool = False,
+    data: tuple[ProtocolData, ProtocolData] | None = None,
+) -> dict:
+    """Search the weights on val, then report the three methods on test. Needs Ray connected.
+
+    ``data``: :func:`build_study_data`'s result when the caller built it already (the CLI does,
+    so that bad counts fail before Ray starts)."""
     t0 = time.perf_counter()
     run = RunDir(out)
     run.init(cfg, resume=resume)
     handler = run.attach_log()
     try:
-        val, test = build_study_data(spec, cfg)
+        val, test = data or build_study_data(spec, cfg)
         log.info(
             "study %s: classes %s, k=%d, %d synthetic per class per encoder run (of %d)",
             spec.synthetic, ",".join(spec.classes), spec.k, spec.per_run,
