@@ -24,13 +24,14 @@ def test_swapped_study_uses_the_next_class_images_and_the_papers_counts():
     spec = StudySpec(("0", "9"), "swapped", 16)
     cfg = build_study_config(spec, {})
     assert cfg.data.val_per_class == 64  # the paper's MNIST validation size
+    assert cfg.data.pool_per_class == 32 and cfg.classifier.per_class == 16  # resampled
     val, test = build_study_data(spec, cfg)
     lookup, _ = _digits_by_bytes(cfg)
     assert val.synthetic_per_class == 8  # k/2, drawn afresh per encoder run
     assert np.bincount(val.eval.y).tolist() == [64, 64]
     assert np.bincount(test.eval.y).tolist() == [30, 30]
-    # Every leftover digit is a synthetic image: 0 has 178 digits, 9 has 180, splits use 126.
-    assert np.bincount(val.synthetic.y).tolist() == [52, 52]
+    # Every leftover digit is a synthetic image: 0 has 178 digits, 9 has 180, splits use 142.
+    assert np.bincount(val.synthetic.y).tolist() == [36, 36]
     true = np.array(_labels_of(val.synthetic.x, lookup))
     assert (true == 1 - val.synthetic.y).all()  # class 0's synthetic images are 9s and back
     used = {a.tobytes() for part in (val.train, val.pool, val.eval, test.eval) for a in part.x}
@@ -66,6 +67,6 @@ def test_same_class_and_morph_images():
 
 
 def test_too_few_digits_left_for_synthetic_images_is_a_clear_error():
-    spec = StudySpec(("0", "9"), "swapped", 60)  # 30 test + 64 val + 16 pool + 60 train
-    with pytest.raises(DataError, match="8 digits per class are left .* each encoder run draws 30"):
+    spec = StudySpec(("0", "9"), "swapped", 44)  # 30 test + 64 val + 32 pool + 44 train
+    with pytest.raises(DataError, match="8 digits per class are left .* each encoder run draws 22"):
         build_study_data(spec, build_study_config(spec, {}))
