@@ -108,14 +108,10 @@ class ClassifierEmbedder:
         """``[N, dim]`` unit-norm penultimate features."""
         return self.embed_with_probs(pngs)[0]
 
-    def class_probs(self, pngs: list[bytes]) -> np.ndarray | None:
-        """``[N, C]`` softmax of the classifier's own logits (None for a contrastive model)."""
-        return self.embed_with_probs(pngs)[1]
-
     @torch.inference_mode()
     def embed_with_probs(self, pngs: list[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Both of the above from one decode and one forward pass per chunk: the features, and
-        the softmax of the classifier's head on them (None for a contrastive model)."""
+        """The features and ``[N, C]``, the softmax of the classifier's own head on them (None
+        for a contrastive model), from one decode and one forward pass per chunk."""
         head = getattr(self.model, "fc", None)
         feats, probs = [], []
         for i in range(0, len(pngs), self.batch_size):
