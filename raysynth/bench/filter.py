@@ -255,14 +255,15 @@ def _measure(
             stamps,
         )
 
+    def wide(stamps: Path, b: int):
+        """One actor with every core (and the GPU, when there is one)."""
+        return filter_stage(fspec, b, cores, gpus, 1, stamps)
+
     def alone(stamps: Path, b: int):
         """The filter alone at the same total cores: ``cores`` one-CPU actors (one GPU actor)."""
         if gpus:
-            return filter_stage(fspec, b, cores, gpus, 1, stamps)
+            return wide(stamps, b)
         return filter_stage(fspec, b, 1, 0, cores, stamps, min_actors=cores)
-
-    def wide(stamps: Path, b: int):
-        return filter_stage(fspec, b, cores, gpus, 1, stamps)
 
     def stamps(out: Path) -> Path:
         return out.with_suffix(".stamps")
