@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from raysynth import columns as col
+from raysynth.actor_pools import pool_strategy
 from raysynth.config.schema import FilterConfig
 from raysynth.data.sources import UnlabeledSet
 from raysynth.errors import DataError
@@ -75,7 +76,7 @@ class ZeroShotSpec:
 
 @dataclass(frozen=True)
 class EmbedPool:
-    """Resources of the embedder actor pool (``ActorPoolStrategy(min_actors, max_actors)``)."""
+    """Resources of the embedder actor pool (``pool_strategy(min_actors, max_actors)``)."""
 
     min_actors: int = 1
     max_actors: int = 1
@@ -227,14 +228,13 @@ def pseudo_label_local(
 def score_dataset(ds: Any, spec: ZeroShotSpec, pool: EmbedPool = EmbedPool()) -> Any:
     """``ds`` (Ray Dataset with ``sample_id`` and ``image``) → + ``embedding`` and ``probs``, on an
     actor pool of :class:`ZeroShotScorer` (streaming: the driver holds no images)."""
-    from ray.data import ActorPoolStrategy
 
     return ds.map_batches(
         ZeroShotScorer,
         fn_constructor_kwargs={"spec": spec},
         batch_size=pool.batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        compute=pool_strategy(pool.min_actors, pool.max_actors),
         num_cpus=pool.cpus_per_actor,
         num_gpus=pool.gpus_per_actor,
     )

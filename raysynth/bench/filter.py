@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 import torch
 
 from raysynth import columns as col
+from raysynth.actor_pools import pool_strategy
 from raysynth.bench.synthesis import (
     CLASSES,
     Timed,
@@ -66,6 +67,7 @@ from raysynth.bench.synthesis import (
     ray_generate,
     read_stamps,
     real_ids,
+    stamp,
     train_tiny_pixel_model,
     write_result,
 )
@@ -110,7 +112,7 @@ def filter_spec(cfg: RunConfig, classifier: Path, device: str) -> FilterSpec:
 
 
 class StampedFilterScorer(FilterScorer):
-    """``FilterScorer`` that appends ``<time> <rows>`` to ``stamps`` after each batch, inside
+    """``FilterScorer`` that stamps each batch (:func:`~raysynth.bench.synthesis.stamp`) inside
     the actor (the Ray side of the steady-state rate)."""
 
     def __init__(self, spec: FilterSpec, stamps: str) -> None:
@@ -119,8 +121,7 @@ class StampedFilterScorer(FilterScorer):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         out = super().__call__(batch)
-        with open(self.stamps, "a") as f:
-            f.write(f"{time.time()!r} {len(batch[col.SAMPLE_ID])}\n")
+        stamp(self.stamps, len(batch[col.SAMPLE_ID]))
         return out
 
 
@@ -140,14 +141,13 @@ def filter_stage(
         fn, kwargs = StampedFilterScorer, {"spec": fspec, "stamps": str(stamps)}
 
     def stage(ds: Any) -> Any:
-        from ray.data import ActorPoolStrategy
 
         return ds.map_batches(
             fn,
             fn_constructor_kwargs=kwargs,
             batch_size=batch,
             batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+            compute=pool_strategy(min_actors, max_actors),
             num_gpus=gpus,
             num_cpus=cpus,
         )

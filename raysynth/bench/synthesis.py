@@ -131,17 +131,22 @@ def plan_rows(cfg: RunConfig, images: int, round_: int = 0) -> list[dict[str, An
     return plan_round(cfg.synthesis, CLASSES, real_ids(), counts, cfg.seed, round_)
 
 
+def stamp(path: str | Path, rows: int) -> None:
+    """Append ``<time> <rows> <pid>`` to ``path``: one batch out of this process (a bench actor
+    or loop). One machine only: the file is local to the process."""
+    with open(path, "a") as f:  # one short append per batch
+        f.write(f"{time.time()!r} {rows} {os.getpid()}\n")
+
+
 class StampedGenerator(DiffusionGenerator):
-    """``DiffusionGenerator`` that appends ``<time> <rows>`` to ``stamps`` after each batch,
-    inside the actor (the Ray side of the steady-state rate). One machine only: the file is
-    local to the actor."""
+    """``DiffusionGenerator`` that stamps each batch (:func:`stamp`) inside the actor, right
+    after the call (the Ray side of the steady-state rate)."""
 
     stamps = ""  # set by :func:`stamped_generator`
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         out = super().__call__(batch)
-        with open(self.stamps, "a") as f:  # one short append per batch
-            f.write(f"{time.time()!r} {len(batch[col.SAMPLE_ID])}\n")
+        stamp(self.stamps, len(batch[col.SAMPLE_ID]))
         return out
 
 
@@ -151,20 +156,42 @@ def stamped_generator(stamps: str | Path) -> type:
     return type("StampedGenerator", (StampedGenerator,), {"stamps": str(stamps)})
 
 
-def read_stamps(path: str | Path) -> list[tuple[float, int]]:
+Stamp = tuple[float, int, int]  # (time, rows, source: the pid that stamped; 0 for one loop)
+
+
+def read_stamps(path: str | Path) -> list[Stamp]:
     if not Path(path).is_file():
         return []
     rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
-    return sorted((float(t), int(n)) for t, n in rows)
+    return sorted((float(r[0]), int(r[1]), int(r[2]) if len(r) > 2 else 0) for r in rows)
 
 
-def steady_rate(stamps: list[tuple[float, int]]) -> float:
-    """Least-squares slope of cumulative images against stamp time (images/s); NaN with fewer
-    than two distinct stamp times."""
-    if len(stamps) < 2:
+def all_running(stamps: list[Stamp]) -> list[Stamp]:
+    """The stamps taken while every source (actor) was producing: from the last source's first
+    batch to the first source's last batch. An actor that starts late, or finishes its last batch
+    early, is a one-time cost like the model load, so the steady state of a pool is the window
+    where all its actors run. The whole list when there is one source or no such window."""
+    sources: dict[int, list[float]] = {}
+    for t, _, src in stamps:
+        sources.setdefault(src, []).append(t)
+    if len(sources) < 2:
+        return stamps
+    start = max(ts[0] for ts in sources.values())
+    end = min(ts[-1] for ts in sources.values())
+    window = [s for s in stamps if start <= s[0] <= end]
+    return window if len(window) >= 2 * len(sources) else stamps
+
+
+def steady_rate(stamps: list[Stamp] | list[tuple[float, int]]) -> float:
+    """Least-squares slope of cumulative images against stamp time (images/s) over the stamps
+    taken while every source ran (:func:`all_running`); NaN with fewer than two distinct stamp
+    times."""
+    full = [(s[0], s[1], s[2] if len(s) > 2 else 0) for s in stamps]
+    window = all_running(sorted(full))
+    if len(window) < 2:
         return float("nan")
-    t = np.array([s[0] for s in stamps])
-    done = np.cumsum([s[1] for s in stamps]).astype(float)
+    t = np.array([s[0] for s in window])
+    done = np.cumsum([s[1] for s in window]).astype(float)
     if np.ptp(t) <= 0:
         return float("nan")
     return float(np.polyfit(t - t[0], done, 1)[0])
@@ -206,12 +233,12 @@ class Timed:
 
     wall_s: float
     start: float
-    stamps: list[tuple[float, int]]
+    stamps: list[Stamp] | list[tuple[float, int]]
     rows_written: int
 
     @property
     def images(self) -> int:
-        return sum(n for _, n in self.stamps)
+        return sum(s[1] for s in self.stamps)
 
     def end_to_end(self) -> float:
         return self.rows_written / self.wall_s

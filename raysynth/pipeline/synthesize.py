@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from raysynth import columns as col
+from raysynth.actor_pools import pool_strategy
 from raysynth.config.schema import RunConfig
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
 from raysynth.filter.threshold import class_thresholds
@@ -41,12 +42,11 @@ def embedder_spec(cfg: RunConfig, real: RealData, classifier_folder: Path | None
 
 def embedder_pool(cfg: RunConfig) -> dict[str, Any]:
     """``map_batches`` arguments of an embedder actor pool (resources from ``filter.*``)."""
-    from ray.data import ActorPoolStrategy
 
     return {
         "batch_size": cfg.filter.batch_size,
         "batch_format": "numpy",
-        "compute": ActorPoolStrategy(min_size=1, max_size=cfg.synthesis.max_actors),
+        "compute": pool_strategy(1, cfg.synthesis.max_actors),
         "num_gpus": cfg.filter.gpus_per_actor,
         "num_cpus": cfg.filter.cpus_per_actor,
     }
@@ -171,13 +171,12 @@ def synthesize(
             # keep every image that exists (the safety checker may drop some): a long-lived
             # zero-CPU actor, like the writer (a task would wait for a CPU the generator pool
             # holds, or start a worker process mid-stream — see ``write_synthetic``)
-            from ray.data import ActorPoolStrategy
 
             return ds.map_batches(
                 AcceptAll,
                 batch_format="numpy",
                 num_cpus=0,
-                compute=ActorPoolStrategy(size=1),
+                compute=pool_strategy(1),
             )
         return ds.map_batches(
             FilterScorer, fn_constructor_kwargs={"spec": fspec}, **embedder_pool(cfg)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from raysynth import columns as col
+from raysynth.actor_pools import pool_strategy
 from raysynth.config.schema import SynthesisConfig
 from raysynth.synthesis.generators import GeneratorSpec
 from raysynth.synthesis.plan import (
@@ -73,10 +74,9 @@ def plan_round(
 
 def actor_pool(cfg: SynthesisConfig) -> dict[str, Any]:
     """``map_batches`` arguments of the generator pool (resources from config)."""
-    from ray.data import ActorPoolStrategy
 
     return {
-        "compute": ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
+        "compute": pool_strategy(cfg.min_actors, cfg.max_actors),
         "batch_size": cfg.batch_size,
         "num_gpus": cfg.gpus_per_actor,
         "num_cpus": cfg.cpus_per_actor,
@@ -153,7 +153,6 @@ def write_synthetic(ds: Any, path: str | Path, writers: int = 1) -> int:
     sees one small row per part.
     """
     import ray
-    from ray.data import ActorPoolStrategy
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -163,7 +162,7 @@ def write_synthetic(ds: Any, path: str | Path, writers: int = 1) -> int:
         batch_format="pyarrow",
         batch_size=None,
         num_cpus=0,
-        compute=ActorPoolStrategy(size=max(1, writers)),
+        compute=pool_strategy(max(1, writers)),
         scheduling_strategy=here,
     )
     return sum(int(sum(b["rows"])) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))

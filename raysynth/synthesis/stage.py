@@ -2,7 +2,7 @@
 
 ``DiffusionGenerator.__call__`` is a pure function of its batch of plan rows (same rows → same
 bytes), so it is unit-tested without Ray, and Ray Data runs it on an actor pool
-(``compute=ActorPoolStrategy``) with the resources of ``synthesis.*``.
+(``compute=pool_strategy(...)``, :mod:`raysynth.actor_pools`) with the resources of ``synthesis.*``.
 """
 
 from __future__ import annotations

@@ -27,6 +27,31 @@ def test_steady_rate_is_the_slope_of_images_against_time():
     assert math.isnan(bench_synthesis.steady_rate(one_actor[:1]))
 
 
+def test_steady_rate_of_a_pool_counts_only_while_every_actor_runs():
+    # actor 1 makes a batch of 4 every second from t = 0; actor 2 starts late (t = 5) and both
+    # run until t = 15: 8 images/s while both run, which the whole span's slope understates
+    early = [(float(t), 4, 1) for t in range(16)]
+    late = [(float(t) + 0.5, 4, 2) for t in range(5, 16)]
+    stamps = sorted(early + late)
+    assert bench_synthesis.steady_rate(stamps) == pytest.approx(8.0, rel=0.02)
+    assert bench_synthesis.all_running(stamps)[0] == (5.5, 4, 2)
+    assert bench_synthesis.all_running(stamps)[-1] == (15.0, 4, 1)
+    # one source, or a window too short for a slope (each actor one batch): every stamp counts
+    assert bench_synthesis.all_running(early) == early
+    short = [(0.0, 4, 1), (1.0, 4, 1), (2.0, 4, 1), (2.5, 4, 2)]
+    assert bench_synthesis.all_running(short) == short
+
+
+def test_stamps_carry_the_process_that_took_them(tmp_path):
+    path = tmp_path / "s.stamps"
+    bench_synthesis.stamp(path, 4)
+    bench_synthesis.stamp(path, 2)
+    (t1, n1, pid1), (t2, n2, pid2) = bench_synthesis.read_stamps(path)
+    assert (n1, n2) == (4, 2) and pid1 == pid2 == os.getpid() and t1 <= t2
+    path.write_text("12.5 8\n")  # a stamp file without sources reads as one source
+    assert bench_synthesis.read_stamps(path) == [(12.5, 8, 0)]
+
+
 @pytest.mark.slow
 def test_synthesis_bench(ray_local, tmp_path):
     out = tmp_path / "bench-synthesis.json"
