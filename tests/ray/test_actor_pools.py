@@ -42,6 +42,8 @@ def test_pool_strategy_sizes():
     assert (fixed.min_size, fixed.max_size) == (3, 3)
     assert (scaling.min_size, scaling.max_size) == (1, 4)
     assert fixed.enable_true_multi_threading and scaling.enable_true_multi_threading
+    assert fixed.max_tasks_in_flight_per_actor == scaling.max_tasks_in_flight_per_actor == 4
+    assert pool_strategy(2, tasks_in_flight=1).max_tasks_in_flight_per_actor == 1
 
 
 @pytest.mark.parametrize("strategy", [pool_strategy(1), pool_strategy(1, 2)])
