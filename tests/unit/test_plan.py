@@ -133,3 +133,14 @@ def test_unknown_placeholder_is_a_config_error_naming_it(template):
 def test_malformed_template_is_a_config_error():
     with pytest.raises(ConfigError, match="malformed"):
         format_prompt("a photo of {class", "x")
+
+
+def test_blocks_hold_up_to_four_batches_while_every_actor_gets_four_blocks():
+    from raysynth.synthesis.pipeline import batches_per_block
+
+    assert batches_per_block(1536, 8, 2) == 4  # 192 batches: 48 blocks of 4 for 2 actors
+    assert batches_per_block(80, 8, 2) == 1  # a small round: a batch per block
+    assert batches_per_block(200, 8, 2) == 3  # 25 batches: 8 blocks of 3 (the last short)
+    assert batches_per_block(10_000, 8, 64) == 4
+    assert batches_per_block(3, 8, 1) == 1  # fewer rows than a batch
+    assert batches_per_block(1536, 8, 0) == 4  # no actor count: treated as one
