@@ -158,8 +158,9 @@ def filter_stage(
 def ray_filter(src: Path, stages: list, batch: int, out: Path) -> Timed:
     """The rows of ``src`` → stages → synthetic schema → ``write_parquet(out)``.
 
-    The driver reads ``src`` and hands Ray Data one block per batch, as ``generate`` does with
-    its plan: read tasks would need CPUs that a pool of ``cores`` actors may hold entirely.
+    The driver reads ``src`` and hands Ray Data one block per batch (``generate`` likewise hands
+    over its plan from the driver): read tasks would need CPUs that a pool of ``cores`` actors
+    may hold entirely.
     """
     import ray
 

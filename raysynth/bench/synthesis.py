@@ -23,9 +23,11 @@ Two figures per path:
 - **steady state**: the least-squares slope of images done against time, over one stamp taken as
   each batch leaves the generator — in the plain loop right after the call, in Ray inside the
   generator actor right after the call (:class:`StampedGenerator`: the product's pool with one
-  line appended to a file per batch). One-time costs fall before the first stamp
-  (``first_batch_s``) or after the last (``tail_s``), so this is the rate of a long run; a slope
-  rather than first-to-last also stays unbiased when two actors finish batches in pairs.
+  line appended to a file per batch, with the actor's pid). One-time costs fall before the first
+  stamp (``first_batch_s``) or after the last (``tail_s``), and for a pool the slope is taken
+  while every actor produces (:func:`all_running`: an actor that starts later than the others
+  is a one-time cost too), so this is the rate of a long run; a slope rather than
+  first-to-last also stays unbiased when two actors finish batches in pairs.
 
 ``ratio`` = steady-state pool / plain images/s (target ≥ 0.85), ``ratio_end_to_end`` the same
 end to end, ``ratio_wide_actor`` = wide_actor / plain, ``scaling`` = pool / one_actor (target ≥
