@@ -228,7 +228,6 @@ def pseudo_label_local(
 def score_dataset(ds: Any, spec: ZeroShotSpec, pool: EmbedPool = EmbedPool()) -> Any:
     """``ds`` (Ray Dataset with ``sample_id`` and ``image``) → + ``embedding`` and ``probs``, on an
     actor pool of :class:`ZeroShotScorer` (streaming: the driver holds no images)."""
-
     return ds.map_batches(
         ZeroShotScorer,
         fn_constructor_kwargs={"spec": spec},

@@ -141,7 +141,6 @@ def filter_stage(
         fn, kwargs = StampedFilterScorer, {"spec": fspec, "stamps": str(stamps)}
 
     def stage(ds: Any) -> Any:
-
         return ds.map_batches(
             fn,
             fn_constructor_kwargs=kwargs,

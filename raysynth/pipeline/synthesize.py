@@ -42,7 +42,6 @@ def embedder_spec(cfg: RunConfig, real: RealData, classifier_folder: Path | None
 
 def embedder_pool(cfg: RunConfig) -> dict[str, Any]:
     """``map_batches`` arguments of an embedder actor pool (resources from ``filter.*``)."""
-
     return {
         "batch_size": cfg.filter.batch_size,
         "batch_format": "numpy",
@@ -171,7 +170,6 @@ def synthesize(
             # keep every image that exists (the safety checker may drop some): a long-lived
             # zero-CPU actor, like the writer (a task would wait for a CPU the generator pool
             # holds, or start a worker process mid-stream — see ``write_synthetic``)
-
             return ds.map_batches(
                 AcceptAll,
                 batch_format="numpy",

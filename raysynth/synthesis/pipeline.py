@@ -74,7 +74,6 @@ def plan_round(
 
 def actor_pool(cfg: SynthesisConfig) -> dict[str, Any]:
     """``map_batches`` arguments of the generator pool (resources from config)."""
-
     return {
         "compute": pool_strategy(cfg.min_actors, cfg.max_actors),
         "batch_size": cfg.batch_size,
