@@ -185,7 +185,7 @@ def plain_filter(src: Path, fspec: FilterSpec, batch: int, threads: int, out: Pa
         stamps = []
         for i, b in enumerate(numpy_batches(read_table(src), batch)):
             result = scorer(b)
-            stamps.append((time.time(), len(b[col.SAMPLE_ID])))
+            stamps.append((time.time(), len(b[col.SAMPLE_ID]), 0))
             pq.write_table(conform(pa.table(result)), out / f"part-{i:05d}.parquet")
         wall = time.time() - start
     finally:

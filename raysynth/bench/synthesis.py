@@ -184,12 +184,11 @@ def all_running(stamps: list[Stamp]) -> list[Stamp]:
     return window if len(window) >= 2 * len(sources) else stamps
 
 
-def steady_rate(stamps: list[Stamp] | list[tuple[float, int]]) -> float:
+def steady_rate(stamps: list[Stamp]) -> float:
     """Least-squares slope of cumulative images against stamp time (images/s) over the stamps
     taken while every source ran (:func:`all_running`); NaN with fewer than two distinct stamp
     times."""
-    full = [(s[0], s[1], s[2] if len(s) > 2 else 0) for s in stamps]
-    window = all_running(sorted(full))
+    window = all_running(sorted(stamps))
     if len(window) < 2:
         return float("nan")
     t = np.array([s[0] for s in window])
@@ -235,7 +234,7 @@ class Timed:
 
     wall_s: float
     start: float
-    stamps: list[Stamp] | list[tuple[float, int]]
+    stamps: list[Stamp]
     rows_written: int
 
     @property
@@ -277,7 +276,7 @@ def plain_generate(
         stamps = []
         for i, b in enumerate(numpy_batches(plan_table(rows), batch)):
             result = generator(b)
-            stamps.append((time.time(), len(b[col.SAMPLE_ID])))
+            stamps.append((time.time(), len(b[col.SAMPLE_ID]), 0))
             pq.write_table(conform(pa.table(result)), out / f"part-{i:05d}.parquet")
         wall = time.time() - start
     finally:

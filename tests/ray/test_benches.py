@@ -20,9 +20,9 @@ def _positive(value) -> bool:
 
 
 def test_steady_rate_is_the_slope_of_images_against_time():
-    one_actor = [(10.0 + i, 4) for i in range(5)]  # a batch of 4 every second
+    one_actor = [(10.0 + i, 4, 0) for i in range(5)]  # a batch of 4 every second
     assert bench_synthesis.steady_rate(one_actor) == pytest.approx(4.0)
-    two_actors = [(10.0 + i // 2, 4) for i in range(8)]  # batches finishing in pairs
+    two_actors = [(10.0 + i // 2, 4, 0) for i in range(8)]  # batches finishing in pairs
     assert bench_synthesis.steady_rate(two_actors) == pytest.approx(8.0)
     assert math.isnan(bench_synthesis.steady_rate(one_actor[:1]))
 
