@@ -212,6 +212,10 @@ def _ledger_callback(path: Path, num_classes: int):
                 "val_std": float(result["val_std"]),
                 "val_nll": float(result.get("val_nll", float("nan"))),
                 "finished_at": float(result.get("timestamp", time.time())),
+                # the trial's folder in the run directory and its result: a driver killed after
+                # this line and before the logs were copied leaves the folder to restore
+                "dir": str(trial.path),
+                "result": json.loads(json.dumps(result, default=str)),
             }
             with open(path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -219,6 +223,31 @@ def _ledger_callback(path: Path, num_classes: int):
                 os.fsync(f.fileno())
 
     return TrialLedger()
+
+
+def _has_result(path: Path) -> bool:
+    """``path`` (a trial's ``result.json``) ends in a whole result line with the metric."""
+    try:
+        last = path.read_text().strip().splitlines()[-1]
+        return METRIC in json.loads(last)
+    except (OSError, IndexError, json.JSONDecodeError):
+        return False
+
+
+def restore_trial_results(rows: list[dict[str, Any]]) -> int:
+    """Write ``result.json`` from the ledger for every recorded trial whose folder in the run
+    directory lacks it (the driver was killed between the ledger line and the copy of the
+    trial's logs, :func:`_trial_logs_callback`); returns how many were written."""
+    written = 0
+    for row in rows:
+        if "dir" not in row or "result" not in row:
+            continue
+        dest = Path(row["dir"]) / "result.json"
+        if not _has_result(dest):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(json.dumps(row["result"]) + "\n")
+            written += 1
+    return written
 
 
 def _trial_logs_callback():
@@ -332,6 +361,8 @@ def search_weights(
                      cfg.tune.num_samples)
         grid = build_tuner(data, cfg, tune_root, done).fit()
         errors = [str(r.error) for r in grid if r.error is not None]
+    if restored := restore_trial_results(read_ledger(ledger)):
+        log.info("restored result.json of %d trial(s) from the ledger", restored)
     wall = time.perf_counter() - t0
     rows = [
         {

@@ -30,3 +30,24 @@ def test_rows_without_cross_entropy_fall_back_to_the_earliest_tie():
     rows = [_row(0.3, 0.9), _row(0.0, 1.0), _row(1.0, 1.0), _row(0.7, 1.0, 0.2)]
     assert pick_best(rows)["weights"] == [0.7, 0.7]  # a known cross-entropy beats an unknown one
     assert pick_best(rows[:3])["weights"] == [0.0, 0.0]
+
+
+def test_trial_results_missing_from_the_run_directory_are_restored_from_the_ledger(tmp_path):
+    import json
+
+    from raysynth.tune.search import restore_trial_results
+
+    def row(name: str, acc: float) -> dict:
+        return {"dir": str(tmp_path / name), "result": {"val_acc": acc, "config": {"w000": 0.5}}}
+
+    (tmp_path / "copied").mkdir()
+    (tmp_path / "copied" / "result.json").write_text('{"val_acc": 0.9}\n')
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "result.json").write_text('{"val_acc": 0.')  # killed mid-copy
+    rows = [row("copied", 0.9), row("torn", 0.8), row("never-copied", 0.7), {"trial_id": "old"}]
+    assert restore_trial_results(rows) == 2
+    assert (tmp_path / "copied" / "result.json").read_text() == '{"val_acc": 0.9}\n'  # untouched
+    for name, acc in (("torn", 0.8), ("never-copied", 0.7)):
+        result = json.loads((tmp_path / name / "result.json").read_text())
+        assert result == {"val_acc": acc, "config": {"w000": 0.5}}
+    assert restore_trial_results(rows) == 0  # nothing left to restore
