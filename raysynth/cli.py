@@ -108,11 +108,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     preset = args.preset or (None if args.config else "digits")
     cfg = build_config(preset, args.config, parse_set(args.set))
-    from raysynth.pipeline.run import check_models, check_weights
+    from raysynth.flows.run import check_models, check_weights
 
     check_models(cfg)  # a missing model fails here, before Ray starts or anything is written
     if not args.dry_run:
-        from raysynth.pipeline.run import run_pipeline
+        from raysynth.flows.run import run_pipeline
 
         out = Path(args.out or f"runs/{cfg.preset}")
         _connect_ray(args.address)
@@ -141,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from raysynth.config import parse_set
-    from raysynth.study.controlled import (
+    from raysynth.flows.controlled import (
         StudySpec,
         build_study_config,
         build_study_data,
@@ -179,7 +179,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_stage(args: argparse.Namespace) -> int:
     """``synthesize`` / ``tune`` / ``train``: the main job up to (or from) one stage."""
     from raysynth.config import build_config, parse_set
-    from raysynth.pipeline.run import check_models, run_pipeline
+    from raysynth.flows.run import check_models, run_pipeline
     from raysynth.rundir import RunDir
 
     preset = args.preset or (None if args.config else "digits")

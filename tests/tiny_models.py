@@ -140,7 +140,7 @@ def save_sd(folder: Path, seed: int = 0) -> str:
 def pixel_config(**overrides):
     """A class-conditional 8×8 one-channel pixel diffusion config for 3 classes (``overrides``:
     other fields of ``PixelDiffusionConfig``, e.g. the training steps)."""
-    from raysynth.synthesis.pixel import PixelDiffusionConfig
+    from raysynth.generate.pixel import PixelDiffusionConfig
 
     return PixelDiffusionConfig(
         **{
@@ -235,7 +235,7 @@ def digits3_protocol():
 
 def train_pixel_folder(folder: Path, class_names=("0", "1", "2")) -> str:
     """A 3-step pixel model on random 8×8 data, cached in ``folder`` (the synthesis tests' model)."""
-    from raysynth.synthesis.pixel import PixelDiffusionConfig, load_or_train
+    from raysynth.generate.pixel import PixelDiffusionConfig, load_or_train
 
     rng = np.random.default_rng(0)
     x = rng.random((12, 1, 8, 8)).astype(np.float32)

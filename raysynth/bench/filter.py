@@ -51,7 +51,6 @@ import pyarrow.parquet as pq
 import torch
 
 from raysynth import columns as col
-from raysynth.actor_pools import pool_strategy
 from raysynth.bench.synthesis import (
     CLASSES,
     Timed,
@@ -75,9 +74,10 @@ from raysynth.config.schema import RunConfig
 from raysynth.data.images import encode_png
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
 from raysynth.filter.threshold import class_thresholds
-from raysynth.synthesis.pipeline import write_synthetic
-from raysynth.synthesis.schema import conform
-from raysynth.synthesis.table import read_table
+from raysynth.generate.schema import conform
+from raysynth.generate.stage import write_synthetic
+from raysynth.generate.table import read_table
+from raysynth.ray_data import pool_strategy
 from raysynth.train.checkpoint import write_checkpoint
 from raysynth.train.models import build_model, encoder_config
 
@@ -134,7 +134,7 @@ def filter_stage(
     stamps: Path | None = None,
     min_actors: int = 1,
 ):
-    """The filter pool as ``raysynth.pipeline.synthesize`` wires it (a ``generate`` stage);
+    """The filter pool as ``raysynth.filter.rounds`` wires it (a ``generate`` stage);
     with ``stamps``, its actors stamp every batch. ``min_actors = max_actors`` fixes its size."""
     fn, kwargs = FilterScorer, {"spec": fspec}
     if stamps is not None:

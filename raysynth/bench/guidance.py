@@ -1,7 +1,7 @@
 """``raysynth bench guidance``: the cost of feedback guidance relative to unguided sampling.
 
 Samples the same batch (same labels and seeds) with the ``digits`` pixel model's architecture
-(:class:`~raysynth.synthesis.pixel.PixelDiffusionConfig` defaults, freshly initialised: the cost
+(:class:`~raysynth.generate.pixel.PixelDiffusionConfig` defaults, freshly initialised: the cost
 does not depend on the weights) for ``num_steps`` DDIM steps with classifier-free guidance, once
 unguided and once with feedback guidance every ``every``-th step (METHODS §2: 6 of 30), the
 classifier being raysynth's small CNN. Repeats are interleaved and the median of each is
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from raysynth.bench import emit
-from raysynth.synthesis.guidance import FeedbackGuidance
-from raysynth.synthesis.pixel import PixelDiffusionConfig, build_unet, sampling_scheduler_config
-from raysynth.synthesis.sampling import sample_pixel
+from raysynth.generate.guidance import FeedbackGuidance
+from raysynth.generate.pixel import PixelDiffusionConfig, build_unet, sampling_scheduler_config
+from raysynth.generate.sampling import sample_pixel
 from raysynth.train.models import build_model, encoder_config
 
 
@@ -125,8 +125,8 @@ def latent_ratio(
     """Guided / unguided time of the product's text-to-image generator on a small SD model."""
     from raysynth.bench.tiny_sd import save_small_sd
     from raysynth.config.schema import FeedbackConfig, GeneratorConfig
-    from raysynth.synthesis.generators import GeneratorSpec, build_generator
-    from raysynth.synthesis.plan import make_plan
+    from raysynth.generate.generators import GeneratorSpec, build_generator
+    from raysynth.plan.rows import make_plan
     from raysynth.train.checkpoint import write_checkpoint
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

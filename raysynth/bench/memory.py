@@ -4,7 +4,7 @@ DESIGN §5 says the driver never holds all images: Ray Data streams them from th
 into Parquet. This bench checks it. Each N runs in a fresh subprocess (:func:`_child_main`) that
 starts its own local Ray (``ray.init(address="local", num_cpus=2)``: the library never calls
 ``ray.init``; a bench's child process may), plans N rows and calls
-:func:`raysynth.synthesis.pipeline.generate` with the cheapest real generator — the tiny pixel
+:func:`raysynth.generate.stage.generate` with the cheapest real generator — the tiny pixel
 model (8/16 channels), ``steps`` DDIM steps, batches of ``batch`` on ``actors`` actors of one
 CPU each. The driver's peak RSS is ``getrusage(RUSAGE_SELF).ru_maxrss`` (the child's whole life:
 imports, ``ray.init``, the plan and the streaming run; Ray's own daemons and workers are other
@@ -68,7 +68,7 @@ def _child_main(args: str) -> None:
     import ray
 
     from raysynth.bench.synthesis import bench_config, count_rows, generator_spec, plan_rows
-    from raysynth.synthesis.pipeline import generate
+    from raysynth.generate.stage import generate
 
     a = json.loads(args)
     ray.init(address="local", num_cpus=a["cpus"], include_dashboard=False, log_to_driver=False)

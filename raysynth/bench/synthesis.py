@@ -8,7 +8,7 @@ the weights), with the same batch size, and writes the same Parquet:
   (model load included) called batch by batch on the plan table, each batch conformed to the
   synthetic schema and written as its own Parquet file with pyarrow — the loop one writes
   without Ray;
-- **pool**: :func:`raysynth.synthesis.pipeline.generate`, the product's stage, at the same total
+- **pool**: :func:`raysynth.generate.stage.generate`, the product's stage, at the same total
   cores as plain: ``cores`` actors of one CPU each (Ray Data's data parallelism; on a GPU, one
   actor with the GPU);
 - **wide_actor**: the same stage with one actor of ``cpus_per_actor = cores``. Ray sets
@@ -63,12 +63,13 @@ from PIL import Image
 from raysynth import columns as col
 from raysynth.config import build_config
 from raysynth.config.schema import RunConfig
-from raysynth.synthesis.generators import GeneratorSpec
-from raysynth.synthesis.pipeline import generate, plan_round
-from raysynth.synthesis.pixel import PixelDiffusionConfig, load_or_train
-from raysynth.synthesis.schema import conform
-from raysynth.synthesis.stage import DiffusionGenerator, plan_table
-from raysynth.synthesis.table import parquet_files, read_table
+from raysynth.generate.actor import DiffusionGenerator, plan_table
+from raysynth.generate.generators import GeneratorSpec
+from raysynth.generate.pixel import PixelDiffusionConfig, load_or_train
+from raysynth.generate.schema import conform
+from raysynth.generate.stage import generate
+from raysynth.generate.table import parquet_files, read_table
+from raysynth.plan.quotas import plan_round
 
 CLASSES = [str(c) for c in range(10)]
 REAL_PER_CLASS = 4
@@ -441,7 +442,7 @@ def run(
     Returns the result dict."""
     import ray
 
-    from raysynth.synthesis.generators import DTYPES
+    from raysynth.generate.generators import DTYPES
 
     if images < 2 * batch:
         raise ValueError(f"images={images} must be at least 2 batches ({2 * batch}) for a rate")
@@ -564,7 +565,7 @@ def run_sd15(
     by ``FlopCounterMode`` — over a large matmul's TFLOP/s in the same dtype). Needs CUDA and a
     connected Ray instance with a GPU."""
     from raysynth.bench.tiny_sd import save_sd15_sized
-    from raysynth.synthesis.generators import DTYPES
+    from raysynth.generate.generators import DTYPES
 
     if not torch.cuda.is_available():
         raise RuntimeError("bench synthesis sd15 needs a CUDA device")

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from raysynth.bench import emit
+from raysynth.flows.controlled import StudySpec, build_study_config, build_study_data
 from raysynth.seeding import stable_seed
-from raysynth.study.controlled import StudySpec, build_study_config, build_study_data
 from raysynth.train.protocol import evaluate
 from raysynth.tune.gp import search_weights_gp
 from raysynth.tune.search import search_weights

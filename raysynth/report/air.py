@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raysynth import columns as col
-from raysynth.synthesis.table import iter_tables
+from raysynth.generate.table import iter_tables
 
 ROWS = {
     "text": ("zero_shot", "CLIP zero-shot (text prompts)"),

@@ -26,9 +26,9 @@ from PIL import Image
 from raysynth import columns as col
 from raysynth.data.store import read_classes, real_path
 from raysynth.errors import RunDirError
+from raysynth.generate.table import iter_tables
 from raysynth.report import air as air_report
 from raysynth.report import charts
-from raysynth.synthesis.table import iter_tables
 
 log = logging.getLogger("raysynth.report")
 

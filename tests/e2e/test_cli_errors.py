@@ -131,7 +131,7 @@ def test_weights_mismatch_stops_before_any_model_is_trained(tmp_path):
     comes before anything needs Ray)."""
     from raysynth.config import build_config
     from raysynth.errors import ConfigError
-    from raysynth.pipeline.run import run_pipeline
+    from raysynth.flows.run import run_pipeline
 
     out = tmp_path / "run"
     cfg = build_config(config_file=_weights_file(tmp_path, [0.5, 0.5, 0.5, 0.5]))
@@ -163,7 +163,7 @@ def test_missing_model_leaves_an_existing_run_directory_untouched(tmp_path):
     """A run whose model has since gone (deleted cache, another machine): `--resume` stops with a
     clear error and changes no file of the run directory."""
     from raysynth.config import build_config
-    from raysynth.pipeline.prepare import prepare_real
+    from raysynth.flows.prepare import prepare_real
     from raysynth.rundir import RunDir
 
     overrides = {"synthesis.generator.kind": "text2image", "synthesis.generator.model": "/nope",

@@ -21,8 +21,8 @@ from raysynth.data.images import encode_png
 from raysynth.data.sources import ImageSet
 from raysynth.data.splits import Splits
 from raysynth.data.store import write_real
+from raysynth.generate.actor import SYNTHETIC_SCHEMA
 from raysynth.report import render_report
-from raysynth.synthesis.stage import SYNTHETIC_SCHEMA
 
 CHROMIUM = (
     shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

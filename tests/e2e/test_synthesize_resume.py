@@ -12,7 +12,7 @@ import time
 import pyarrow.parquet as pq
 
 from raysynth import columns as col
-from raysynth.synthesis.table import read_table
+from raysynth.generate.table import read_table
 
 ARGS = ["--set", "budget=smoke", "--set", "data.classes=0,1,2", "--set", "data.k=8",
         "--set", "synthesis.quota=fixed", "--set", "synthesis.per_class=24",

@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny_models import png, text_encoder, tokenizer, vae
 
-from raysynth.air.lora import (
+from raysynth.generate.lora import (
     AdapterState,
     LoraTrainSpec,
     build_sd_task,

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from raysynth.actor_pools import pool_strategy
+from raysynth.ray_data import pool_strategy
 
 
 def where_am_i() -> type:

@@ -13,8 +13,8 @@ from tiny_models import png, save_clip, save_sd
 from raysynth import columns as col
 from raysynth.config import build_config
 from raysynth.errors import ConfigError
-from raysynth.pipeline.run import run_pipeline
-from raysynth.synthesis.table import read_table
+from raysynth.flows.run import run_pipeline
+from raysynth.generate.table import read_table
 
 CLASSES = ("blue", "green", "red")
 

@@ -20,7 +20,10 @@ from tiny_models import (
     sd_images,
 )
 
-from raysynth.air.lora import (
+from raysynth.config.schema import GeneratorConfig, ScalingConfig
+from raysynth.errors import ConfigError
+from raysynth.generate.latent import load_pipeline
+from raysynth.generate.lora import (
     PIXEL_SPEC,
     RESULT_FILE,
     LoraTrainSpec,
@@ -30,11 +33,8 @@ from raysynth.air.lora import (
     train_pixel_lora,
     train_sd_lora,
 )
-from raysynth.config.schema import GeneratorConfig, ScalingConfig
-from raysynth.errors import ConfigError
-from raysynth.synthesis.latent import load_pipeline
-from raysynth.synthesis.pixel import build_unet, save_pixel_model
-from raysynth.synthesis.pixel import sampling_scheduler_config as pixel_scheduler_config
+from raysynth.generate.pixel import build_unet, save_pixel_model
+from raysynth.generate.pixel import sampling_scheduler_config as pixel_scheduler_config
 
 CLASSES = ["cat", "dog"]
 

@@ -14,9 +14,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from raysynth.air.prompt import PromptConfig, PromptData, PromptTrialSpec, search_prompt_params
 from raysynth.config.schema import RunConfig, TuneConfig
 from raysynth.filter.select import cosine_softmax
+from raysynth.pseudolabel.prompt import (
+    PromptConfig,
+    PromptData,
+    PromptTrialSpec,
+    search_prompt_params,
+)
 
 torch.set_num_threads(1)
 

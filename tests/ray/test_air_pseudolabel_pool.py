@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from tiny_models import save_clip
 
-from raysynth.air.pseudolabel import (
+from raysynth.data.images import encode_png
+from raysynth.data.sources import UnlabeledSet
+from raysynth.pseudolabel.zero_shot import (
     EmbedPool,
     ZeroShotSpec,
     clip_embedder_spec,
     pseudo_label,
     pseudo_label_local,
 )
-from raysynth.data.images import encode_png
-from raysynth.data.sources import UnlabeledSet
 
 torch.set_num_threads(1)
 

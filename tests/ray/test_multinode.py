@@ -26,11 +26,12 @@ from tiny_models import train_pixel_folder
 
 from raysynth import columns as col
 from raysynth.config import build_config
+from raysynth.filter.rounds import embedder_pool
 from raysynth.filter.stage import EmbedderSpec, ImageEmbedder
-from raysynth.pipeline.synthesize import embedder_pool
-from raysynth.synthesis.generators import GeneratorSpec
-from raysynth.synthesis.pipeline import generate, plan_round
-from raysynth.synthesis.table import read_table
+from raysynth.generate.generators import GeneratorSpec
+from raysynth.generate.stage import generate
+from raysynth.generate.table import read_table
+from raysynth.plan.quotas import plan_round
 from raysynth.train.checkpoint import write_checkpoint
 from raysynth.train.models import build_model, encoder_config
 
@@ -134,7 +135,7 @@ def test_actors_see_a_gpu_id_but_torch_stays_on_the_cpu(cluster, pixel_folder, c
     import ray
 
     from raysynth.filter.stage import _build
-    from raysynth.synthesis.generators import build_generator
+    from raysynth.generate.generators import build_generator
 
     cfg = _config()
     spec = GeneratorSpec(cfg.synthesis.generator, cfg.synthesis.feedback, CLASSES,

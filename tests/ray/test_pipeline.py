@@ -7,8 +7,8 @@ import pyarrow.compute as pc
 
 from raysynth import columns as col
 from raysynth.config import build_config
-from raysynth.pipeline.run import run_pipeline
-from raysynth.synthesis.table import read_table
+from raysynth.flows.run import run_pipeline
+from raysynth.generate.table import read_table
 
 TINY = {
     "budget": "smoke",

@@ -7,10 +7,11 @@ from tiny_models import train_pixel_folder
 from raysynth import columns as col
 from raysynth.config import build_config
 from raysynth.data import decode_png
-from raysynth.synthesis.generators import GeneratorSpec
-from raysynth.synthesis.pipeline import generate, plan_round, quotas
-from raysynth.synthesis.stage import DiffusionGenerator, plan_table
-from raysynth.synthesis.table import existing_ids, read_table
+from raysynth.generate.actor import DiffusionGenerator, plan_table
+from raysynth.generate.generators import GeneratorSpec
+from raysynth.generate.stage import generate
+from raysynth.generate.table import existing_ids, read_table
+from raysynth.plan.quotas import plan_round, quotas
 
 CLASSES = ["0", "1", "2"]
 

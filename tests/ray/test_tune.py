@@ -3,7 +3,7 @@
 import numpy as np
 
 from raysynth.config import build_config
-from raysynth.study.controlled import StudySpec, build_study_data, study_config
+from raysynth.flows.controlled import StudySpec, build_study_data, study_config
 from raysynth.tune.gp import gp_search
 from raysynth.tune.search import search_weights
 

@@ -37,15 +37,15 @@ import numpy as np
 import pytest
 import torch
 
-from raysynth.air.pseudolabel import top_k_per_class
 from raysynth.filter.select import (
     cosine_softmax,
     most_representative,
     prototype_probs,
     pseudo_labels,
 )
-from raysynth.synthesis.pixel import PixelDiffusionConfig, load_or_train, load_pixel_model
-from raysynth.synthesis.sampling import sample_pixel
+from raysynth.generate.pixel import PixelDiffusionConfig, load_or_train, load_pixel_model
+from raysynth.generate.sampling import sample_pixel
+from raysynth.pseudolabel.zero_shot import top_k_per_class
 
 TAU, LAM, K, M = 0.01, 1.0, 16, 16
 SEED = 2

@@ -22,7 +22,11 @@ from tiny_models import (
 )
 
 from raysynth import columns as col
-from raysynth.air.lora import (
+from raysynth.config.schema import FeedbackConfig, GeneratorConfig
+from raysynth.errors import ConfigError, DataError
+from raysynth.generate.generators import GeneratorSpec, build_generator, check_pixel_adapters
+from raysynth.generate.latent import load_pipeline
+from raysynth.generate.lora import (
     PIXEL_SPEC,
     RESULT_FILE,
     AdapterState,
@@ -39,11 +43,7 @@ from raysynth.air.lora import (
     train_pixel_lora,
     train_sd_lora,
 )
-from raysynth.config.schema import FeedbackConfig, GeneratorConfig
-from raysynth.errors import ConfigError, DataError
-from raysynth.synthesis.generators import GeneratorSpec, build_generator, check_pixel_adapters
-from raysynth.synthesis.latent import load_pipeline
-from raysynth.synthesis.pixel import (
+from raysynth.generate.pixel import (
     PixelDiffusionConfig,
     load_pixel_model,
     save_pixel_model,

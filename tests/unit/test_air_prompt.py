@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from tiny_models import save_clip
 
-from raysynth.air.prompt import (
+from raysynth.errors import ConfigError, RunDirError
+from raysynth.filter.select import cosine_softmax
+from raysynth.pseudolabel.prompt import (
     PromptConfig,
     PromptData,
     PromptTextEncoder,
@@ -26,8 +28,6 @@ from raysynth.air.prompt import (
     run_prompt_trial,
     train_prompt,
 )
-from raysynth.errors import ConfigError, RunDirError
-from raysynth.filter.select import cosine_softmax
 
 torch.set_num_threads(1)
 

@@ -19,16 +19,16 @@ import torch
 from PIL import Image
 from tiny_models import save_clip
 
-from raysynth.air.pseudolabel import (
+from raysynth.data.images import encode_png
+from raysynth.data.sources import load_unlabeled
+from raysynth.errors import DataError
+from raysynth.filter.threshold import normalize
+from raysynth.pseudolabel.zero_shot import (
     ZeroShotSpec,
     clip_embedder_spec,
     pseudo_label_local,
     top_k_per_class,
 )
-from raysynth.data.images import encode_png
-from raysynth.data.sources import load_unlabeled
-from raysynth.errors import DataError
-from raysynth.filter.threshold import normalize
 
 torch.set_num_threads(1)
 

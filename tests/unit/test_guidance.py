@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from raysynth.errors import ConfigError
-from raysynth.synthesis.guidance import (
+from raysynth.generate.guidance import (
     ClassGaussians,
     FeedbackGuidance,
     class_gaussians,
@@ -17,8 +17,8 @@ from raysynth.synthesis.guidance import (
     criterion_loss,
     predicted_x0,
 )
-from raysynth.synthesis.pixel import PixelDiffusionConfig, build_unet, sampling_scheduler_config
-from raysynth.synthesis.sampling import sample_pixel
+from raysynth.generate.pixel import PixelDiffusionConfig, build_unet, sampling_scheduler_config
+from raysynth.generate.sampling import sample_pixel
 
 NUM_CLASSES = 3
 TINY = PixelDiffusionConfig(

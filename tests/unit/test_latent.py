@@ -27,9 +27,9 @@ from tiny_models import vae as _vae
 from raysynth import columns as col
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
 from raysynth.errors import ConfigError, DataError
-from raysynth.synthesis.generators import GeneratorSpec, build_generator, identity_json
-from raysynth.synthesis.guidance import predicted_x0
-from raysynth.synthesis.latent import (
+from raysynth.generate.generators import GeneratorSpec, build_generator, identity_json
+from raysynth.generate.guidance import predicted_x0
+from raysynth.generate.latent import (
     SCHEDULERS,
     _guidance_frame,
     check_adapters,
@@ -264,7 +264,7 @@ def test_output_size_and_channels_follow_the_spec(models):
 def test_loop_reproduces_the_sd_pipeline_call(models, scheduler, guidance_scale, negatives):
     """Same scheduler, seeds, no feedback: the shared loop gives ``StableDiffusionPipeline``'s
     own images (the conditioning and CFG batch are wired as the library wires them)."""
-    from raysynth.synthesis.latent import _prompts, _row_generators
+    from raysynth.generate.latent import _prompts, _row_generators
 
     gen = build_generator(_spec(models, scheduler=scheduler, guidance_scale=guidance_scale))
     s = gen.sampler

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysynth import columns as col
-from raysynth.synthesis.schema import SYNTHETIC_SCHEMA
-from raysynth.synthesis.table import PartWriter, existing_ids, parquet_files, read_table
+from raysynth.generate.schema import SYNTHETIC_SCHEMA
+from raysynth.generate.table import PartWriter, existing_ids, parquet_files, read_table
 
 
 def _block(ids: list[str], extra: bool = True) -> pa.Table:

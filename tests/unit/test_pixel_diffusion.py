@@ -8,7 +8,7 @@ import torch
 from tiny_models import bar_digits
 
 from raysynth.errors import ConfigError, DataError, RunDirError
-from raysynth.synthesis.pixel import (
+from raysynth.generate.pixel import (
     META_FILE,
     PixelDiffusionConfig,
     cache_key,
@@ -17,7 +17,7 @@ from raysynth.synthesis.pixel import (
     save_pixel_model,
     train_pixel_model,
 )
-from raysynth.synthesis.sampling import sample_pixel
+from raysynth.generate.sampling import sample_pixel
 
 TINY = PixelDiffusionConfig(
     image_size=8,

@@ -4,15 +4,13 @@ import pytest
 
 from raysynth import columns as col
 from raysynth.errors import ConfigError, DataError
-from raysynth.synthesis.plan import (
+from raysynth.plan.quotas import quotas_fixed, quotas_fraction_of_k, quotas_top_up
+from raysynth.plan.rows import (
     DATASET_PROMPTS,
     INDEX,
     PROMPT_TEMPLATES,
     format_prompt,
     make_plan,
-    quotas_fixed,
-    quotas_fraction_of_k,
-    quotas_top_up,
 )
 
 NAMES = ["zero", "one", "two"]
@@ -136,7 +134,7 @@ def test_malformed_template_is_a_config_error():
 
 
 def test_blocks_hold_up_to_four_batches_while_every_actor_gets_four_blocks():
-    from raysynth.synthesis.pipeline import batches_per_block
+    from raysynth.generate.stage import batches_per_block
 
     assert batches_per_block(1536, 8, 2) == 4  # 192 batches: 48 blocks of 4 for 2 actors
     assert batches_per_block(80, 8, 2) == 1  # a small round: a batch per block

@@ -20,9 +20,9 @@ from raysynth.data.sources import ImageSet
 from raysynth.data.splits import Splits
 from raysynth.data.store import write_real
 from raysynth.errors import RunDirError
+from raysynth.generate.actor import SYNTHETIC_SCHEMA
 from raysynth.report import render as render_mod
 from raysynth.report import render_report
-from raysynth.synthesis.stage import SYNTHETIC_SCHEMA
 
 CLASSES = ["0", "1", "2"]
 REPORT = {

@@ -27,8 +27,8 @@ from tiny_models import unet as tiny_unet
 from raysynth import columns as col
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
 from raysynth.errors import ConfigError
-from raysynth.synthesis.generators import GeneratorSpec, build_generator, identity_json
-from raysynth.synthesis.latent import _prompts, _row_generators, check_model_available
+from raysynth.generate.generators import GeneratorSpec, build_generator, identity_json
+from raysynth.generate.latent import _prompts, _row_generators, check_model_available
 
 CLASSES = ["cat", "dog"]
 TIME_EMBED_DIM = 4

@@ -6,7 +6,7 @@ import pytest
 
 from raysynth.data import load_dataset, to_tensor_array
 from raysynth.errors import DataError
-from raysynth.study.controlled import StudySpec, build_study_config, build_study_data
+from raysynth.flows.controlled import StudySpec, build_study_config, build_study_data
 from raysynth.train.protocol import draw_synthetic
 
 

@@ -4,7 +4,7 @@ A :class:`Generator` turns plan rows into images. It is built once per Ray Data 
 in the actor's ``__init__``) from a :class:`GeneratorSpec` — plain data that travels to the actors.
 ``pixel`` is the class-conditional pixel model raysynth trains (the digits preset); ``text2image``
 and ``unclip`` are latent diffusion pipelines loaded with diffusers' own ``from_pretrained``
-(:mod:`raysynth.synthesis.latent`). Both take LoRA adapters (``synthesis.generator.lora``): the
+(:mod:`raysynth.generate.latent`). Both take LoRA adapters (``synthesis.generator.lora``): the
 pixel model's are peft folders (:func:`load_pixel_adapters`), the pipelines' diffusers ones.
 """
 
@@ -113,7 +113,7 @@ def build_feedback(spec: GeneratorSpec, device: torch.device, decode: Any = None
     fb = spec.feedback
     if fb.criterion == "none" or fb.scale == 0:
         return None
-    from raysynth.synthesis.guidance import ClassGaussians, FeedbackGuidance
+    from raysynth.generate.guidance import ClassGaussians, FeedbackGuidance
 
     classifier = load_guiding_classifier(spec.classifier_folder, device)
     gaussians = None
@@ -139,7 +139,7 @@ class PixelGenerator:
     """The class-conditional pixel-space model of the digits preset (diffusers UNet2DModel+DDIM)."""
 
     def __init__(self, spec: GeneratorSpec) -> None:
-        from raysynth.synthesis.pixel import load_pixel_model
+        from raysynth.generate.pixel import load_pixel_model
 
         g = spec.generator
         if g.scheduler != "ddim":
@@ -173,7 +173,7 @@ class PixelGenerator:
         }
 
     def generate(self, rows: list[dict[str, Any]]) -> list[GeneratedImage]:
-        from raysynth.synthesis.sampling import sample_pixel
+        from raysynth.generate.sampling import sample_pixel
 
         g = self.spec.generator
         labels = [int(r[col.LABEL]) for r in rows]
@@ -201,7 +201,7 @@ def load_pixel_adapters(unet: torch.nn.Module, cfg: GeneratorConfig) -> None:
     touched: peft adds ``scale · B A`` beside each adapted layer.
 
     Each entry is a peft folder (``adapter_config.json`` + ``adapter_model.safetensors``, as
-    :func:`raysynth.air.lora.train_pixel_lora` writes). An adapter that does not fit this model
+    :func:`raysynth.generate.lora.train_pixel_lora` writes). An adapter that does not fit this model
     (other layer names or shapes) raises :class:`ConfigError` naming it.
     """
     if not cfg.lora:
@@ -231,7 +231,7 @@ def _pixel_adapter_folder(i: int, entry: str) -> Path:
         raise ConfigError(
             f"synthesis.generator.lora[{i}]={entry!r} is not a pixel-model LoRA adapter: pass a "
             f"folder with {PIXEL_ADAPTER_CONFIG} and {PIXEL_ADAPTER_WEIGHTS} (written by "
-            "raysynth.air.lora.train_pixel_lora)"
+            "raysynth.generate.lora.train_pixel_lora)"
         )
     return folder
 
@@ -277,7 +277,7 @@ def build_generator(spec: GeneratorSpec) -> Generator:
     if kind == "pixel":
         return PixelGenerator(spec)
     if kind in ("text2image", "unclip"):
-        from raysynth.synthesis import latent
+        from raysynth.generate import latent
 
         return latent.build_latent_generator(spec)
     raise ConfigError(f"synthesis.generator.kind={kind!r} is not a generator raysynth knows")

@@ -49,8 +49,8 @@ import torch.nn.functional as F
 
 from raysynth.config.schema import GeneratorConfig, ScalingConfig
 from raysynth.errors import ConfigError, DataError, TrainingError
+from raysynth.generate.generators import DTYPES, PIXEL_ADAPTER_WEIGHTS
 from raysynth.seeding import stable_seed
-from raysynth.synthesis.generators import DTYPES, PIXEL_ADAPTER_WEIGHTS
 
 KEY = "air.lora"
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -356,7 +356,7 @@ def build_pixel_task(
     rank: int = 0,
     world_size: int = 1,
 ) -> LoraTask:
-    """A loaded pixel model (:class:`~raysynth.synthesis.pixel.PixelModel`, frozen) + a fresh
+    """A loaded pixel model (:class:`~raysynth.generate.pixel.PixelModel`, frozen) + a fresh
     adapter + this worker's images (``[N, C, H, W]`` in [0, 1])."""
     from diffusers import DDPMScheduler
     from peft import get_peft_model_state_dict
@@ -512,7 +512,7 @@ def save_adapter(task: LoraTask, folder: str | Path, info: dict[str, Any]) -> Pa
 def _load_task(config: dict[str, Any], device: torch.device, rank: int, world: int) -> LoraTask:
     spec: LoraTrainSpec = config["spec"]
     if config["kind"] == "text2image":
-        from raysynth.synthesis.latent import load_pipeline
+        from raysynth.generate.latent import load_pipeline
 
         g = GeneratorConfig(kind="text2image", model=config["model"], dtype=spec.dtype)
         pipe = load_pipeline(g, torch.device("cpu"))
@@ -527,7 +527,7 @@ def _load_task(config: dict[str, Any], device: torch.device, rank: int, world: i
             rank,
             world,
         )
-    from raysynth.synthesis.pixel import load_pixel_model
+    from raysynth.generate.pixel import load_pixel_model
 
     model = load_pixel_model(config["model"], "cpu", DTYPES[spec.dtype])
     return build_pixel_task(model, config["images"], config["labels"], spec, device, rank, world)
@@ -671,7 +671,7 @@ def train_sd_lora(
     ``storage_path`` (default ``out_dir``'s parent). On a cluster ``out_dir`` and the checkpoint
     folder must be storage the rank-0 worker can write.
     """
-    from raysynth.synthesis.latent import check_model_available
+    from raysynth.generate.latent import check_model_available
 
     info = check_model_available(GeneratorConfig(kind="text2image", model=model, dtype=spec.dtype))
     if "XL" in info.get("_class_name", ""):
@@ -708,20 +708,20 @@ def train_pixel_lora(
     threads: int = 0,
 ) -> LoraResult:
     """Train a LoRA adapter of the pixel model in ``model_folder`` (written by
-    :func:`~raysynth.synthesis.pixel.save_pixel_model`) on ``images`` (float ``[N, C, H, W]`` in
+    :func:`~raysynth.generate.pixel.save_pixel_model`) on ``images`` (float ``[N, C, H, W]`` in
     [0, 1], or PNG bytes) with class ``labels``. Writes ``out_dir`` (``adapter_config.json`` +
     ``adapter_model.safetensors``, loadable with ``synthesis.generator.lora=[out_dir]``, and
     ``air_lora.json``). The default spec targets :data:`PIXEL_TARGET_MODULES`; Ray Train,
     checkpoints and resume as in :func:`train_sd_lora`.
     """
-    from raysynth.synthesis.pixel import UNET_DIR
+    from raysynth.generate.pixel import UNET_DIR
 
     folder = Path(model_folder).expanduser().resolve()
     unet_json = folder / UNET_DIR / "config.json"
     if not unet_json.is_file():
         raise ConfigError(
             f"{folder} is not a pixel diffusion model ({unet_json} is missing); pass a folder "
-            "written by raysynth.synthesis.save_pixel_model or load_or_train"
+            "written by raysynth.generate.save_pixel_model or load_or_train"
         )
     unet_cfg = json.loads(unet_json.read_text())
     size = unet_cfg["sample_size"]

@@ -16,7 +16,6 @@ Quotas say how many images each class gets:
 
 from __future__ import annotations
 
-import math
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -78,34 +77,6 @@ def format_prompt(template: str, class_name: str, context: str = "") -> str:
                 f"use only {{class}} and {{context}} (double braces for a literal brace)"
             )
     return template.format(**{"class": class_name, "context": context})
-
-
-def quotas_fixed(num_classes: int, n: int) -> dict[int, int]:
-    """``n`` images for each of ``num_classes`` classes."""
-    if num_classes < 0 or n < 0:
-        raise ConfigError(f"quotas need num_classes >= 0 and n >= 0, got {num_classes}, {n}")
-    return {c: n for c in range(num_classes)}
-
-
-def quotas_fraction_of_k(
-    train_counts: Sequence[int] | Mapping[int, int], fraction: float = 0.5
-) -> dict[int, int]:
-    """``fraction`` of each class's real count, rounded down, at least 1 (UniCon: k/2 per class)."""
-    if fraction <= 0:
-        raise ConfigError(f"synthesis fraction must be > 0, got {fraction}")
-    return {c: max(1, math.floor(k * fraction)) for c, k in _counts(train_counts).items()}
-
-
-def quotas_top_up(train_counts: Sequence[int] | Mapping[int, int], target: int) -> dict[int, int]:
-    """Images to bring every class up to ``target`` (``target - count``, never negative)."""
-    if target < 0:
-        raise ConfigError(f"top-up target must be >= 0, got {target}")
-    return {c: max(0, target - k) for c, k in _counts(train_counts).items()}
-
-
-def _counts(train_counts: Sequence[int] | Mapping[int, int]) -> dict[int, int]:
-    items = train_counts.items() if isinstance(train_counts, Mapping) else enumerate(train_counts)
-    return {int(c): int(k) for c, k in items}
 
 
 def sample_id(run_seed: int, class_name: str, index: int, round: int = 0) -> str:

@@ -24,7 +24,7 @@ from raysynth.train.loops import end_to_end_loop
 from raysynth.train.models import encoder_config
 from raysynth.train.session import run_trainer
 
-log = logging.getLogger("raysynth.pipeline")
+log = logging.getLogger("raysynth.flows")
 
 
 @dataclass
@@ -115,7 +115,7 @@ def train_real_classifier(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
 
 def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     """Train (or reuse) the class-conditional pixel diffusion model on the real train split."""
-    from raysynth.synthesis.pixel import PixelDiffusionConfig, load_or_train
+    from raysynth.generate.pixel import PixelDiffusionConfig, load_or_train
 
     g = cfg.synthesis.generator
     train = real.arrays("train")
@@ -142,7 +142,7 @@ def real_feature_gaussians(classifier_folder: Path, real: RealData) -> dict[str,
     """Per-class mean / regularised precision / log-det of the real features (hardness)."""
     import torch
 
-    from raysynth.synthesis.guidance import class_gaussians
+    from raysynth.generate.guidance import class_gaussians
     from raysynth.train.checkpoint import load_model
 
     model = load_model(classifier_folder).eval()

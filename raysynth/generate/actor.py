@@ -2,7 +2,7 @@
 
 ``DiffusionGenerator.__call__`` is a pure function of its batch of plan rows (same rows → same
 bytes), so it is unit-tested without Ray, and Ray Data runs it on an actor pool
-(``compute=pool_strategy(...)``, :mod:`raysynth.actor_pools`) with the resources of ``synthesis.*``.
+(``compute=pool_strategy(...)``, :mod:`raysynth.ray_data`) with the resources of ``synthesis.*``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 
 from raysynth import columns as col
-from raysynth.synthesis.generators import GeneratorSpec, build_generator, identity_json
-from raysynth.synthesis.schema import SYNTHETIC_SCHEMA
+from raysynth.generate.generators import GeneratorSpec, build_generator, identity_json
+from raysynth.generate.schema import SYNTHETIC_SCHEMA
 
-log = logging.getLogger("raysynth.synthesis")
+log = logging.getLogger("raysynth.generate")
 
 PLAN_COLUMNS = (
     col.SAMPLE_ID,

@@ -16,18 +16,19 @@ from typing import Any
 import numpy as np
 
 from raysynth import columns as col
-from raysynth.actor_pools import pool_strategy
 from raysynth.config.schema import RunConfig
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
 from raysynth.filter.threshold import class_thresholds
-from raysynth.pipeline.prepare import RealData
+from raysynth.flows.prepare import RealData
+from raysynth.generate.generators import GeneratorSpec
+from raysynth.generate.stage import generate
+from raysynth.generate.table import iter_tables
+from raysynth.plan.quotas import plan_round, quotas
+from raysynth.ray_data import pool_strategy
 from raysynth.rundir import RunDir
 from raysynth.seeding import stable_seed
-from raysynth.synthesis.generators import GeneratorSpec
-from raysynth.synthesis.pipeline import generate, plan_round, quotas
-from raysynth.synthesis.table import iter_tables
 
-log = logging.getLogger("raysynth.pipeline")
+log = logging.getLogger("raysynth.flows")
 
 
 def embedder_spec(cfg: RunConfig, real: RealData, classifier_folder: Path | None) -> EmbedderSpec:

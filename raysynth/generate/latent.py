@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from raysynth import columns as col
 from raysynth.config.schema import GeneratorConfig
 from raysynth.errors import ConfigError, DataError
-from raysynth.synthesis.generators import (
+from raysynth.generate.generators import (
     DTYPES,
     GeneratedImage,
     Generator,

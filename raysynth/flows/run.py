@@ -13,18 +13,18 @@ from typing import Any
 
 from raysynth.config.schema import RunConfig
 from raysynth.errors import ConfigError
-from raysynth.pipeline.prepare import (
+from raysynth.flows.prepare import (
     RealData,
     prepare_pixel_generator,
     prepare_real,
     real_feature_gaussians,
     train_real_classifier,
 )
+from raysynth.generate.generators import GeneratorSpec
 from raysynth.rundir import RunDir
-from raysynth.synthesis.generators import GeneratorSpec
 from raysynth.train.arrays import ProtocolData
 
-log = logging.getLogger("raysynth.pipeline")
+log = logging.getLogger("raysynth.flows")
 
 
 class Progress:
@@ -92,17 +92,17 @@ def check_models(cfg: RunConfig) -> None:
     """Fail before any actor starts when a model, scheduler or adapter cannot be used."""
     g = cfg.synthesis.generator
     if g.kind in ("text2image", "unclip"):
-        from raysynth.synthesis import latent
+        from raysynth.generate import latent
 
         latent.check_model_available(g)
         latent.check_scheduler(g.scheduler)
         latent.check_adapters(g)
     elif g.kind == "pixel":
-        from raysynth.synthesis.generators import check_pixel_adapters
+        from raysynth.generate.generators import check_pixel_adapters
 
         check_pixel_adapters(g)
     if cfg.flow == "air":
-        from raysynth.pipeline.air import check_air
+        from raysynth.flows.air import check_air
 
         check_air(cfg)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
@@ -130,8 +130,8 @@ def run_pipeline(
     ``stop_after="synthesis"`` or ``"search"`` ends the job after that stage
     (``raysynth synthesize`` / ``raysynth tune``); the report is then not written.
     """
-    from raysynth.pipeline.learn import classifier_flow, final_accuracies, search
-    from raysynth.pipeline.synthesize import accepted_arrays, synthesize
+    from raysynth.filter.rounds import accepted_arrays, synthesize
+    from raysynth.flows.learn import classifier_flow, final_accuracies, search
 
     if stop_after == "search" and cfg.flow != "unicon":
         raise ConfigError(
@@ -143,7 +143,7 @@ def run_pipeline(
     run.init(cfg, resume=resume)
     handler = run.attach_log()
     if cfg.flow == "air":
-        from raysynth.pipeline import air
+        from raysynth.flows import air
 
         stages = list(air.STAGES)
     else:

@@ -3,7 +3,7 @@
 A diffusers ``UNet2DModel`` with one class embedding per class plus a *null* class (the last id)
 that training substitutes for the label with probability ``cond_dropout``, so the same network
 gives the unconditional prediction classifier-free guidance needs. Training uses a ``DDPMScheduler``
-for the forward process; sampling (:mod:`raysynth.synthesis.sampling`) uses a ``DDIMScheduler``
+for the forward process; sampling (:mod:`raysynth.generate.sampling`) uses a ``DDIMScheduler``
 built from the same schedule, so ``prediction_type`` travels with the saved scheduler config.
 
 UNet layout for 8×8 images: ``len(block_out_channels)`` plain ResNet down blocks (no attention at
@@ -326,7 +326,7 @@ def load_pixel_model(
             raise RunDirError(
                 f"no pixel diffusion model at {folder}: {folder / part} is missing (a model folder "
                 f"holds {UNET_DIR}/, {SCHEDULER_DIR}/ and {META_FILE}); train one with "
-                "raysynth.synthesis.load_or_train or point the generator path at such a folder"
+                "raysynth.generate.load_or_train or point the generator path at such a folder"
             )
     unet = UNet2DModel.from_pretrained(folder / UNET_DIR, torch_dtype=dtype)
     unet.to(device).eval().requires_grad_(False)

@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysynth import columns as col
-from raysynth.synthesis.schema import conform
+from raysynth.generate.schema import conform
 
-log = logging.getLogger("raysynth.synthesis")
+log = logging.getLogger("raysynth.generate")
 
 
 def parquet_files(root: str | Path) -> list[Path]:

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from raysynth import columns as col
-from raysynth.air.pseudolabel import (
+from raysynth.config import replace
+from raysynth.config.schema import RunConfig
+from raysynth.data.sources import UnlabeledSet, load_unlabeled
+from raysynth.errors import ConfigError, DataError
+from raysynth.filter.select import fuse, most_representative, prototype_probs
+from raysynth.flows.prepare import RealData
+from raysynth.generate.table import read_table
+from raysynth.pseudolabel.zero_shot import (
     EmbedPool,
     PseudoLabels,
     ZeroShotSpec,
@@ -36,16 +43,9 @@ from raysynth.air.pseudolabel import (
     pseudo_label,
     top_k_per_class,
 )
-from raysynth.config import replace
-from raysynth.config.schema import RunConfig
-from raysynth.data.sources import UnlabeledSet, load_unlabeled
-from raysynth.errors import ConfigError, DataError
-from raysynth.filter.select import fuse, most_representative, prototype_probs
-from raysynth.pipeline.prepare import RealData
 from raysynth.rundir import RunDir, atomic_write_text
-from raysynth.synthesis.table import read_table
 
-log = logging.getLogger("raysynth.pipeline")
+log = logging.getLogger("raysynth.flows")
 
 STAGES = ["data", "pseudo-labels", "lora", "synthesis", "prompt", "report"]
 ADAPTER = "lora"
@@ -149,7 +149,7 @@ def train_adapter(
     run: RunDir, cfg: RunConfig, data: UnlabeledSet, pl: PseudoLabels
 ) -> tuple[Path, dict[str, Any]]:
     """LoRA on the top-K pseudo-labelled images per class (skipped when already trained)."""
-    from raysynth.air.lora import RESULT_FILE, LoraTrainSpec, train_sd_lora
+    from raysynth.generate.lora import RESULT_FILE, LoraTrainSpec, train_sd_lora
 
     folder = run.sub("air") / ADAPTER
     top = top_k_per_class(pl.probs, cfg.air.top_k)
@@ -253,7 +253,8 @@ def learn_prompt(
     """λ, β (searched on val when ``air.search``), the learned context, and every accuracy."""
     import torch
 
-    from raysynth.air.prompt import (
+    from raysynth.filter.embedders import ClipEmbedder
+    from raysynth.pseudolabel.prompt import (
         PromptConfig,
         PromptData,
         PromptTextEncoder,
@@ -261,7 +262,6 @@ def learn_prompt(
         search_prompt_params,
         train_prompt,
     )
-    from raysynth.filter.embedders import ClipEmbedder
 
     a = cfg.air
     base = PromptConfig(
@@ -340,8 +340,8 @@ def run_air(
     stop_after: str | None = None,
 ) -> dict[str, Any]:
     """Steps 1–4 (the ``data`` stage is done); returns report.json's ``air`` and ``synthesis``."""
-    from raysynth.pipeline.run import generator_spec
-    from raysynth.pipeline.synthesize import synthesize
+    from raysynth.filter.rounds import synthesize
+    from raysynth.flows.run import generator_spec
 
     names = real.class_names
     spec, pool = zero_shot_spec(cfg, names), embed_pool(cfg)

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raysynth.air.pseudolabel import label_accuracy, top_k_per_class
 from raysynth.config.schema import RunConfig
 from raysynth.errors import ConfigError, RunDirError
 from raysynth.filter.select import fuse, prototype_probs
 from raysynth.filter.threshold import normalize
+from raysynth.pseudolabel.zero_shot import label_accuracy, top_k_per_class
 
 log = logging.getLogger("raysynth.air")
 
@@ -265,7 +265,7 @@ class PromptData:
     """Precomputed embeddings (all ``F(·)`` of the frozen image tower, any norm).
 
     ``real_emb: [N, D]`` unlabeled images; ``zero_shot: [N, C]`` their ``p`` from hand-made prompts
-    (:class:`~raysynth.air.pseudolabel.PseudoLabels` ``.probs``); ``prototypes: [C, D]``
+    (:class:`~raysynth.pseudolabel.zero_shot.PseudoLabels` ``.probs``); ``prototypes: [C, D]``
     ``F(x̂*_c)``; ``syn_emb: [M, D]`` / ``syn_labels: [M]`` labelled synthetic images;
     ``true_labels: [N]`` (−1 unknown) for measuring only; ``val_emb`` / ``val_labels`` a labelled
     validation split (the Tune objective).

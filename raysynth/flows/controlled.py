@@ -29,7 +29,7 @@ from raysynth.config import RunConfig, replace
 from raysynth.config.schema import DataConfig
 from raysynth.data import load_dataset, make_splits, to_tensor_array
 from raysynth.errors import ConfigError, DataError
-from raysynth.pipeline.learn import METHODS, final_accuracies, search
+from raysynth.flows.learn import METHODS, final_accuracies, search
 from raysynth.rundir import RunDir
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays, ProtocolData

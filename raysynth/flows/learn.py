@@ -28,7 +28,7 @@ from raysynth.train.protocol import evaluate
 from raysynth.train.session import run_trainer
 from raysynth.tune.search import SearchResult
 
-log = logging.getLogger("raysynth.pipeline")
+log = logging.getLogger("raysynth.flows")
 
 METHODS = ("supcon_real", "supcon_mixed", "unicon")
 

@@ -4,7 +4,7 @@ Per step, one UNet call on the doubled batch ``[x_t; x_t]`` with labels ``[c; u]
 conditional and the "unconditional" prediction, combined as ``ε = ε_u + γ (ε_c − ε_u)``; ``u`` is the
 null class (classifier-free guidance) or, where a negative label is given, that class — the pixel
 model's analogue of a negative prompt (DiffCoRe-Mix's ``(1+γ') ε(P_c) − γ' ε(P_n)`` is this with
-``γ = 1+γ'``). Feedback guidance (:mod:`raysynth.synthesis.guidance`) then moves ``x_t`` before the
+``γ = 1+γ'``). Feedback guidance (:mod:`raysynth.generate.guidance`) then moves ``x_t`` before the
 scheduler step. ``γ = 1`` without negative labels skips the unconditional half.
 
 Every image's randomness (its initial noise, and its per-step noise when ``eta > 0``) comes from its
@@ -21,7 +21,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
 from raysynth.errors import ConfigError
-from raysynth.synthesis.guidance import FeedbackGuidance
+from raysynth.generate.guidance import FeedbackGuidance
 
 
 def _check_inputs(

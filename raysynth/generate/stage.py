@@ -15,19 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from raysynth import columns as col
-from raysynth.actor_pools import pool_strategy
 from raysynth.config.schema import SynthesisConfig
-from raysynth.synthesis.generators import GeneratorSpec
-from raysynth.synthesis.plan import (
-    make_plan,
-    quotas_fixed,
-    quotas_fraction_of_k,
-    quotas_top_up,
-)
-from raysynth.synthesis.stage import DiffusionGenerator, plan_table
-from raysynth.synthesis.table import PartWriter, existing_ids
+from raysynth.generate.actor import DiffusionGenerator, plan_table
+from raysynth.generate.generators import GeneratorSpec
+from raysynth.generate.table import PartWriter, existing_ids
+from raysynth.ray_data import pool_strategy
 
-log = logging.getLogger("raysynth.synthesis")
+log = logging.getLogger("raysynth.generate")
 
 Stage = Callable[[Any], Any]  # ray.data.Dataset → ray.data.Dataset
 
@@ -38,38 +32,6 @@ class GenerationStats:
     skipped: int  # already in the table (resume)
     generated: int
     wall_s: float
-
-
-def quotas(cfg: SynthesisConfig, train_counts: Sequence[int]) -> dict[int, int]:
-    """Images to make per class: fixed, a fraction of k, or top-up to a target."""
-    if cfg.quota == "fixed":
-        return quotas_fixed(len(train_counts), cfg.per_class)
-    if cfg.quota == "top_up":
-        return quotas_top_up(list(train_counts), cfg.top_up_to)
-    return quotas_fraction_of_k(list(train_counts), cfg.per_class_fraction)
-
-
-def plan_round(
-    cfg: SynthesisConfig,
-    class_names: list[str],
-    real_ids_by_class: dict[int, list[str]],
-    counts: dict[int, int],
-    run_seed: int,
-    round_: int,
-    start_index: dict[int, int] | None = None,
-) -> list[dict[str, Any]]:
-    """Plan rows for one round (round 0: the quota; later rounds: replacements)."""
-    return make_plan(
-        class_names,
-        real_ids_by_class,
-        counts,
-        run_seed,
-        round=round_,
-        prompt_template=cfg.prompt,
-        negative_prompt=cfg.negative_prompt,
-        context=cfg.context,
-        start_index=start_index,
-    )
 
 
 def actor_pool(cfg: SynthesisConfig) -> dict[str, Any]:

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from raysynth import columns as col
-from raysynth.actor_pools import pool_strategy
 from raysynth.config.schema import FilterConfig
 from raysynth.data.sources import UnlabeledSet
 from raysynth.errors import DataError
 from raysynth.filter.stage import EmbedderSpec, ImageEmbedder
+from raysynth.ray_data import pool_strategy
 
 log = logging.getLogger("raysynth.air")
 

@@ -1,1 +1,0 @@
-"""The main job wired from the stages: prepare, synthesize, learn, run."""
