@@ -32,13 +32,10 @@ class EmbedderSpec:
 
 
 def _build(spec: EmbedderSpec) -> Any:
-    import torch
-
+    from raysynth.devices import resolve_device
     from raysynth.filter.embedders import build_embedder
 
-    device = spec.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(spec.device, "filter device"))
     return build_embedder(
         spec.filter,
         classifier_folder=spec.classifier_folder,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from raysynth import columns as col
+from raysynth import devices
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
 from raysynth.errors import ConfigError
 
@@ -73,14 +74,9 @@ class Generator(Protocol):
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "synthesis.generator.device=cuda but this worker has no CUDA device; use auto or cpu, "
-            "or give the actors GPUs with synthesis.gpus_per_actor"
-        )
-    return torch.device(name)
+    return devices.resolve_device(
+        name, "synthesis.generator.device", "give the actors GPUs with synthesis.pool.gpus_per_actor"
+    )
 
 
 def png_bytes(image: np.ndarray) -> bytes:

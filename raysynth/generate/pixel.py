@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from raysynth.devices import resolve_device
 from raysynth.errors import ConfigError, DataError, RunDirError, TrainingError
 from raysynth.seeding import stable_hash, stable_seed
 
@@ -234,7 +235,7 @@ def train_pixel_model(
     weights when ``ema_decay`` > 0, eval mode, no grad) and the DDIM scheduler config for sampling.
     """
     x, y = _check_data(x, y, cfg)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device or "auto")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stable_seed("pixel-init", cfg.seed))
         unet = build_unet(cfg)

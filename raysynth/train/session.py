@@ -156,7 +156,9 @@ def _in_tune_trial() -> bool:
 
 
 def _local_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from raysynth.devices import resolve_device
+
+    return resolve_device("auto")
 
 
 def run_trainer(
