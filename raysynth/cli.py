@@ -108,15 +108,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     preset = args.preset or (None if args.config else "digits")
     cfg = build_config(preset, args.config, parse_set(args.set))
-    from raysynth.flows.run import check_models, check_weights
+    from raysynth.flows import flow
+    from raysynth.flows.run import check
 
-    check_models(cfg)  # a missing model fails here, before Ray starts or anything is written
+    check(cfg)  # a missing model fails here, before Ray starts or anything is written
     if not args.dry_run:
-        from raysynth.flows.run import run_pipeline
+        from raysynth.flows.run import run_flow
 
         out = Path(args.out or f"runs/{cfg.preset}")
         _connect_ray(args.address)
-        report = run_pipeline(cfg, out, resume=args.resume)
+        report = run_flow(cfg, out, resume=args.resume)
         print((out / "report.md").read_text() if (out / "report.md").is_file() else report)
         print(f"report: {out / 'report.html'}")
         return 0
@@ -125,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(dump_yaml(cfg))
     images = load_dataset(cfg.data)
     splits = make_splits(images, cfg.data, cfg.seed)
-    check_weights(cfg, images.num_classes)
+    flow(cfg.flow).check(cfg, images.num_classes)
     counts = splits.counts(images.labels, images.num_classes)
     print(f"data: {len(images)} images, {images.num_classes} classes, {images.channels} channel(s)")
     if images.skipped:
@@ -176,23 +177,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# The last stage each stage command runs (``train`` runs the job to its end).
+STAGE_OF_COMMAND = {"synthesize": "synthesis", "tune": "search", "train": None}
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     """``synthesize`` / ``tune`` / ``train``: the main job up to (or from) one stage."""
     from raysynth.config import build_config, parse_set
-    from raysynth.flows.run import check_models, run_pipeline
+    from raysynth.flows.run import check, run_flow
     from raysynth.rundir import RunDir
 
     preset = args.preset or (None if args.config else "digits")
     cfg = build_config(preset, args.config, parse_set(args.set))
-    check_models(cfg)  # before Ray starts
+    until = STAGE_OF_COMMAND[args.command]
+    check(cfg, until)  # before Ray starts
     run = RunDir(args.out)
     if args.command != "synthesize" and not run.exists():
         raise RaysynthError(
             f"{args.out} holds no run; start one with `raysynth synthesize` or `raysynth run`"
         )
     _connect_ray(args.address)
-    stop = {"synthesize": "synthesis", "tune": "search", "train": None}[args.command]
-    result = run_pipeline(cfg, args.out, resume=run.exists(), stop_after=stop)
+    result = run_flow(cfg, args.out, resume=run.exists(), until=until)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str)[:4000])
     return 0
 

@@ -18,5 +18,13 @@ REAL_COS = "real_cos"
 TEXT_COS = "text_cos"
 CRITERION = "criterion"
 ACCEPTED = "accepted"
+INDEX = "index"  # the row's position within its class and round (plan)
+FLAGGED = "flagged"  # the safety checker flagged (and dropped) the image
+THRESHOLD = "threshold"  # the class's acceptance threshold τ when the row was filtered
+OWN_PROB = "own_prob"  # probability of the row's own class (AiR's most representative image)
+
+# Columns the embedder stages add to the rows they pass on (never written to a table)
+EMBEDDING = "embedding"
+PROBS = "probs"
 
 REAL_COLUMNS = (SAMPLE_ID, LABEL, CLASS_NAME, IMAGE, SPLIT, SOURCE)

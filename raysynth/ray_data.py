@@ -1,10 +1,21 @@
-"""The Ray Data actor pool every raysynth stage runs its callable classes on."""
+"""The one Ray Data adapter: every stage's callable class runs on an actor pool through
+:func:`map_pool`, the only place in the library that calls ``map_batches``; datasets are made and
+read here too, so no stage module imports Ray.
+
+A stage hands over its callable class and its :class:`~raysynth.config.schema.Resources`
+(``synthesis.pool``, ``filter.pool``, …); what Ray Data needs beyond that (the pool strategy, the
+queue depth, where the actors run) is decided here once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from raysynth.config.schema import Resources
+
 TASKS_IN_FLIGHT = 4
+POOL_BATCH = object()  # map_pool's default: the pool's own batch_size
 
 
 def pool_strategy(
@@ -38,3 +49,66 @@ def pool_strategy(
         max_tasks_in_flight_per_actor=tasks_in_flight,
         enable_true_multi_threading=True,
     )
+
+
+def map_pool(
+    ds: Any,
+    fn: type,
+    pool: Resources,
+    kwargs: dict[str, Any] | None = None,
+    batch_format: str = "numpy",
+    batch_size: Any = POOL_BATCH,
+    on_driver_node: bool = False,
+) -> Any:
+    """``ds.map_batches(fn)`` on an actor pool of ``pool``'s size and resources; ``fn`` is a
+    callable class built once per actor with ``kwargs``.
+
+    ``batch_size`` defaults to ``pool.batch_size`` (``None``: one call per block; ``"default"``:
+    Ray Data's own). ``on_driver_node`` pins the actors to the driver's node (the synthetic
+    writers). Ray Data restarts a killed actor and retries its batch (``max_restarts=-1``,
+    ``max_task_retries=-1`` by default): nothing is lost (``tests/ray/test_synthesis.py``)."""
+    extra: dict[str, Any] = {}
+    if batch_size is not None and batch_size != "default":
+        extra["batch_size"] = pool.batch_size if batch_size is POOL_BATCH else batch_size
+    elif batch_size is None:
+        extra["batch_size"] = None
+    if on_driver_node:
+        extra["scheduling_strategy"] = _driver_node()
+    return ds.map_batches(
+        fn,
+        fn_constructor_kwargs=kwargs or {},
+        batch_format=batch_format,
+        compute=pool_strategy(pool.min_actors, pool.max_actors),
+        num_cpus=pool.cpus_per_actor,
+        num_gpus=pool.gpus_per_actor,
+        **extra,
+    )
+
+
+def _driver_node() -> Any:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def from_tables(tables: Sequence[Any]) -> Any:
+    """A dataset whose blocks are ``tables`` (pyarrow), one block each, in order."""
+    import ray
+
+    return ray.data.from_arrow(list(tables))
+
+
+def read_parquet(path: str, columns: Sequence[str] | None = None) -> Any:
+    """A dataset over the Parquet file(s) at ``path``, only ``columns`` when given."""
+    import ray
+
+    return ray.data.read_parquet(path, columns=list(columns) if columns else None)
+
+
+def iter_numpy(ds: Any, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every block of ``ds`` as a dict of numpy arrays (``columns`` only, when given), in the
+    order Ray Data yields them — the driver sees one block at a time."""
+    if columns:
+        ds = ds.select_columns(list(columns))
+    yield from ds.iter_batches(batch_format="numpy", batch_size=None)

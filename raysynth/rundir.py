@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,20 +17,12 @@ from typing import Any
 from raysynth import __version__
 from raysynth.config import RunConfig, dump_yaml, load_resolved, to_dict
 from raysynth.errors import RunDirError
+from raysynth.files import atomic_write_json, atomic_write_text, cached
 
 # Bumped when the on-disk layout changes incompatibly; a run directory of another format is
 # refused rather than half-read.
 FORMAT_VERSION = 1
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file + rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+REPORT_JSON = "report.json"
 
 
 def git_revision() -> str | None:
@@ -57,7 +47,7 @@ class RunDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
 
-    # Paths ------------------------------------------------------------------------------------
+    # Paths: every file and folder the run writes, by name ---------------------------------------
     @property
     def config_path(self) -> Path:
         return self.root / "config.yaml"
@@ -68,12 +58,74 @@ class RunDir:
 
     @property
     def report_path(self) -> Path:
-        return self.root / "report.json"
+        return self.root / REPORT_JSON
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "run.log"
+
+    @property
+    def synthesis_path(self) -> Path:
+        """The synthesis stage's summary (report.json's ``synthesis`` section)."""
+        return self.root / "synthesis.json"
+
+    @property
+    def real(self) -> Path:
+        """``real/``: the real splits (written by ``raysynth.data.store``)."""
+        return self.sub("real")
+
+    @property
+    def real_embeddings(self) -> Path:
+        """The filter's embeddings of the real train images."""
+        return self.real / "embeddings.npz"
+
+    @property
+    def synthetic(self) -> Path:
+        """``synthetic/``: the synthetic table, one folder of Parquet parts per round."""
+        return self.sub("synthetic")
+
+    @property
+    def samples_png(self) -> Path:
+        return self.root / "samples.png"
+
+    @property
+    def generator(self) -> Path:
+        """``generator/``: the pixel model raysynth trains, cached by a hash of data and config."""
+        return self.sub("generator")
+
+    @property
+    def tune(self) -> Path:
+        """``tune/``: the weight search (trials, ledger, summary)."""
+        return self.sub("tune")
+
+    @property
+    def tune_summary(self) -> Path:
+        return self.tune / "summary.json"
+
+    @property
+    def train(self) -> Path:
+        """``train/``: Ray Train's storage, the real-split classifier and the final models."""
+        return self.sub("train")
+
+    @property
+    def real_classifier(self) -> Path:
+        return self.train / "real_classifier"
+
+    @property
+    def air(self) -> Path:
+        """``air/``: the AiR flow's embeddings, adapter, prompt and summary."""
+        return self.sub("air")
 
     def sub(self, name: str) -> Path:
+        """The folder ``name`` of the run (created)."""
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def cached_json(self, path: Path, compute: Any) -> Any:
+        """The JSON at ``path`` (a path of this run) when it is there, else ``compute()``'s
+        result, written there first: a finished stage is never redone on ``--resume``."""
+        return cached(path, compute)
 
     # Lifecycle --------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -131,9 +183,7 @@ class RunDir:
         return load_resolved(self.config_path)
 
     def write_json(self, name: str, data: Any) -> Path:
-        path = self.root / name
-        atomic_write_text(path, json.dumps(data, indent=2, default=_json_default))
-        return path
+        return atomic_write_json(self.root / name, data)
 
     def read_json(self, name: str) -> Any:
         path = self.root / name
@@ -142,7 +192,7 @@ class RunDir:
     def attach_log(self) -> logging.Handler:
         """Log raysynth's messages to ``run.log`` as well (returns the handler to detach)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.root / "run.log")
+        handler = logging.FileHandler(self.log_path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger = logging.getLogger("raysynth")
         logger.addHandler(handler)
@@ -159,15 +209,3 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(f"{prefix}{key}")
     return out
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

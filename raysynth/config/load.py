@@ -176,16 +176,23 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, values: dict[str, Any], prefix: str, base: Any = None) -> Any:
+    """``cls`` from the dotted ``values`` under ``prefix``; keys not given keep ``base``'s values
+    (a section's own defaults, e.g. ``filter.pool`` has another batch size than ``synthesis.pool``)."""
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         hint = _hints(cls)[f.name]
         dotted = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(hint):
-            kwargs[f.name] = _build(hint, values, dotted + ".")
+            inner = getattr(base, f.name) if base is not None else _default(f)
+            kwargs[f.name] = _build(hint, values, dotted + ".", inner)
         elif dotted in values:
             kwargs[f.name] = _coerce(values[dotted], hint, dotted)
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

@@ -23,6 +23,28 @@ def _check_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """One stage's Ray Data actor pool: its callable class gets ``batch_size`` rows a call, on
+    ``min_actors``..``max_actors`` actors of ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs
+    (fractional GPUs let two pools share one). Every pool-running stage has one (``synthesis.pool``,
+    ``filter.pool``); ``raysynth.ray_data.map_pool`` turns it into ``map_batches`` arguments."""
+
+    batch_size: int = 8
+    min_actors: int = 1
+    max_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+
+    def check(self, key: str) -> None:
+        """Validate under the config key of the section that holds it (``synthesis.pool``)."""
+        _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        _check(self.min_actors >= 1, f"{key}.min_actors", "must be >= 1")
+        _check(self.max_actors >= self.min_actors, f"{key}.max_actors", f"must be >= {key}.min_actors")
+        _check(self.cpus_per_actor > 0, f"{key}.cpus_per_actor", "must be > 0")
+        _check(self.gpus_per_actor >= 0, f"{key}.gpus_per_actor", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the real images come from and how they are split (per class)."""
 
@@ -252,11 +274,7 @@ class SynthesisConfig:
     prompt: str = "a photo of {class}"  # placeholders: {class}, {context}
     negative_prompt: str = ""
     context: str = ""  # dataset context, e.g. "Flowers" or "in the snow"
-    batch_size: int = 8
-    min_actors: int = 1
-    max_actors: int = 1
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
+    pool: Resources = field(default_factory=Resources)  # the generator actors
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
 
@@ -268,15 +286,7 @@ class SynthesisConfig:
         _check(self.per_class_fraction >= 0, "synthesis.per_class_fraction", "must be >= 0")
         if self.quota == "top_up":
             _check(self.top_up_to >= 1, "synthesis.top_up_to", "quota=top_up needs top_up_to >= 1")
-        _check(self.batch_size >= 1, "synthesis.batch_size", "must be >= 1")
-        _check(self.min_actors >= 1, "synthesis.min_actors", "must be >= 1")
-        _check(
-            self.max_actors >= self.min_actors,
-            "synthesis.max_actors",
-            "must be >= synthesis.min_actors",
-        )
-        _check(self.gpus_per_actor >= 0, "synthesis.gpus_per_actor", "must be >= 0")
-        _check(self.cpus_per_actor > 0, "synthesis.cpus_per_actor", "must be > 0")
+        self.pool.check("synthesis.pool")
 
 
 @dataclass(frozen=True)
@@ -291,18 +301,15 @@ class FilterConfig:
     fixed_threshold: float = 0.8
     pairs: int = 100  # z real–real pairs per class (all pairs when fewer)
     max_rounds: int = 3  # regeneration rounds for rejected images
-    batch_size: int = 64
-    cpus_per_actor: float = 0.5  # the embedder pool (its actors sit beside the generator pool)
-    gpus_per_actor: float = 0.0
+    # the embedder actors (they sit beside the generator pool, hence half a CPU each)
+    pool: Resources = field(default_factory=lambda: Resources(batch_size=64, cpus_per_actor=0.5))
 
     def __post_init__(self) -> None:
         _check_choice(self.embedder, "filter.embedder", ("auto", "classifier", "open_clip"))
         _check_choice(self.threshold, "filter.threshold", ("pairs", "fixed"))
         _check(self.pairs >= 1, "filter.pairs", "must be >= 1")
         _check(self.max_rounds >= 0, "filter.max_rounds", "must be >= 0")
-        _check(self.batch_size >= 1, "filter.batch_size", "must be >= 1")
-        _check(self.cpus_per_actor > 0, "filter.cpus_per_actor", "must be > 0")
-        _check(self.gpus_per_actor >= 0, "filter.gpus_per_actor", "must be >= 0")
+        self.pool.check("filter.pool")
 
 
 @dataclass(frozen=True)

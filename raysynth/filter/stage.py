@@ -17,8 +17,6 @@ import numpy as np
 from raysynth import columns as col
 from raysynth.config.schema import FilterConfig
 
-OWN_PROB = "own_prob"  # probability of the row's own class (AiR's representativeness)
-
 
 @dataclass
 class EmbedderSpec:
@@ -55,7 +53,7 @@ class ImageEmbedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         emb = self.embedder.embed_images(list(batch[col.IMAGE]))
         out: dict[str, Any] = {k: v for k, v in batch.items() if k != col.IMAGE}
-        out["embedding"] = list(emb.astype(np.float32))
+        out[col.EMBEDDING] = list(emb.astype(np.float32))
         return out
 
 
@@ -103,9 +101,9 @@ class FilterScorer:
         out = dict(batch)
         out[col.REAL_COS] = real_cos
         out[col.TEXT_COS] = text_cos
-        out["threshold"] = tau
+        out[col.THRESHOLD] = tau
         out[col.ACCEPTED] = accepted
-        out[OWN_PROB] = own
+        out[col.OWN_PROB] = own
         return out
 
     def _embed(self, pngs: list[bytes]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -18,7 +18,6 @@ is there, so ``--resume`` continues where the run stopped.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -28,14 +27,15 @@ import numpy as np
 
 from raysynth import columns as col
 from raysynth.config import replace
-from raysynth.config.schema import RunConfig
+from raysynth.config.schema import Resources, RunConfig
 from raysynth.data.sources import UnlabeledSet, load_unlabeled
 from raysynth.errors import ConfigError, DataError
-from raysynth.filter.select import fuse, most_representative, prototype_probs
-from raysynth.flows.prepare import RealData
+from raysynth.files import atomic_save_npz, atomic_write_json, cached, finite, read_json
+from raysynth.flows.job import Job
+from raysynth.flows.prepare import RealData, generator_spec, synthesis_stage
 from raysynth.generate.table import read_table
+from raysynth.pseudolabel.prototypes import accuracies, prototypes
 from raysynth.pseudolabel.zero_shot import (
-    EmbedPool,
     PseudoLabels,
     ZeroShotSpec,
     clip_embedder_spec,
@@ -43,15 +43,19 @@ from raysynth.pseudolabel.zero_shot import (
     pseudo_label,
     top_k_per_class,
 )
-from raysynth.rundir import RunDir, atomic_write_text
+from raysynth.rundir import RunDir
 
 log = logging.getLogger("raysynth.flows")
 
-STAGES = ["data", "pseudo-labels", "lora", "synthesis", "prompt", "report"]
+STAGES = ("data", "pseudo-labels", "lora", "synthesis", "prompt", "report")
 ADAPTER = "lora"
 
 
-def check_air(cfg: RunConfig) -> None:
+def check(cfg: RunConfig, num_classes: int) -> None:
+    """Nothing beyond :func:`check_config` (run before Ray starts)."""
+
+
+def check_config(cfg: RunConfig) -> None:
     """What AiR needs before anything starts: a text-to-image model to adapt and a CLIP model."""
     from raysynth.filter.embedders import check_clip_available
 
@@ -76,16 +80,13 @@ def check_air(cfg: RunConfig) -> None:
 
 def zero_shot_spec(cfg: RunConfig, class_names: list[str]) -> ZeroShotSpec:
     a = cfg.air
-    emb = clip_embedder_spec(a.clip_model, a.clip_pretrained, "auto", cfg.filter.batch_size)
+    emb = clip_embedder_spec(a.clip_model, a.clip_pretrained, "auto", cfg.filter.pool.batch_size)
     return ZeroShotSpec(emb, tuple(class_names), a.templates, a.temperature)
 
 
-def embed_pool(cfg: RunConfig) -> EmbedPool:
-    """The CLIP pool: ``filter.*`` resources (the embedder pool of every flow)."""
-    f = cfg.filter
-    return EmbedPool(
-        1, max(1, cfg.synthesis.max_actors), f.cpus_per_actor, f.gpus_per_actor, f.batch_size
-    )
+def embed_pool(cfg: RunConfig) -> Resources:
+    """The CLIP pool: ``filter.pool`` (the embedder pool of every flow)."""
+    return cfg.filter.pool
 
 
 def split_set(real: RealData, split: str) -> UnlabeledSet:
@@ -115,31 +116,31 @@ def unlabeled_set(cfg: RunConfig, real: RealData) -> UnlabeledSet:
     return data
 
 
-def embedded(run: RunDir, name: str, data: UnlabeledSet, spec: ZeroShotSpec, pool: EmbedPool):
+def embedded(run: RunDir, name: str, data: UnlabeledSet, spec: ZeroShotSpec, pool: Resources):
     """``air/{name}.npz`` (ids, CLIP embeddings, ``p``, true labels), computed once per run."""
     if len(data) == 0:  # e.g. data.val_per_class=0: nothing to embed
         c = len(spec.class_names)
         return PseudoLabels([], np.zeros((0, 0), np.float32), np.zeros((0, c)),
                             list(spec.class_names), np.zeros(0, np.int64))
-    path = run.sub("air") / f"{name}.npz"
-    if path.is_file():
-        z = np.load(path, allow_pickle=False)
-        truth = z["true_labels"] if z["has_truth"] else None
-        return PseudoLabels(
-            [str(s) for s in z["ids"]], z["emb"], z["probs"], list(spec.class_names), truth
-        )
-    pl = pseudo_label(data, spec, pool)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
-        ids=np.array(pl.sample_ids, dtype=str),
-        emb=pl.embeddings,
-        probs=pl.probs,
-        true_labels=pl.true_labels if pl.true_labels is not None else np.zeros(0, np.int64),
-        has_truth=pl.true_labels is not None,
+
+    def compute() -> dict[str, Any]:
+        pl = pseudo_label(data, spec, pool)
+        return {
+            "ids": np.array(pl.sample_ids, dtype=str),
+            "emb": pl.embeddings,
+            "probs": pl.probs,
+            "true_labels": pl.true_labels if pl.true_labels is not None else np.zeros(0, np.int64),
+            "has_truth": pl.true_labels is not None,
+        }
+
+    def read(path: Path) -> dict[str, Any]:
+        return dict(np.load(path, allow_pickle=False))
+
+    z = cached(run.air / f"{name}.npz", compute, read, lambda p, v: atomic_save_npz(p, **v))
+    truth = z["true_labels"] if z["has_truth"] else None
+    return PseudoLabels(
+        [str(s) for s in z["ids"]], z["emb"], z["probs"], list(spec.class_names), truth
     )
-    tmp.replace(path)
-    return pl
 
 
 # 2. the adapter ---------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def train_adapter(
     """LoRA on the top-K pseudo-labelled images per class (skipped when already trained)."""
     from raysynth.generate.lora import RESULT_FILE, LoraTrainSpec, train_sd_lora
 
-    folder = run.sub("air") / ADAPTER
+    folder = run.air / ADAPTER
     top = top_k_per_class(pl.probs, cfg.air.top_k)
     summary: dict[str, Any] = {
         "top_k": cfg.air.top_k,
@@ -176,10 +177,10 @@ def train_adapter(
             folder,
             spec,
             scaling=cfg.train,
-            checkpoint_dir=run.sub("air") / f"{ADAPTER}-checkpoint",
-            storage_path=run.sub("train"),
+            checkpoint_dir=run.air / f"{ADAPTER}-checkpoint",
+            storage_path=run.train,
         )
-    losses = json.loads((folder / RESULT_FILE).read_text()).get("losses", [])
+    losses = read_json(folder / RESULT_FILE).get("losses", [])
     summary.update(steps=len(losses))
     if losses:
         n = max(1, len(losses) // 10)
@@ -210,7 +211,7 @@ def adapted_config(cfg: RunConfig, adapter: Path) -> RunConfig:
 
 def synthetic_set(run: RunDir, class_names: list[str]) -> UnlabeledSet:
     """Every generated image with its class (the label it was generated for)."""
-    table = read_table(run.root / "synthetic", [col.SAMPLE_ID, col.LABEL, col.IMAGE])
+    table = read_table(run.synthetic, [col.SAMPLE_ID, col.LABEL, col.IMAGE])
     if table is None or table.num_rows == 0:
         raise DataError("the synthesis stage wrote no image; AiR needs generated images per class")
     images = table[col.IMAGE].to_pylist()
@@ -225,94 +226,71 @@ def synthetic_set(run: RunDir, class_names: list[str]) -> UnlabeledSet:
     )
 
 
-def prototypes(syn: PseudoLabels) -> tuple[np.ndarray, dict[str, str]]:
-    """``[C, D]`` embeddings of the most representative generated image per class (a zero row for
-    a class with none: cosine 0 to everything) and ``{class: sample_id}``."""
-    assert syn.true_labels is not None
-    best = most_representative(syn.probs, syn.true_labels)
-    c, d = syn.probs.shape[1], syn.embeddings.shape[1]
-    proto = np.zeros((c, d), np.float32)
-    ids: dict[str, str] = {}
-    for k, row in best.items():
-        proto[k] = syn.embeddings[row]
-        ids[syn.class_names[k]] = syn.sample_ids[row]
-    missing = [syn.class_names[k] for k in range(c) if k not in best]
-    if missing:
-        log.warning("no generated image for classes %s: their prototype is empty", missing)
-    return proto, ids
-
-
-def _acc(probs: np.ndarray, truth: np.ndarray | None) -> float:
-    return label_accuracy(np.argmax(probs, axis=1), truth)
-
-
-def learn_prompt(
-    run: RunDir, cfg: RunConfig, unl: PseudoLabels, val: PseudoLabels, test: PseudoLabels,
-    syn: PseudoLabels, proto: np.ndarray, resume: bool,
-) -> dict[str, Any]:
-    """λ, β (searched on val when ``air.search``), the learned context, and every accuracy."""
-    import torch
-
-    from raysynth.filter.embedders import ClipEmbedder
-    from raysynth.pseudolabel.prompt import (
-        PromptConfig,
-        PromptData,
-        PromptTextEncoder,
-        PromptTrialSpec,
-        search_prompt_params,
-        train_prompt,
-    )
+def prompt_config(cfg: RunConfig) -> Any:
+    from raysynth.pseudolabel.prompt import PromptConfig
 
     a = cfg.air
-    base = PromptConfig(
+    return PromptConfig(
         n_ctx=a.n_ctx, seed=cfg.seed, iterations=a.iterations, steps=a.steps_per_iteration,
         lr=a.learning_rate, temperature=a.temperature, proto_temperature=a.temperature,
         lam=a.lam, beta=a.beta, top_k=a.top_k,
     )
-    data = PromptData(
+
+
+def prompt_data(unl: PseudoLabels, val: PseudoLabels, syn: PseudoLabels, proto: np.ndarray) -> Any:
+    from raysynth.pseudolabel.prompt import PromptData
+
+    return PromptData(
         real_emb=unl.embeddings, zero_shot=unl.probs, prototypes=proto,
         syn_emb=syn.embeddings, syn_labels=syn.true_labels, true_labels=unl.true_labels,
         val_emb=val.embeddings if len(val.sample_ids) else None,
         val_labels=val.true_labels if len(val.sample_ids) else None,
     )
-    device = "cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu"
-    search = None
-    if a.search:
-        if data.val_emb is None:
-            raise ConfigError("air.search=true needs a validation split: set data.val_per_class")
-        search = run.read_json("air/search.json")
-        if search is None:  # a finished search is not run again on --resume
-            spec = PromptTrialSpec(
-                a.clip_model, a.clip_pretrained, tuple(unl.class_names), base, device
-            )
-            search = search_prompt_params(data, spec, cfg, run.sub("tune"), resume=resume)
-            run.write_json("air/search.json", search)
+
+
+def searched(job: Job, data: Any, base: Any, class_names: list[str], device: str) -> Any:
+    """λ and β from the Tune search on val (``air/search.json``, never rerun), or ``None``."""
+    from raysynth.pseudolabel.prompt import PromptTrialSpec, search_prompt_params
+
+    a = job.cfg.air
+    if not a.search:
+        return None
+    if data.val_emb is None:
+        raise ConfigError("air.search=true needs a validation split: set data.val_per_class")
+
+    def compute() -> dict[str, Any]:
+        spec = PromptTrialSpec(a.clip_model, a.clip_pretrained, tuple(class_names), base, device)
+        return search_prompt_params(data, spec, job.cfg, job.run.tune, resume=job.resume)
+
+    return cached(job.run.air / "search.json", compute)
+
+
+def learn_prompt(
+    job: Job, unl: PseudoLabels, val: PseudoLabels, test: PseudoLabels, syn: PseudoLabels,
+    proto: np.ndarray,
+) -> dict[str, Any]:
+    """λ, β (searched on val when ``air.search``), the learned context, and every accuracy."""
+    from raysynth.devices import resolve_device
+    from raysynth.filter.embedders import ClipEmbedder
+    from raysynth.pseudolabel.prompt import PromptConfig, PromptTextEncoder, train_prompt
+
+    cfg, a = job.cfg, job.cfg.air
+    base, data = prompt_config(cfg), prompt_data(unl, val, syn, proto)
+    device = str(resolve_device("auto")) if cfg.train.use_gpu else "cpu"
+    search = searched(job, data, base, unl.class_names, device)
+    if search is not None:
         base = PromptConfig(**{**asdict(base), "lam": search["lam"], "beta": search["beta"]})
     clip = ClipEmbedder(a.clip_model, a.clip_pretrained, device=device)
     encoder = PromptTextEncoder(
         clip.model, clip.tokenizer, unl.class_names, base.n_ctx, base.init_std, base.seed
     )
     result = train_prompt(encoder, data, base)
-    result.save(run.sub("air") / "prompt", a.clip_model)
-    lam, tau = base.lam, a.temperature
-    hat_unl = prototype_probs(unl.embeddings, proto, tau)
-    hat_test = prototype_probs(test.embeddings, proto, tau) if len(test.sample_ids) else None
-    learned_test = encoder.probs(test.embeddings, tau) if len(test.sample_ids) else None
-    pseudo = {
-        "text": unl.accuracy(),
-        "fused": _acc(fuse(unl.probs, hat_unl, lam), unl.true_labels),
-        "prompt": label_accuracy(result.pseudo_labels, unl.true_labels),
-    }
-    tests: dict[str, float] = {}
-    if hat_test is not None:
-        tests = {
-            "zero_shot": test.accuracy(),
-            "fused": _acc(fuse(test.probs, hat_test, lam), test.true_labels),
-            "prompt": _acc(learned_test, test.true_labels),
-            "prompt_fused": _acc(fuse(learned_test, hat_test, lam), test.true_labels),
-        }
+    result.save(job.run.air / "prompt", a.clip_model)
+    pseudo, tests = accuracies(
+        unl, test, proto, base.lam, a.temperature, result.pseudo_labels, encoder.probs
+    )
     return {
-        "lam": lam,
+        "lam": base.lam,
         "beta": base.beta,
         "search": search,
         "pseudo_label_accuracy": pseudo,
@@ -321,53 +299,35 @@ def learn_prompt(
     }
 
 
-def _finite(v: Any) -> Any:
-    """NaN → None so report.json stays strict JSON."""
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_finite(x) for x in v]
-    return v
-
-
 # the flow --------------------------------------------------------------------------------------
 
 
-def run_air(
-    run: RunDir, cfg: RunConfig, real: RealData, progress: Any, resume: bool,
-    stop_after: str | None = None,
-) -> dict[str, Any]:
-    """Steps 1–4 (the ``data`` stage is done); returns report.json's ``air`` and ``synthesis``."""
-    from raysynth.filter.rounds import synthesize
-    from raysynth.flows.run import generator_spec
-
+def run(job: Job) -> dict[str, Any] | None:
+    """Steps 1–4 (the ``data`` stage is done); fills report.json's ``air`` and ``synthesis``."""
+    cfg, real, run_dir = job.cfg, job.real, job.run
     names = real.class_names
     spec, pool = zero_shot_spec(cfg, names), embed_pool(cfg)
-    progress.start("pseudo-labels")
+    job.stage("pseudo-labels")
     data = unlabeled_set(cfg, real)
-    unl = embedded(run, "unlabeled", data, spec, pool)
-    val = embedded(run, "val", split_set(real, "val"), spec, pool)
-    test = embedded(run, "test", split_set(real, "test"), spec, pool)
+    unl = embedded(run_dir, "unlabeled", data, spec, pool)
+    val = embedded(run_dir, "val", split_set(real, "val"), spec, pool)
+    test = embedded(run_dir, "test", split_set(real, "test"), spec, pool)
     log.info(
         "zero-shot pseudo-labels of %d unlabeled images: accuracy %s", len(unl.sample_ids),
         f"{unl.accuracy():.4f}" if unl.true_labels is not None else "unknown (no labels)",
     )
-    progress.start("lora")
-    adapter, lora = train_adapter(run, cfg, data, unl)
-    progress.start("synthesis")
+    job.stage("lora")
+    adapter, lora = train_adapter(run_dir, cfg, data, unl)
+    job.stage("synthesis")
     acfg = adapted_config(cfg, adapter)
-    synthesis = run.read_json("synthesis.json")
-    if synthesis is None:
-        synthesis = synthesize(run, acfg, real, generator_spec(run, acfg, real, None), None)
-        run.write_json("synthesis.json", synthesis)
-    if stop_after == "synthesis":
+    synthesis = synthesis_stage(run_dir, acfg, real, generator_spec(run_dir, acfg, real, None), None)
+    job.report["synthesis"] = synthesis
+    if job.stops_after("synthesis"):
         return {"synthesis": synthesis}
-    progress.start("prompt")
-    syn = embedded(run, "synthetic", synthetic_set(run, names), spec, pool)
+    job.stage("prompt")
+    syn = embedded(run_dir, "synthetic", synthetic_set(run_dir, names), spec, pool)
     proto, proto_ids = prototypes(syn)
-    air = learn_prompt(run, cfg, unl, val, test, syn, proto, resume)
+    air = learn_prompt(job, unl, val, test, syn, proto)
     air.update(
         unlabeled=len(unl.sample_ids),
         labels_known=unl.true_labels is not None,
@@ -376,5 +336,6 @@ def run_air(
         prototypes=proto_ids,
         skipped=[list(s) for s in data.skipped],
     )
-    atomic_write_text(run.sub("air") / "summary.json", json.dumps(_finite(air), indent=2))
-    return {"synthesis": synthesis, "air": _finite(air)}
+    atomic_write_json(run_dir.air / "summary.json", finite(air))
+    job.report["air"] = finite(air)
+    return None

@@ -29,10 +29,12 @@ from raysynth.config import RunConfig, replace
 from raysynth.config.schema import DataConfig
 from raysynth.data import load_dataset, make_splits, to_tensor_array
 from raysynth.errors import ConfigError, DataError
-from raysynth.flows.learn import METHODS, final_accuracies, search
+from raysynth.files import atomic_write_text
 from raysynth.rundir import RunDir
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays, ProtocolData
+from raysynth.train.final import METHODS, final_accuracies
+from raysynth.tune.weights import search
 
 log = logging.getLogger("raysynth.study")
 
@@ -192,9 +194,9 @@ def run_controlled(
             spec.synthetic, ",".join(spec.classes), spec.k, spec.per_run,
             len(val.synthetic) // val.num_classes,
         )
-        search_summary = search(val, cfg, run, resume)
+        search_summary = search(val, cfg, run.tune, run.tune_summary, resume)
         weights = search_summary["best_weights"]
-        accuracy = final_accuracies(test, weights, cfg, run.sub("train"))
+        accuracy = final_accuracies(test, weights, cfg, run.train)
         report = {
             "preset": cfg.preset,
             "classes": list(spec.classes),
@@ -214,7 +216,7 @@ def run_controlled(
             "timings": {"total_s": time.perf_counter() - t0},
         }
         run.write_json("report.json", report)
-        (run.root / "report.md").write_text(summary_markdown(report))
+        atomic_write_text(run.root / "report.md", summary_markdown(report))
         return report
     finally:
         logging.getLogger("raysynth").removeHandler(handler)

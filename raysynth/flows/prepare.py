@@ -1,5 +1,6 @@
-"""What the synthesis and learning stages start from: the real splits, the classifier trained on
-the real split (embedder, feedback guide, real-only baseline) and the generator.
+"""The preparation every flow shares (and that calls no flow): the real splits, the classifier
+trained on the real split (embedder, feedback guide, real-only baseline), the generator and its
+spec, the model checks, the synthesis stage with its caches, the accepted images as arrays.
 
 Each step writes into the run directory and is skipped when its output is already there, so an
 interrupted run resumes where it stopped.
@@ -10,12 +11,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from raysynth import columns as col
 from raysynth.config.schema import RunConfig
 from raysynth.data import ImageSet, Splits, load_dataset, make_splits, to_tensor_array
-from raysynth.data.store import read_real_splits, real_exists, write_real
+from raysynth.data.store import read_real_splits, real_exists, real_path, write_real
+from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
+from raysynth.generate.generators import GeneratorSpec
+from raysynth.generate.table import iter_tables
 from raysynth.rundir import RunDir
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import resolve_kind
@@ -67,10 +73,16 @@ class RealData:
     def arrays_shape(self) -> tuple[int, ...]:
         return to_tensor_array(self.images.images[:1], self.channels).shape
 
+    def real_train(self, table: Path) -> RealTrain:
+        """What the filter's rounds need of the train split (``table``: its Parquet file)."""
+        return RealTrain(
+            tuple(self.class_names), self.ids_by_class(), self.channels, self.image_size, str(table)
+        )
+
 
 def prepare_real(run: RunDir, cfg: RunConfig) -> RealData:
     """Load the dataset and write ``real/`` (or read it back when it is already there)."""
-    if not real_exists(run.root):
+    if not real_exists(run.root):  # the data stage writes real/ (read back below)
         images = load_dataset(cfg.data)
         splits = make_splits(images, cfg.data, cfg.seed)
         write_real(run.root, images, splits)
@@ -86,31 +98,39 @@ def train_real_classifier(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     Its penultimate features embed images for the filter (digits), it guides feedback synthesis,
     and it is the real-only baseline of the classifier flow.
     """
-    folder = run.sub("train") / "real_classifier"
+    folder = run.real_classifier
     if (folder / MODEL_FILE).is_file():
         return folder
     train = real.arrays("train")
-    enc = encoder_config(
-        cfg.encoder.arch, real.channels, real.image_size, cfg.encoder.width, cfg.encoder.feat_dim
+    metrics = train_end_to_end(
+        cfg, train, LabeledArrays.empty_like(train), real.arrays("val"), real.splits.groups,
+        real.num_classes, cfg.seed, folder, run.train / "real_classifier.ckpt", run.train,
+        "real_classifier",
     )
-    loop_cfg = {
-        "real": train,
-        "synthetic": LabeledArrays.empty_like(train),
-        "eval": real.arrays("val"),
-        "groups": real.splits.groups,
-        "num_classes": real.num_classes,
-        "encoder_cfg": enc,
-        "cfg": cfg.end_to_end,
-        "aug_kind": resolve_kind(cfg.encoder.augment, real.image_size),
-        "seed": cfg.seed,
-        "save_dir": str(folder),
-        "checkpoint_dir": str(run.sub("train") / "real_classifier.ckpt"),
-        "checkpoint_every": cfg.train.checkpoint_every,
-        "threads": max(1, int(cfg.train.cpus_per_worker)),
-    }
-    metrics = run_trainer(end_to_end_loop, loop_cfg, cfg.train, "real_classifier", run.sub("train"))
     log.info("real-split classifier: validation accuracy %.3f", metrics.get("overall", float("nan")))
     return folder
+
+
+def train_end_to_end(
+    cfg: RunConfig, real: LabeledArrays, synthetic: LabeledArrays, evaluate: LabeledArrays,
+    groups: dict[str, list[int]], num_classes: int, seed: int, save_dir: Path,
+    checkpoint_dir: Path, storage: Path, name: str, mix_fraction: float = 0.0,
+) -> dict[str, float]:
+    """One end-to-end classifier (Ray Train, ``train.*`` workers) on real ∪ synthetic, scored on
+    ``evaluate`` per class group; the model is written to ``save_dir``."""
+    size = int(real.x.shape[-1])
+    enc = encoder_config(
+        cfg.encoder.arch, int(real.x.shape[1]), size, cfg.encoder.width, cfg.encoder.feat_dim
+    )
+    loop_cfg = {
+        "real": real, "synthetic": synthetic, "eval": evaluate, "groups": groups,
+        "num_classes": num_classes, "encoder_cfg": enc, "cfg": cfg.end_to_end,
+        "aug_kind": resolve_kind(cfg.encoder.augment, size), "seed": seed,
+        "save_dir": str(save_dir), "checkpoint_dir": str(checkpoint_dir),
+        "checkpoint_every": cfg.train.checkpoint_every,
+        "threads": max(1, int(cfg.train.cpus_per_worker)), "mix_fraction": mix_fraction,
+    }
+    return run_trainer(end_to_end_loop, loop_cfg, cfg.train, name, storage)
 
 
 def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
@@ -135,7 +155,7 @@ def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path
             last["t"] = step
             log.info("pixel diffusion model: step %d/%d, loss %.4f", step, pcfg.train_steps, loss)
 
-    return load_or_train(run.sub("generator"), train.x, train.y, pcfg, real.class_names, progress)
+    return load_or_train(run.generator, train.x, train.y, pcfg, real.class_names, progress)
 
 
 def real_feature_gaussians(classifier_folder: Path, real: RealData) -> dict[str, np.ndarray]:
@@ -151,3 +171,102 @@ def real_feature_gaussians(classifier_folder: Path, real: RealData) -> dict[str,
         feats = model.features(torch.from_numpy(train.x))
     g = class_gaussians(feats, torch.from_numpy(train.y), real.num_classes)
     return {"mean": g.mean.numpy(), "precision": g.precision.numpy(), "logdet": g.logdet.numpy()}
+
+
+def needs_classifier(cfg: RunConfig, real: RealData) -> bool:
+    """The real-split classifier is needed to embed (digits filter) or to guide synthesis."""
+    from raysynth.filter.embedders import uses_classifier
+
+    return cfg.synthesis.feedback.criterion != "none" or (
+        cfg.filter.enabled and uses_classifier(cfg.filter, real.image_size)
+    )
+
+
+def generator_spec(
+    run: RunDir, cfg: RunConfig, real: RealData, classifier: Path | None
+) -> GeneratorSpec:
+    """Everything a generator actor needs to build its generator (small, picklable)."""
+    g = cfg.synthesis.generator
+    pixel = str(prepare_pixel_generator(run, cfg, real)) if g.kind == "pixel" else ""
+    fb = cfg.synthesis.feedback
+    guide = fb.classifier or (str(classifier) if classifier else "")
+    gaussians = real_feature_gaussians(Path(guide), real) if fb.criterion == "hardness" else None
+    return GeneratorSpec(
+        generator=g,
+        feedback=fb,
+        class_names=real.class_names,
+        pixel_folder=pixel,
+        classifier_folder=guide,
+        gaussians=gaussians,
+        real_images=str(real_path(run.root, "train")),
+        channels=real.channels,
+        image_size=real.image_size,
+    )
+
+
+def check_models(cfg: RunConfig) -> None:
+    """Fail before any actor starts when a model, scheduler or adapter cannot be used."""
+    g = cfg.synthesis.generator
+    if g.kind in ("text2image", "unclip"):
+        from raysynth.generate import latent
+
+        latent.check_model_available(g)
+        latent.check_scheduler(g.scheduler)
+        latent.check_adapters(g)
+    elif g.kind == "pixel":
+        from raysynth.generate.generators import check_pixel_adapters
+
+        check_pixel_adapters(g)
+    if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
+        from raysynth.filter.embedders import check_clip_available
+
+        check_clip_available(cfg.filter.clip_model, cfg.filter.clip_pretrained)
+
+
+def synthesis_stage(
+    run: RunDir, cfg: RunConfig, real: RealData, spec: GeneratorSpec, classifier: Path | None
+) -> dict[str, Any]:
+    """The synthesis stage (plan → generate → filter rounds) once per run
+    (``synthesis.json``), with ``samples.png`` and the recognition rate of its images."""
+    from raysynth.report.samples import recognition_rate, write_sample_grid
+
+    def compute() -> dict[str, Any]:
+        job = Synthesis(
+            cfg.synthesis, cfg.filter, cfg.seed, run.synthetic, run.real_embeddings,
+            device=cfg.synthesis.generator.device,
+        )
+        result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier)
+        write_sample_grid(run.synthetic, run.samples_png, real.num_classes)
+        result["recognised"] = (
+            recognition_rate(run.synthetic, classifier, real.channels) if classifier else None
+        )
+        return result
+
+    return run.cached_json(run.synthesis_path, compute)
+
+
+def accepted_arrays(root: Path, real: RealData) -> LabeledArrays:
+    """The accepted synthetic images as training arrays (decoded on the driver: few-shot scale)."""
+    pngs: list[bytes] = []
+    labels: list[int] = []
+    for t in iter_tables(root, [col.LABEL, col.IMAGE, col.ACCEPTED]):
+        keep = t.filter(t[col.ACCEPTED].fill_null(False))
+        pngs.extend(keep[col.IMAGE].to_pylist())
+        labels.extend(keep[col.LABEL].to_pylist())
+    if not pngs:
+        return LabeledArrays.empty_like(real.arrays("train"))
+    return LabeledArrays(to_tensor_array(pngs, real.channels), np.array(labels, np.int64))
+
+
+def synthetic_inputs(job: Any) -> tuple[dict[str, Any], LabeledArrays]:
+    """The ``generator`` and ``synthesis`` stages of the unicon and classifier flows: the
+    real-split classifier when the filter or the guidance needs it, the generator, the synthesis
+    stage; returns its summary (also put in ``job.report``) and the accepted images as arrays."""
+    run, cfg, real = job.run, job.cfg, job.real
+    job.stage("generator")
+    classifier = train_real_classifier(run, cfg, real) if needs_classifier(cfg, real) else None
+    spec = generator_spec(run, cfg, real, classifier)
+    job.stage("synthesis")
+    synthesis = synthesis_stage(run, cfg, real, spec, classifier)
+    job.report["synthesis"] = synthesis
+    return synthesis, accepted_arrays(run.synthetic, real)

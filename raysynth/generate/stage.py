@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from raysynth import columns as col
-from raysynth.config.schema import SynthesisConfig
+from raysynth.config.schema import Resources, SynthesisConfig
 from raysynth.generate.actor import DiffusionGenerator, plan_table
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.table import PartWriter, existing_ids
-from raysynth.ray_data import pool_strategy
+from raysynth.ray_data import from_tables, map_pool
 
 log = logging.getLogger("raysynth.generate")
 
@@ -32,18 +32,6 @@ class GenerationStats:
     skipped: int  # already in the table (resume)
     generated: int
     wall_s: float
-
-
-def actor_pool(cfg: SynthesisConfig) -> dict[str, Any]:
-    """``map_batches`` arguments of the generator pool (resources from config)."""
-    return {
-        "compute": pool_strategy(cfg.min_actors, cfg.max_actors),
-        "batch_size": cfg.batch_size,
-        "num_gpus": cfg.gpus_per_actor,
-        "num_cpus": cfg.cpus_per_actor,
-        # Ray Data's actor pools restart a killed actor and retry its batch by default
-        # (max_restarts=-1, max_task_retries=-1): nothing is lost (tests/ray/test_synthesis.py).
-    }
 
 
 def batches_per_block(rows: int, batch_size: int, actors: int, most: int = 4) -> int:
@@ -74,8 +62,6 @@ def generate(
 
     ``generator`` is the pool's callable class: :class:`DiffusionGenerator` or a subclass (the
     benches stamp each batch as it leaves the generator)."""
-    import ray
-
     t0 = time.perf_counter()
     out_root = Path(out_root)
     done = existing_ids(out_root)
@@ -87,19 +73,13 @@ def generate(
     plan = plan_table(todo)
     # Whole batches per block, so the actor pool can spread the work (no all-to-all
     # repartition); Ray Data calls the generator once per batch within a block.
-    rows_per_block = cfg.batch_size * batches_per_block(len(plan), cfg.batch_size, cfg.max_actors)
-    ds = ray.data.from_arrow(
-        [plan.slice(i, rows_per_block) for i in range(0, len(plan), rows_per_block)]
-    )
-    ds = ds.map_batches(
-        generator,
-        fn_constructor_kwargs={"spec": spec},
-        batch_format="numpy",
-        **actor_pool(cfg),
-    )
+    pool = cfg.pool
+    rows_per_block = pool.batch_size * batches_per_block(len(plan), pool.batch_size, pool.max_actors)
+    ds = from_tables([plan.slice(i, rows_per_block) for i in range(0, len(plan), rows_per_block)])
+    ds = map_pool(ds, generator, pool, {"spec": spec})
     for stage in stages:
         ds = stage(ds)
-    write_synthetic(ds, out_root / name, writers=-(-cfg.max_actors // 4))
+    write_synthetic(ds, out_root / name, writers=-(-pool.max_actors // 4))
     stats.generated = len(todo)
     stats.wall_s = time.perf_counter() - t0
     log.info(
@@ -129,17 +109,9 @@ def write_synthetic(ds: Any, path: str | Path, writers: int = 1) -> int:
     needed); the images reach it through the object store, and the driver process itself only
     sees one small row per part.
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    ds = ds.map_batches(
-        PartWriter,
-        fn_constructor_kwargs={"path": str(path)},
-        batch_format="pyarrow",
-        batch_size=None,
-        num_cpus=0,
-        compute=pool_strategy(max(1, writers)),
-        scheduling_strategy=here,
+    writer_pool = Resources(min_actors=max(1, writers), max_actors=max(1, writers), cpus_per_actor=0)
+    ds = map_pool(
+        ds, PartWriter, writer_pool, {"path": str(path)}, "pyarrow", batch_size=None,
+        on_driver_node=True,
     )
     return sum(int(sum(b["rows"])) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))

@@ -24,7 +24,7 @@ from raysynth import columns as col
 from raysynth.errors import ConfigError, DataError
 from raysynth.seeding import stable_hash, stable_seed
 
-INDEX = "index"  # the row's position within its class and round (plan-only column)
+INDEX = col.INDEX
 
 PLACEHOLDERS = ("class", "context")
 

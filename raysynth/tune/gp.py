@@ -11,7 +11,8 @@ from raysynth.config.schema import RunConfig
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import ProtocolData
 from raysynth.train.protocol import evaluate
-from raysynth.tune.search import METRIC, SearchResult, pick_best
+from raysynth.tune.search import SearchResult, pick_best
+from raysynth.tune.tuner import METRIC
 
 
 def gp_search(
@@ -46,16 +47,7 @@ def gp_search(
         random_state=seed,
     )
     wall = time.perf_counter() - t0
-    best = pick_best(history)
-    return SearchResult(
-        best_weights=best["weights"],
-        best_val_acc=best[METRIC],
-        best_val_std=best["val_std"],
-        trials=len(history),
-        concurrency=1,
-        wall_s=wall,
-        history=history,
-    )
+    return SearchResult.from_rows(history, 1, wall)
 
 
 def search_weights_gp(data: ProtocolData, cfg: RunConfig, storage: str | Path) -> SearchResult:

@@ -131,12 +131,12 @@ def test_weights_mismatch_stops_before_any_model_is_trained(tmp_path):
     comes before anything needs Ray)."""
     from raysynth.config import build_config
     from raysynth.errors import ConfigError
-    from raysynth.flows.run import run_pipeline
+    from raysynth.flows.run import run_flow
 
     out = tmp_path / "run"
     cfg = build_config(config_file=_weights_file(tmp_path, [0.5, 0.5, 0.5, 0.5]))
     with pytest.raises(ConfigError, match=r"tune.weights has 4 value\(s\) but the data has 3"):
-        run_pipeline(cfg, out)
+        run_flow(cfg, out)
     assert (out / "real" / "train.parquet").is_file()  # the data stage ran...
     assert not (out / "generator").exists() and not (out / "synthetic").exists()  # ...no more
 

@@ -16,7 +16,7 @@ from raysynth.generate.table import read_table
 
 ARGS = ["--set", "budget=smoke", "--set", "data.classes=0,1,2", "--set", "data.k=8",
         "--set", "synthesis.quota=fixed", "--set", "synthesis.per_class=24",
-        "--set", "synthesis.batch_size=4", "--set", "synthesis.generator.num_steps=40",
+        "--set", "synthesis.pool.batch_size=4", "--set", "synthesis.generator.num_steps=40",
         "--set", "synthesis.generator.pixel_train_steps=40",
         "--set", "synthesis.generator.pixel_channels=[8,16]", "--set", "filter.enabled=false"]
 

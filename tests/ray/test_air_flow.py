@@ -13,7 +13,7 @@ from tiny_models import png, save_clip, save_sd
 from raysynth import columns as col
 from raysynth.config import build_config
 from raysynth.errors import ConfigError
-from raysynth.flows.run import run_pipeline
+from raysynth.flows.run import run_flow
 from raysynth.generate.table import read_table
 
 CLASSES = ("blue", "green", "red")
@@ -60,9 +60,9 @@ def _config(setup, **extra):
         "synthesis.generator.model": setup["sd"],
         "synthesis.generator.num_steps": 2,
         "synthesis.generator.image_size": 32,
-        "synthesis.batch_size": 3,
-        "synthesis.cpus_per_actor": 0.5,
-        "filter.cpus_per_actor": 0.5,
+        "synthesis.pool.batch_size": 3,
+        "synthesis.pool.cpus_per_actor": 0.5,
+        "filter.pool.cpus_per_actor": 0.5,
         "air.clip_model": setup["clip"],
         "air.clip_pretrained": "",
         "air.top_k": 3,
@@ -80,7 +80,7 @@ def test_air_flow_runs_end_to_end_and_resumes(ray_local, tmp_path, air_setup):
     search = {"air.search": True, "tune.num_samples": 2, "tune.n_initial_points": 1}
     cfg = _config(air_setup, **search)
     out = tmp_path / "run"
-    report = run_pipeline(cfg, out)
+    report = run_flow(cfg, out)
 
     air = report["air"]
     assert air["unlabeled"] == 3 * 6 and air["labels_known"] is True
@@ -114,7 +114,7 @@ def test_air_flow_runs_end_to_end_and_resumes(ray_local, tmp_path, air_setup):
     # --resume: nothing is trained or generated again
     kept = ("lora/air_lora.json", "unlabeled.npz", "search.json")
     stamps = {p: p.stat().st_mtime_ns for p in (out / "air" / k for k in kept)}
-    again = run_pipeline(cfg, out, resume=True)
+    again = run_flow(cfg, out, resume=True)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert read_table(out / "synthetic", [col.SAMPLE_ID]).num_rows == 6
     assert again["air"]["pseudo_label_accuracy"] == air["pseudo_label_accuracy"]
@@ -123,14 +123,14 @@ def test_air_flow_runs_end_to_end_and_resumes(ray_local, tmp_path, air_setup):
 def test_air_flow_refuses_the_pixel_generator(tmp_path, air_setup):
     cfg = _config(air_setup, **{"synthesis.generator.kind": "pixel"})
     with pytest.raises(ConfigError, match="flow=air adapts a pretrained text-to-image model"):
-        run_pipeline(cfg, tmp_path / "run")
+        run_flow(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "air").exists()
 
 
 def test_a_missing_unlabeled_folder_stops_before_anything_is_written(tmp_path, air_setup):
     cfg = _config(air_setup, **{"air.unlabeled_path": str(tmp_path / "nope")})
     with pytest.raises(ConfigError, match=r"air.unlabeled_path=.*nope' does not exist"):
-        run_pipeline(cfg, tmp_path / "run")
+        run_flow(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -138,7 +138,7 @@ def test_air_flow_without_val_and_test_splits_reports_pseudo_labels_only(
     ray_local, tmp_path, air_setup
 ):
     cfg = _config(air_setup, **{"data.val_per_class": 0, "data.test_per_class": 0})
-    air = run_pipeline(cfg, tmp_path / "run")["air"]
+    air = run_flow(cfg, tmp_path / "run")["air"]
     assert air["test_accuracy"] == {} and air["search"] is None
     assert 0.0 <= air["pseudo_label_accuracy"]["fused"] <= 1.0
     assert all(h["val_acc"] is None for h in air["history"])  # NaN → null in report.json

@@ -26,12 +26,12 @@ from tiny_models import train_pixel_folder
 
 from raysynth import columns as col
 from raysynth.config import build_config
-from raysynth.filter.rounds import embedder_pool
 from raysynth.filter.stage import EmbedderSpec, ImageEmbedder
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.stage import generate
 from raysynth.generate.table import read_table
 from raysynth.plan.quotas import plan_round
+from raysynth.ray_data import map_pool
 from raysynth.train.checkpoint import write_checkpoint
 from raysynth.train.models import build_model, encoder_config
 
@@ -84,10 +84,10 @@ def classifier_folder(tmp_path_factory):
 
 def _config(**over):
     return build_config(overrides={
-        "synthesis.generator.num_steps": 30, "synthesis.batch_size": 2,
-        "synthesis.min_actors": GPU_NODES, "synthesis.max_actors": GPU_NODES,
-        "synthesis.gpus_per_actor": 1.0, "synthesis.cpus_per_actor": 0.5,
-        "filter.gpus_per_actor": 1.0, "filter.cpus_per_actor": 0.5, "filter.batch_size": 2,
+        "synthesis.generator.num_steps": 30, "synthesis.pool.batch_size": 2,
+        "synthesis.pool.min_actors": GPU_NODES, "synthesis.pool.max_actors": GPU_NODES,
+        "synthesis.pool.gpus_per_actor": 1.0, "synthesis.pool.cpus_per_actor": 0.5,
+        "filter.pool.gpus_per_actor": 1.0, "filter.pool.max_actors": GPU_NODES, "filter.pool.cpus_per_actor": 0.5, "filter.pool.batch_size": 2,
         "filter.embedder": "classifier", **over})
 
 
@@ -205,18 +205,18 @@ def test_pools_place_one_actor_per_gpu_and_survive_a_node_loss(
     assert not crowded, crowded
 
     # A replacement node comes up (as the autoscaler would bring one); the embedder pool
-    # (filter.gpus_per_actor=1, up to synthesis.max_actors actors) spreads over the GPUs.
+    # (filter.pool.gpus_per_actor=1, up to synthesis.pool.max_actors actors) spreads over the GPUs.
     cluster.add_node(num_cpus=1, num_gpus=1)
     cluster.wait_for_nodes()
     capacity = gpu_nodes()
     espec = EmbedderSpec(cfg.filter, classifier_folder, channels=1, image_size=8)
     ds = ray.data.read_parquet(str(out)).select_columns([col.SAMPLE_ID, col.IMAGE])
-    ds = ds.map_batches(ImageEmbedder, fn_constructor_kwargs={"spec": espec}, **embedder_pool(cfg))
+    ds = map_pool(ds, ImageEmbedder, cfg.filter.pool, {"spec": espec})
     embedded = [str(i) for b in ds.iter_batches(batch_format="numpy", batch_size=None)
                 for i in b[col.SAMPLE_ID]]
     assert sorted(embedded) == sorted(ids)
     spans = actor_spans("ImageEmbedder")
     assert spans, "no embedder actor was started"
     assert {s[1] for s in spans} <= {n for n, g in capacity.items() if g >= 1}  # GPU nodes only
-    assert len(spans) <= cfg.synthesis.max_actors
+    assert len(spans) <= cfg.filter.pool.max_actors
     assert not over_placed(spans, capacity)

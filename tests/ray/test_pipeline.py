@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 
 from raysynth import columns as col
 from raysynth.config import build_config
-from raysynth.flows.run import run_pipeline
+from raysynth.flows.run import run_flow
 from raysynth.generate.table import read_table
 
 TINY = {
@@ -16,7 +16,7 @@ TINY = {
     "data.k": 6,
     "synthesis.quota": "fixed",
     "synthesis.per_class": 4,
-    "synthesis.batch_size": 4,
+    "synthesis.pool.batch_size": 4,
     "synthesis.generator.pixel_train_steps": 60,
     "synthesis.generator.pixel_channels": [8, 16],
     "synthesis.generator.num_steps": 8,
@@ -29,7 +29,7 @@ TINY = {
 def test_filter_rounds_regenerate_rejected_rows_with_new_seeds(ray_local, tmp_path):
     cfg = build_config("digits", overrides=TINY)
     out = tmp_path / "run"
-    result = run_pipeline(cfg, out, stop_after="synthesis")["synthesis"]
+    result = run_flow(cfg, out, until="synthesis")["synthesis"]
     table = read_table(out / "synthetic", [col.LABEL, col.ROUND, col.SEED, col.ACCEPTED,
                                            col.REAL_COS, "threshold"])
     assert table.num_rows == result["generated"] == result["accepted"] + result["rejected"]
@@ -57,9 +57,9 @@ def test_filter_rounds_regenerate_rejected_rows_with_new_seeds(ray_local, tmp_pa
 def test_run_resumes_after_synthesis_without_regenerating(ray_local, tmp_path):
     cfg = build_config("digits", overrides={**TINY, "filter.max_rounds": 1})
     out = tmp_path / "run"
-    run_pipeline(cfg, out, stop_after="synthesis")
+    run_flow(cfg, out, until="synthesis")
     files = {p: p.stat().st_mtime_ns for p in (out / "synthetic").rglob("*.parquet")}
-    report = run_pipeline(cfg, out, resume=True)
+    report = run_flow(cfg, out, resume=True)
     assert {p: p.stat().st_mtime_ns for p in (out / "synthetic").rglob("*.parquet")} == files
     assert report["tune"]["trials"] == 4
     assert set(report["accuracy"]) == {"supcon_real", "supcon_mixed", "unicon"}
@@ -71,7 +71,7 @@ def test_run_resumes_after_synthesis_without_regenerating(ray_local, tmp_path):
 def test_air_selection_picks_the_most_confident_accepted_image(ray_local, tmp_path):
     cfg = build_config("digits", overrides={**TINY, "filter.max_rounds": 1})
     out = tmp_path / "run"
-    result = run_pipeline(cfg, out, stop_after="synthesis")["synthesis"]
+    result = run_flow(cfg, out, until="synthesis")["synthesis"]
     table = read_table(out / "synthetic", [col.SAMPLE_ID, col.LABEL, col.ACCEPTED, "own_prob"])
     rows = [r for r in table.to_pylist() if r[col.ACCEPTED]]
     for c, name in enumerate(["0", "1", "7"]):

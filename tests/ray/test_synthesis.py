@@ -54,7 +54,7 @@ def test_generator_call_is_pure_and_typed(pixel_folder):
 
 
 def test_pool_writes_each_planned_id_once_and_resumes(ray_local, pixel_folder, tmp_path):
-    cfg, spec = _spec(pixel_folder, **{"synthesis.batch_size": 2, "synthesis.max_actors": 2})
+    cfg, spec = _spec(pixel_folder, **{"synthesis.pool.batch_size": 2, "synthesis.pool.max_actors": 2})
     rows = _plan(cfg, 4)
     first = generate(rows[:7], spec, tmp_path / "synthetic", cfg.synthesis)
     assert first.generated == 7
@@ -78,7 +78,7 @@ def test_killed_generation_actor_loses_and_duplicates_nothing(ray_local, pixel_f
 
     from ray._private.state import actors
 
-    cfg, spec = _spec(pixel_folder, **{"synthesis.batch_size": 2, "synthesis.max_actors": 2,
+    cfg, spec = _spec(pixel_folder, **{"synthesis.pool.batch_size": 2, "synthesis.pool.max_actors": 2,
                                        "synthesis.generator.num_steps": 20})
     rows = _plan(cfg, 10)
     done = {}

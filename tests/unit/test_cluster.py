@@ -210,7 +210,7 @@ def test_launcher_gpu_workers_fit_every_recipe():
     (worker,) = gpu_worker_types(cfg).values()
     gpus, cpus = worker["resources"]["GPU"], worker["resources"]["CPU"]
     for name, rc in recipe_configs().items():
-        s = rc.synthesis
+        s = rc.synthesis.pool
         assert s.gpus_per_actor <= gpus and s.cpus_per_actor <= cpus, name
         assert s.max_actors * s.gpus_per_actor <= worker["max_workers"] * gpus, name
         assert rc.tune.gpus_per_trial <= gpus and rc.tune.cpus_per_trial <= cpus, name
@@ -307,15 +307,15 @@ def test_rayjob_cluster_has_the_gpus_its_recipe_asks_for(name):
     rc = build_config(config_file=ROOT / "jobs" / f"{name}.yaml")
     spec = rayjob(name)["spec"]["rayClusterSpec"]
     gpu_groups = [(g, c) for g in spec["workerGroupSpecs"] for c in containers(g) if gpus_of(c) > 0]
-    wants_gpu = rc.synthesis.gpus_per_actor > 0 or rc.tune.gpus_per_trial > 0 or rc.train.use_gpu
+    wants_gpu = rc.synthesis.pool.gpus_per_actor > 0 or rc.tune.gpus_per_trial > 0 or rc.train.use_gpu
     if wants_gpu:
         assert gpu_groups, f"{name} asks for GPUs: its cluster needs a GPU worker group"
     for g, c in gpu_groups:
         gpus = gpus_of(c)
-        assert gpus >= rc.synthesis.gpus_per_actor
+        assert gpus >= rc.synthesis.pool.gpus_per_actor
         assert gpus >= rc.tune.gpus_per_trial
-        assert rc.synthesis.max_actors * rc.synthesis.gpus_per_actor <= g["maxReplicas"] * gpus
-        assert cpus_of(c) >= max(rc.synthesis.cpus_per_actor, rc.tune.cpus_per_trial)
+        assert rc.synthesis.pool.max_actors * rc.synthesis.pool.gpus_per_actor <= g["maxReplicas"] * gpus
+        assert cpus_of(c) >= max(rc.synthesis.pool.cpus_per_actor, rc.tune.cpus_per_trial)
         if rc.train.use_gpu and rc.train.num_workers:
             assert rc.train.num_workers <= g["maxReplicas"] * gpus
 

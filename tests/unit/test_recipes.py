@@ -129,7 +129,7 @@ def test_gpu_recipes_name_real_models_and_ask_for_gpus(path):
         return
     assert gen.model in REAL_MODELS[gen.kind], f"{path.name}: unknown {gen.kind} model {gen.model}"
     assert gen.model in header(path), f"{path.name}: explain {gen.model} in the header"
-    assert cfg.synthesis.gpus_per_actor >= 1, "a latent diffusion pipeline needs a whole GPU"
+    assert cfg.synthesis.pool.gpus_per_actor >= 1, "a latent diffusion pipeline needs a whole GPU"
     assert gen.dtype == "float16"
     assert cfg.train.use_gpu
     if cfg.filter.enabled and cfg.filter.embedder in ("open_clip", "auto"):
@@ -183,7 +183,7 @@ def test_embedded_presets_load(name):
     cfg = build_config(preset=name)
     assert cfg.preset == name
     assert cfg.data.source == "digits" and cfg.synthesis.generator.kind == "pixel"
-    assert cfg.synthesis.gpus_per_actor == 0 and not cfg.train.use_gpu
+    assert cfg.synthesis.pool.gpus_per_actor == 0 and not cfg.train.use_gpu
     assert build_config(config_file=JOBS_DIR / f"{name}.yaml") == cfg
 
 

@@ -35,7 +35,7 @@ def test_rows_without_cross_entropy_fall_back_to_the_earliest_tie():
 def test_trial_results_missing_from_the_run_directory_are_restored_from_the_ledger(tmp_path):
     import json
 
-    from raysynth.tune.search import restore_trial_results
+    from raysynth.tune.ledger import restore_trial_results
 
     def row(name: str, acc: float) -> dict:
         return {"dir": str(tmp_path / name), "result": {"val_acc": acc, "config": {"w000": 0.5}}}

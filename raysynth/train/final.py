@@ -1,0 +1,35 @@
+"""The final comparison of the UniCon flow (paper 000): SupCon-Real, SupCon-Mixed and UniCon at
+the chosen weights, under the same protocol, on the test split."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from raysynth.config.schema import RunConfig
+from raysynth.seeding import stable_seed
+from raysynth.train.arrays import ProtocolData
+from raysynth.train.protocol import evaluate
+
+log = logging.getLogger("raysynth.flows")
+
+METHODS = ("supcon_real", "supcon_mixed", "unicon")
+
+
+def final_accuracies(
+    test: ProtocolData, weights: list[float], cfg: RunConfig, storage: Path
+) -> dict[str, dict[str, Any]]:
+    """SupCon-Real, SupCon-Mixed and UniCon at ``weights``, same protocol, test split.
+
+    Each encoder run is resumable: a finished run is never redone, an interrupted one continues
+    from its last checkpoint.
+    """
+    seed = stable_seed(cfg.seed, "final")
+    out = {}
+    for method in METHODS:
+        w = weights if method == "unicon" else None
+        res = evaluate(test, method, w, cfg, seed, storage, method, save_models=True, resumable=True)
+        out[method] = res.summary()
+        log.info("final %s: %.4f ± %.4f (test)", method, res.mean, res.std)
+    return out
