@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from raysynth import __version__
 from raysynth.errors import RaysynthError
@@ -36,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"raysynth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_job_parsers(sub)
+    _add_study_parser(sub)
+    _add_bench_parser(sub)
+    return parser
 
+
+def _add_job_parsers(sub: Any) -> None:
+    """``run``, the stage commands and ``report``."""
     run = sub.add_parser(
         "run", help="the main job: data → synthesis + filter → weight search → training → report"
     )
@@ -56,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="(re)build report.md/html from report.json")
     rep.add_argument("dir", help="run directory")
 
+
+def _add_study_parser(sub: Any) -> None:
     study = sub.add_parser("study", help="controlled studies")
     study_sub = study.add_subparsers(dest="study", required=True)
     ctl = study_sub.add_parser(
@@ -79,12 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ctl.add_argument("--address", help="Ray cluster address")
 
+
+def _add_bench_parser(sub: Any) -> None:
     bench = sub.add_parser("bench", help="measure raysynth on this machine (ratios, JSON)")
     bench.add_argument("name", choices=BENCHES, help="what to measure (DESIGN §6)")
     bench.add_argument("--out", help="JSON file (default bench-NAME.json)")
     bench.add_argument("--concurrency", type=int, default=2, help="tune: parallel trials")
     bench.add_argument("--evals", type=int, default=16, help="tune: evaluations per searcher")
-    return parser
 
 
 def _connect_ray(address: str | None, quiet: bool = True) -> None:

@@ -128,17 +128,22 @@ def make_plan(
         first = int(start_index.get(label, 0))
         for index in range(first, first + quota):
             pick = stable_seed("cond", run_seed, name, index, round) % len(real_ids)
-            rows.append(
-                {
-                    col.SAMPLE_ID: sample_id(run_seed, name, index, round),
-                    col.LABEL: label,
-                    col.CLASS_NAME: name,
-                    col.PROMPT: prompt,
-                    col.NEGATIVE_PROMPT: negative,
-                    col.SEED: sample_seed(run_seed, name, index, round),
-                    col.ROUND: round,
-                    col.COND_ID: real_ids[pick],
-                    INDEX: index,
-                }
-            )
+            rows.append(_row(run_seed, label, name, index, round, (prompt, negative), real_ids[pick]))
     return rows
+
+
+def _row(
+    run_seed: int, label: int, name: str, index: int, round: int, prompts: tuple[str, str],
+    cond: str,
+) -> dict[str, Any]:
+    return {
+        col.SAMPLE_ID: sample_id(run_seed, name, index, round),
+        col.LABEL: label,
+        col.CLASS_NAME: name,
+        col.PROMPT: prompts[0],
+        col.NEGATIVE_PROMPT: prompts[1],
+        col.SEED: sample_seed(run_seed, name, index, round),
+        col.ROUND: round,
+        col.COND_ID: cond,
+        INDEX: index,
+    }
