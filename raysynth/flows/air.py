@@ -53,7 +53,7 @@ ADAPTER = "lora"
 
 def check_air(cfg: RunConfig) -> None:
     """What AiR needs before anything starts: a text-to-image model to adapt and a CLIP model."""
-    from raysynth.filter.embedders import check_clip_available
+    from raysynth.filter.clip_weights import check_clip_available
 
     g = cfg.synthesis.generator
     if g.kind != "text2image":
@@ -253,7 +253,7 @@ def learn_prompt(
     """λ, β (searched on val when ``air.search``), the learned context, and every accuracy."""
     import torch
 
-    from raysynth.filter.embedders import ClipEmbedder
+    from raysynth.filter.clip import ClipEmbedder
     from raysynth.pseudolabel.prompt import (
         PromptConfig,
         PromptData,
