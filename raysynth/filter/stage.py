@@ -114,7 +114,7 @@ class FilterScorer:
             emb = self.embedder.embed_images(pngs)
             if not self.spec.class_names:
                 return emb, None
-            from raysynth.filter.embedders import zero_shot_probs
+            from raysynth.filter.clip import zero_shot_probs
 
             return emb, zero_shot_probs(self.embedder, emb, list(self.spec.class_names))
         if hasattr(self.embedder, "embed_with_probs"):

@@ -57,7 +57,7 @@ def check(cfg: RunConfig, num_classes: int) -> None:
 
 def check_config(cfg: RunConfig) -> None:
     """What AiR needs before anything starts: a text-to-image model to adapt and a CLIP model."""
-    from raysynth.filter.embedders import check_clip_available
+    from raysynth.filter.clip_weights import check_clip_available
 
     g = cfg.synthesis.generator
     if g.kind != "text2image":
@@ -271,7 +271,7 @@ def learn_prompt(
 ) -> dict[str, Any]:
     """λ, β (searched on val when ``air.search``), the learned context, and every accuracy."""
     from raysynth.devices import resolve_device
-    from raysynth.filter.embedders import ClipEmbedder
+    from raysynth.filter.clip import ClipEmbedder
     from raysynth.pseudolabel.prompt import PromptConfig, PromptTextEncoder, train_prompt
 
     cfg, a = job.cfg, job.cfg.air

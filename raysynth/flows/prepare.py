@@ -218,7 +218,7 @@ def check_models(cfg: RunConfig) -> None:
 
         check_pixel_adapters(g)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
-        from raysynth.filter.embedders import check_clip_available
+        from raysynth.filter.clip_weights import check_clip_available
 
         check_clip_available(cfg.filter.clip_model, cfg.filter.clip_pretrained)
 

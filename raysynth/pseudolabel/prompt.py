@@ -501,7 +501,7 @@ def run_prompt_trial(
 ) -> PromptResult:
     """One (λ, β) of ``config`` (keys ``lam``, ``beta``; missing ones keep ``spec.base``'s): loads
     the model by name, trains, and calls ``report(record)`` after every iteration."""
-    from raysynth.filter.embedders import ClipEmbedder
+    from raysynth.filter.clip import ClipEmbedder
 
     if data.val_emb is None:
         raise ConfigError(

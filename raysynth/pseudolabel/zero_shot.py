@@ -104,7 +104,7 @@ class ZeroShotScorer(ImageEmbedder):
     (``[C]`` float64 per row) out."""
 
     def __init__(self, spec: ZeroShotSpec) -> None:
-        from raysynth.filter.embedders import class_text_embeddings
+        from raysynth.filter.clip import class_text_embeddings
 
         super().__init__(spec.embedder)
         self.text = class_text_embeddings(self.embedder, spec.class_names, spec.templates)

@@ -20,13 +20,10 @@ from safetensors.torch import save_file
 from raysynth.config.schema import FilterConfig
 from raysynth.data.images import encode_png, to_tensor_array
 from raysynth.errors import ConfigError
-from raysynth.filter.embedders import (
-    ClassifierEmbedder,
-    ClipEmbedder,
-    build_embedder,
-    check_clip_available,
-    zero_shot_probs,
-)
+from raysynth.filter.classifier_embedder import ClassifierEmbedder
+from raysynth.filter.clip import ClipEmbedder, zero_shot_probs
+from raysynth.filter.clip_weights import check_clip_available
+from raysynth.filter.embedders import build_embedder
 from raysynth.filter.select import fuse, most_representative, prototype_probs, pseudo_labels
 from raysynth.filter.threshold import normalize
 from raysynth.train.checkpoint import write_checkpoint

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from raysynth.data.images import encode_png
@@ -21,8 +22,11 @@ from raysynth.data.splits import Splits
 from raysynth.data.store import write_real
 from raysynth.errors import RunDirError
 from raysynth.generate.actor import SYNTHETIC_SCHEMA
-from raysynth.report import render as render_mod
+from raysynth.report import collect as render_mod
 from raysynth.report import render_report
+from raysynth.report.samples import recognition_rate, write_sample_grid
+from raysynth.train.checkpoint import write_checkpoint
+from raysynth.train.models import build_model
 
 CLASSES = ["0", "1", "2"]
 REPORT = {
@@ -320,3 +324,85 @@ def test_synthetic_table_is_read_only_until_every_class_is_full(tmp_path, monkey
 def test_missing_report_json_says_what_to_do(tmp_path):
     with pytest.raises(RunDirError, match="report.json is missing"):
         render_report(tmp_path)
+
+
+def _write_parts(run: Path, parts: dict[str, list[tuple]]) -> None:
+    """One synthetic file per part name, rows given as ``(sample_id, label, round, image,
+    accepted)``."""
+    keys = ("sample_id", "label", "round", "image", "accepted")
+    for name, rows in parts.items():
+        write_synthetic(run, name, [dict(zip(keys, r)) for r in rows])
+
+
+def test_sample_grid_shows_accepted_images_first_per_class(tmp_path):
+    rng = np.random.default_rng(0)
+    img = {k: rng.integers(0, 256, (4, 4, 3), dtype=np.uint8) for k in "ABCDEFG"}
+    png = {k: encode_png(v) for k, v in img.items()}
+    _write_parts(
+        tmp_path,
+        {
+            "round-000/block-0.parquet": [
+                ("s0", 0, 0, png["A"], False),
+                ("s1", 0, 0, png["B"], True),
+                ("s2", 0, 0, None, None),  # flagged: no image
+                ("s3", 0, 0, png["C"], True),
+                ("s4", 1, 0, png["D"], False),
+            ],
+            "round-001/block-0.parquet": [
+                ("s5", 1, 1, png["E"], True),
+                ("s6", 1, 1, png["F"], True),
+                ("s7", 0, 1, png["G"], True),
+            ],
+        },
+    )
+    out = tmp_path / "samples.png"
+    assert write_sample_grid(tmp_path / "synthetic", out, num_classes=3, per_class=2) == out
+    with Image.open(out) as im:
+        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (2 * 5 * 16, 3 * 5 * 16))
+        grid = np.asarray(im)
+    # 4×4 images in 5×5 cells (a white line after each), upscaled 64 // 4 = 16 times; accepted
+    # images come first within each file, files in order; class 2 has none: its row stays white
+    want = np.full((3 * 5, 2 * 5, 3), 255, np.uint8)
+    for (c, j), k in {(0, 0): "B", (0, 1): "C", (1, 0): "D", (1, 1): "E"}.items():
+        want[c * 5 : c * 5 + 4, j * 5 : j * 5 + 4] = img[k]
+    assert np.array_equal(grid, want.repeat(16, axis=0).repeat(16, axis=1))
+
+
+def test_recognition_rate_counts_what_the_classifier_calls_the_intended_class(tmp_path):
+    cfg = {
+        "kind": "classifier",
+        "encoder": {"arch": "small_cnn", "in_channels": 1, "width": 4, "feat_dim": 8},
+        "num_classes": 3,
+    }
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # a classifier that calls every image class 1
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    folder = write_checkpoint(tmp_path / "cls", model.eval(), cfg)
+    rng = np.random.default_rng(0)
+    png = [encode_png(rng.integers(0, 256, (8, 8), dtype=np.uint8)) for _ in range(8)]
+    hit, miss = 1, 0  # the class the classifier calls every image, and another one
+    _write_parts(
+        tmp_path,
+        {
+            "round-000/block-0.parquet": [
+                ("s0", hit, 0, png[0], True),
+                ("s1", miss, 0, png[1], False),
+                ("s2", hit, 0, None, True),  # flagged: no image, not counted
+                ("s3", 2, 0, png[2], True),  # a miss as well
+                ("s4", hit, 0, png[3], None),  # not filtered yet
+                ("s5", hit, 0, png[4], False),
+            ],
+            "round-001/block-0.parquet": [
+                ("s6", hit, 1, png[5], False),
+                ("s7", miss, 1, png[6], True),
+            ],
+            "round-001/block-1.parquet": [("s8", hit, 1, None, None)],
+        },
+    )
+    got = recognition_rate(tmp_path / "synthetic", folder, channels=1)
+    assert got == {"all": 4 / 7, "round0": 3 / 5, "accepted": 1 / 3}
+    empty = recognition_rate(tmp_path / "nothing", folder, channels=1)
+    assert set(empty) == {"all", "round0", "accepted"}
+    assert all(np.isnan(v) for v in empty.values())

@@ -1,0 +1,63 @@
+"""The report as Markdown (``report.md``): the summary line and every table of
+:mod:`raysynth.report.tables`, no images (``report.html`` has those)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from raysynth.report import tables
+from raysynth.report.tables import Table
+
+
+def _md_table(t: Table) -> str:
+    def cell(s: str, i: int) -> str:
+        s = s.replace("|", "\\|")
+        return f"**{s}**" if i == t.best else s
+
+    lines = ["| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
+    lines += ["| " + " | ".join(cell(c, i) for c in r) + " |" for i, r in enumerate(t.rows)]
+    return "\n".join(lines)
+
+
+def build_markdown(report: dict, skipped: Any = ()) -> str:
+    out = [
+        f"# raysynth report: {report.get('preset', 'run')}",
+        "",
+        tables.summary_line(report),
+        "",
+        "See report.html for the images and charts.",
+        "",
+    ]
+
+    def section(title: str, parts: Iterable[Table | None], note: str = "") -> None:
+        parts = [t for t in parts if t is not None]
+        if parts:
+            out.extend([f"## {title}", ""] + ([note, ""] if note else []))
+            for t in parts:
+                out.extend([_md_table(t), ""])
+
+    section("Accuracy", [tables.accuracy_table(report)], "The best method is in bold.")
+    section("Classifier accuracy per group", [tables.classifier_table(report)])
+    weights = tables.weights_of(report)
+    if weights:
+        section(
+            "Learned weight per class",
+            [tables.weights_table(weights)],
+            "0 = distrust the synthetic images of the class, 1 = trust them.",
+        )
+    section(
+        "AiR: pseudo-labels and prompt learning",
+        tables.air_tables(report),
+        "Pseudo-label accuracy is measured on the unlabeled images (their labels are never "
+        "trained on); test accuracy on the test split.",
+    )
+    section("Synthesis", tables.synthesis_tables(report))
+    section("Weight search", [tables.tune_table(report)])
+    section("Timings", [tables.timings_table(report)])
+    section("Real images per class", [tables.counts_table(report)])
+    items, more = tables.skipped_items(skipped)
+    if items:
+        out.extend(["## Skipped input images", ""] + [f"- `{s}`" for s in items])
+        out.extend([f"- … and {more} more" if more else "", ""])
+    return "\n".join(out).rstrip() + "\n"
