@@ -40,8 +40,8 @@ def build_embedder(
                 "given; train one on the real split first or set filter.embedder=open_clip"
             )
         return ClassifierEmbedder(
-            classifier_folder, channels, image_size, device, filter_cfg.batch_size
+            classifier_folder, channels, image_size, device, filter_cfg.pool.batch_size
         )
     return ClipEmbedder(
-        filter_cfg.clip_model, filter_cfg.clip_pretrained, device, filter_cfg.batch_size
+        filter_cfg.clip_model, filter_cfg.clip_pretrained, device, filter_cfg.pool.batch_size
     )

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from raysynth import columns as col
-from raysynth.config.schema import FilterConfig
+from raysynth.config.schema import FilterConfig, Resources
 from raysynth.data.sources import UnlabeledSet
 from raysynth.errors import DataError
 from raysynth.filter.stage import EmbedderSpec, ImageEmbedder
@@ -49,7 +49,7 @@ def clip_embedder_spec(
         embedder="open_clip",
         clip_model=model_name,
         clip_pretrained=pretrained or "",
-        batch_size=batch_size,
+        pool=Resources(batch_size=batch_size, cpus_per_actor=0.5),
     )
     return EmbedderSpec(filter=cfg, channels=3, device=device)
 
