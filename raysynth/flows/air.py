@@ -29,7 +29,7 @@ import numpy as np
 from raysynth import columns as col
 from raysynth.config import replace
 from raysynth.config.schema import RunConfig
-from raysynth.data.sources import UnlabeledSet, load_unlabeled
+from raysynth.data.unlabeled import UnlabeledSet, load_unlabeled
 from raysynth.errors import ConfigError, DataError
 from raysynth.filter.select import fuse, most_representative, prototype_probs
 from raysynth.flows.prepare import RealData
