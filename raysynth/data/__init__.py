@@ -4,7 +4,8 @@ Plain Python and pyarrow (no Ray): the pipeline wires these functions to Ray Dat
 """
 
 from raysynth.data.images import decode_png, encode_png, to_tensor_array
-from raysynth.data.sources import ImageSet, load_dataset, real_sample_id
+from raysynth.data.imageset import ImageSet, real_sample_id
+from raysynth.data.sources import load_dataset
 from raysynth.data.splits import (
     SPLIT_NAMES,
     Splits,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raysynth.config.schema import DataConfig
-from raysynth.data.sources import ImageSet
+from raysynth.data.imageset import ImageSet
 from raysynth.errors import DataError
 
 SPLIT_NAMES = ("train", "pool", "val", "test")

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raysynth import columns as col
-from raysynth.data.sources import ImageSet
+from raysynth.data.imageset import ImageSet
+from raysynth.data.parquet import require_parquet
 from raysynth.data.splits import SPLIT_NAMES, Splits
-from raysynth.errors import DataError, RunDirError
+from raysynth.errors import RunDirError
 
 REAL_DIR = "real"
 CLASSES_FILE = "classes.json"
@@ -160,39 +161,13 @@ def read_real_splits(run_dir: str | Path) -> tuple[ImageSet, Splits]:
 # Generic Parquet helpers ---------------------------------------------------------------------
 
 
-def parquet_files(path: str | Path) -> tuple[pafs.FileSystem, list[str]]:
-    """The filesystem and sorted ``.parquet`` files at ``path`` (a file, a folder or a URI).
-
-    Folders are searched recursively; names starting with ``.`` or ``_`` (temporary files,
-    ``_SUCCESS`` markers) are left out, as Ray Data and Spark do.
-    """
-    text = str(path)
-    if "://" in text:
-        fs, root = pafs.FileSystem.from_uri(text)
-    else:
-        fs, root = pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        raise DataError(f"{text} does not exist; give a Parquet file or a folder of them")
-    if info.type == pafs.FileType.File:
-        return fs, [root]
-    found = []
-    for entry in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-        rel = entry.path[len(root) :].strip("/").split("/")
-        hidden = any(part.startswith((".", "_")) for part in rel)
-        if entry.type == pafs.FileType.File and entry.path.endswith(".parquet") and not hidden:
-            found.append(entry.path)
-    if not found:
-        raise DataError(f"{text} holds no .parquet files")
-    return fs, sorted(found)
-
-
 def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a Parquet file or folder (see :func:`parquet_files`) into one table.
+    """Read a Parquet file or folder (see :func:`~raysynth.data.parquet.require_parquet`) into one
+    table.
 
     Files whose schemas differ (a column added later) are combined, missing values as nulls.
     """
-    fs, files = parquet_files(path)
+    fs, files = require_parquet(path)
     tables = [
         pq.read_table(f, columns=list(columns) if columns else None, filesystem=fs) for f in files
     ]
@@ -202,31 +177,31 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Tab
 def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
     """Write ``table`` to ``path`` via a hidden temporary file and ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, row_group_size=ROW_GROUP_SIZE)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _atomic_open(path, "wb") as fh:
+        pq.write_table(table, fh, row_group_size=ROW_GROUP_SIZE)
     return path
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
     path = Path(path)
+    with _atomic_open(path, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.write("\n")
+    return path
+
+
+@contextmanager
+def _atomic_open(path: Path, mode: str) -> Iterator[IO[Any]]:
+    """Open a hidden temporary file beside ``path`` (its folder made first); once the caller has
+    written it, flush it to disk and rename it over ``path``. The temporary file never stays."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
+        with open(tmp, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path

@@ -28,7 +28,7 @@ import numpy as np
 from raysynth import columns as col
 from raysynth.config import replace
 from raysynth.config.schema import Resources, RunConfig
-from raysynth.data.sources import UnlabeledSet, load_unlabeled
+from raysynth.data.unlabeled import UnlabeledSet, load_unlabeled
 from raysynth.errors import ConfigError, DataError
 from raysynth.files import atomic_save_npz, atomic_write_json, cached, finite, read_json
 from raysynth.flows.job import Job

@@ -21,20 +21,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysynth import columns as col
+from raysynth.data.parquet import list_parquet
 from raysynth.generate.schema import conform
 
 log = logging.getLogger("raysynth.generate")
 
 
 def parquet_files(root: str | Path) -> list[Path]:
-    """Readable Parquet files under ``root`` (sorted); unreadable ones are quarantined."""
+    """Readable Parquet files under the folder ``root``, as
+    :func:`raysynth.data.parquet.list_parquet` lists them (sorted, absolute; hidden temporary
+    parts left out); unreadable ones are quarantined. Empty while ``root`` is not a folder."""
     root = Path(root)
-    if not root.exists():
+    if not root.is_dir():
         return []
     good = []
-    for f in sorted(root.rglob("*.parquet")):
-        if any(part.startswith((".", "_")) for part in f.relative_to(root).parts):
-            continue
+    for f in map(Path, list_parquet(root)[1]):
         try:
             pq.ParquetFile(f).metadata  # noqa: B018 - reading the footer validates the file
         except Exception as e:  # a truncated file from an interrupted write

@@ -8,7 +8,7 @@ renormalised, as CLIP does), τ = 0.01 by default (CLIP's learned logit scale is
   (which loads the model once per actor) plus ``probs`` per row, the text classifier computed once
   in ``__init__``;
 - :func:`pseudo_label` runs it as an actor pool over an :class:`UnlabeledSet` (loaded with
-  :func:`raysynth.data.sources.load_unlabeled`), :func:`score_dataset` over any Ray Dataset with
+  :func:`raysynth.data.unlabeled.load_unlabeled`), :func:`score_dataset` over any Ray Dataset with
   ``sample_id`` and ``image`` (e.g. ``read_parquet``: streaming), :func:`pseudo_label_local` runs
   the same class in-process (tests, small sets);
 - :func:`top_k_per_class` — the ``K`` most confident images per class (FPL's top-K pseudo-labels,
@@ -26,7 +26,7 @@ import numpy as np
 
 from raysynth import columns as col
 from raysynth.config.schema import FilterConfig, Resources
-from raysynth.data.sources import UnlabeledSet
+from raysynth.data.unlabeled import UnlabeledSet
 from raysynth.errors import DataError
 from raysynth.filter.stage import EmbedderSpec, ImageEmbedder
 from raysynth.ray_data import pool_strategy

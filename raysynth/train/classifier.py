@@ -3,6 +3,8 @@ feedback-guidance paper (real/synthetic share per mini-batch, balanced softmax).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from raysynth.config.schema import ClassifierConfig, EndToEndConfig
 from raysynth.mix.mixing import mix_batch
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import augment
+from raysynth.train.epochs import train_epochs
 from raysynth.train.models import ImageClassifier, MLPClassifier, build_encoder
 
 
@@ -99,34 +102,41 @@ def fit_end_to_end(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     share = cfg.synthetic_share if len(synthetic) else 0.0
-    prior = effective_prior(real.y, synthetic.y, num_classes, share)
-    log_prior = torch.log(torch.as_tensor(prior, dtype=torch.float32).clamp_min(1e-12)).to(device)
-    xr, yr = torch.from_numpy(real.x).to(device), torch.from_numpy(real.y).to(device)
-    xs, ys = torch.from_numpy(synthetic.x).to(device), torch.from_numpy(synthetic.y).to(device)
+    log_prior = None
+    if cfg.balanced_softmax:
+        prior = torch.as_tensor(effective_prior(real.y, synthetic.y, num_classes, share))
+        log_prior = torch.log(prior.to(torch.float32).clamp_min(1e-12)).to(device)
+    rows = tuple(torch.from_numpy(a).to(device) for a in (real.x, real.y, synthetic.x, synthetic.y))
     n_syn = round(cfg.batch_size * share)
-    n_real = cfg.batch_size - n_syn
-    for epoch in range(start_epoch, cfg.epochs):
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        perm = torch.randperm(len(yr), generator=gen)
-        total, steps = 0.0, 0
-        model.train()
-        for i in range(0, len(yr), n_real):
-            b = perm[i : i + n_real].to(device)
-            x, y = xr[b], yr[b]
-            if mix_fraction and len(ys):
-                x, _ = mix_batch(x, y, xs, ys, mix_fraction, gen)
-            if n_syn:
-                s = torch.randint(len(ys), (n_syn,), generator=gen).to(device)
-                x, y = torch.cat([x, xs[s]]), torch.cat([y, ys[s]])
-            logits = model(augment(x, aug_kind, gen))
-            if cfg.balanced_softmax:
-                logits = logits + log_prior
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            steps += 1
-        if on_epoch is not None:
-            on_epoch(epoch, total / max(steps, 1), model, optimizer)
+    batch = (cfg.batch_size - n_syn, n_syn)
+    losses = partial(_batch_losses, model, rows, batch, log_prior, aug_kind, mix_fraction)
+    train_epochs(model, optimizer, range(start_epoch, cfg.epochs), seed, len(real), losses, on_epoch)
     return model.eval()
+
+
+def _batch_losses(
+    model: ImageClassifier,
+    rows: tuple[torch.Tensor, ...],
+    batch: tuple[int, int],
+    log_prior: torch.Tensor | None,
+    aug_kind: str,
+    mix_fraction: float,
+    perm: torch.Tensor,
+    gen: torch.Generator,
+) -> Iterator[torch.Tensor]:
+    """The cross-entropy of each batch: ``batch[0]`` real rows in ``perm`` order (a share of them
+    mixed), ``batch[1]`` synthetic rows drawn at random; ``log_prior`` added for balanced softmax."""
+    xr, yr, xs, ys = rows
+    n_real, n_syn = batch
+    for i in range(0, len(yr), n_real):
+        b = perm[i : i + n_real].to(yr.device)
+        x, y = xr[b], yr[b]
+        if mix_fraction and len(ys):
+            x, _ = mix_batch(x, y, xs, ys, mix_fraction, gen)
+        if n_syn:
+            s = torch.randint(len(ys), (n_syn,), generator=gen).to(yr.device)
+            x, y = torch.cat([x, xs[s]]), torch.cat([y, ys[s]])
+        logits = model(augment(x, aug_kind, gen))
+        if log_prior is not None:
+            logits = logits + log_prior
+        yield F.cross_entropy(logits, y)

@@ -75,30 +75,56 @@ def contrastive_loss(
     _check_inputs(feats, labels, synthetic, class_weights, mode, temperature)
     dtype = torch.promote_types(feats.dtype, torch.float32)
     feats = feats.to(dtype)
-    rows = feats.shape[0]
-    if rows < 2:
+    if feats.shape[0] < 2:
         # No row has a positive; the sum keeps the graph so backward() still works.
         return feats.sum() * 0
+    logits, log_denom = _logits(feats, temperature)  # step 1
+    flags = None if mode == "supcon" else synthetic  # SupCon-Mixed: synthetic rows count as real
+    coef, coef_sum, anchor = _coefficients(labels, flags, class_weights, dtype, feats.device)
 
-    # 1. log-denominators over A(i) = all rows but i, from logits with the row max subtracted
-    #    (a constant per anchor, so log s(i, j) is unchanged and every term stays <= 0).
+    # 4. sum_j coef_ij log s(i,j) = sum_j coef_ij logits_ij - log_denom_i sum_j coef_ij;
+    #    coef is 0 on the diagonal, so the raw logits need no masking there.
+    per_anchor = coef_sum * log_denom - (coef * logits).sum(dim=1)
+    return (per_anchor * anchor).sum() / anchor.sum().clamp_min(1)
+
+
+def _logits(feats: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, B]`` logits ``v_i.v_j / tau`` and ``[B]`` log-denominators over ``A(i)``.
+
+    1. log-denominators over A(i) = all rows but i, from logits with the row max subtracted
+       (a constant per anchor, so log s(i, j) is unchanged and every term stays <= 0).
+    """
     logits = (feats / temperature) @ feats.T
     logits = logits - logits.amax(dim=1, keepdim=True).detach()
-    self_mask = torch.eye(rows, dtype=torch.bool, device=feats.device)
+    self_mask = torch.eye(feats.shape[0], dtype=torch.bool, device=feats.device)
     log_denom = torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1)
+    return logits, log_denom
 
+
+def _coefficients(
+    labels: torch.Tensor,
+    synthetic: torch.Tensor | None,
+    class_weights: torch.Tensor | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 2–3: ``coef [B, B]``, its row sums ``coef_sum [B]`` and the anchor mask ``[B]``.
+
+    ``synthetic`` None means every row is real (SupCon, or UniCon without synthetic flags).
+    """
+    rows = labels.shape[0]
     # 2. positives: same class, or at least one shared label; never the row itself. SupCon
     #    (eq. 1, 2) is UniCon with every row real: U(i) is empty and every row is an anchor.
     same = _same_label(labels)
     same.fill_diagonal_(False)
     same = same.to(dtype)
-    if mode == "supcon" or synthetic is None:
-        real = torch.ones(rows, dtype=torch.bool, device=feats.device)
+    if synthetic is None:
+        real = torch.ones(rows, dtype=torch.bool, device=device)
     else:
         real = ~synthetic
     pos_count = same @ real.to(dtype)  # |P(i)|
     sup_count = same.sum(dim=1) - pos_count  # |U(i)|
-    weight = _anchor_weights(labels, class_weights, dtype, feats.device)
+    weight = _anchor_weights(labels, class_weights, dtype, device)
 
     # 3. coef[i, j] = weight of log s(i, j) in anchor i's loss: 1/|P(i)| on P(i) and
     #    w_i/|U(i)| on U(i), each set divided by its own unweighted count (folding w into a
@@ -108,11 +134,7 @@ def contrastive_loss(
     coef = same * torch.where(real.unsqueeze(0), pos_scale.unsqueeze(1), sup_scale.unsqueeze(1))
     coef_sum = (pos_count > 0).to(dtype) + weight * (sup_count > 0).to(dtype)
     anchor = (real & (pos_count + sup_count > 0)).to(dtype)
-
-    # 4. sum_j coef_ij log s(i,j) = sum_j coef_ij logits_ij - log_denom_i sum_j coef_ij;
-    #    coef is 0 on the diagonal, so the raw logits need no masking there.
-    per_anchor = coef_sum * log_denom - (coef * logits).sum(dim=1)
-    return (per_anchor * anchor).sum() / anchor.sum().clamp_min(1)
+    return coef, coef_sum, anchor
 
 
 class ContrastiveLoss(nn.Module):
@@ -181,6 +203,14 @@ def _check_inputs(
     if not feats.is_floating_point():
         raise ValueError(f"features must be a float tensor, got {feats.dtype}")
     rows = feats.shape[0]
+    _check_labels(labels, rows)
+    if synthetic is not None:
+        _check_synthetic(synthetic, rows)
+    if class_weights is not None:
+        _check_class_weights(class_weights, labels, mode, rows)
+
+
+def _check_labels(labels: torch.Tensor, rows: int) -> None:
     if labels.dim() not in (1, 2) or labels.shape[0] != rows:
         raise ValueError(
             f"labels must be [B] class ids or [B, C] multi-hot with B = {rows} rows of "
@@ -191,15 +221,18 @@ def _check_inputs(
             f"[B] labels must be integer class ids, got {labels.dtype}; pass multi-hot "
             "labels as [B, C]"
         )
-    if synthetic is not None:
-        if tuple(synthetic.shape) != (rows,):
-            raise ValueError(
-                f"synthetic must be [B] = [{rows}] flags, got {tuple(synthetic.shape)}"
-            )
-        if synthetic.dtype != torch.bool:
-            raise ValueError(f"synthetic must be a bool tensor, got {synthetic.dtype}")
-    if class_weights is None:
-        return
+
+
+def _check_synthetic(synthetic: torch.Tensor, rows: int) -> None:
+    if tuple(synthetic.shape) != (rows,):
+        raise ValueError(f"synthetic must be [B] = [{rows}] flags, got {tuple(synthetic.shape)}")
+    if synthetic.dtype != torch.bool:
+        raise ValueError(f"synthetic must be a bool tensor, got {synthetic.dtype}")
+
+
+def _check_class_weights(
+    class_weights: torch.Tensor, labels: torch.Tensor, mode: str, rows: int
+) -> None:
     if mode != "unicon":
         raise ValueError(
             "class_weights only apply to mode='unicon'; SupCon treats all rows alike, "

@@ -96,33 +96,55 @@ def evaluate(
     for r in range(cfg.protocol.n_contr):
         run_seed = stable_seed(seed, method, r)
         run_dir = Path(storage) / f"{name}-r{r}"
-        loop_cfg = {
-            "data": draw_synthetic(data, run_seed),
-            "method": method,
-            "weights": None if weights is None else [float(w) for w in weights],
-            "encoder": cfg.encoder,
-            "classifier": cfg.classifier,
-            "model_cfg": mcfg,
-            "aug_kind": aug,
-            "seed": run_seed,
-            "n_classif": cfg.protocol.n_classif,
-            # Torch threads per worker: the CPUs it was given (oversubscribing tiny models on a
-            # busy machine costs more than it gains).
-            "threads": threads or max(1, int(cfg.train.cpus_per_worker)),
-        }
+        loop_cfg = _loop_config(data, method, weights, cfg, run_seed, mcfg, aug, threads)
         if resumable:
             loop_cfg["checkpoint_dir"] = str(run_dir / "ckpt")
             loop_cfg["checkpoint_every"] = cfg.train.checkpoint_every
         if save_models:
             loop_cfg["save_dir"] = str(run_dir / "model")
-        done = run_dir / "result.json"
-        if resumable and done.is_file():  # finished before an interruption: not redone
-            metrics = json.loads(done.read_text())
-        else:
-            metrics = run_trainer(contrastive_run_loop, loop_cfg, cfg.train, f"{name}-r{r}", storage)
-            if resumable:
-                atomic_write_text(done, json.dumps(metrics))
+        done = run_dir / "result.json" if resumable else None
+        metrics = _encoder_run(loop_cfg, cfg, f"{name}-r{r}", storage, done)
         accs.extend(metrics["accs"])
         nlls.extend(metrics.get("nlls", []))  # absent from results written by older versions
         groups.extend(metrics["group_accs"])
     return ProtocolResult(accs, groups, nlls)
+
+
+def _loop_config(
+    data: ProtocolData,
+    method: str,
+    weights: np.ndarray | list[float] | None,
+    cfg: RunConfig,
+    run_seed: int,
+    mcfg: dict[str, Any],
+    aug: str,
+    threads: int,
+) -> dict[str, Any]:
+    """The config of one encoder run's ``contrastive_run_loop`` (its synthetic rows drawn)."""
+    return {
+        "data": draw_synthetic(data, run_seed),
+        "method": method,
+        "weights": None if weights is None else [float(w) for w in weights],
+        "encoder": cfg.encoder,
+        "classifier": cfg.classifier,
+        "model_cfg": mcfg,
+        "aug_kind": aug,
+        "seed": run_seed,
+        "n_classif": cfg.protocol.n_classif,
+        # Torch threads per worker: the CPUs it was given (oversubscribing tiny models on a
+        # busy machine costs more than it gains).
+        "threads": threads or max(1, int(cfg.train.cpus_per_worker)),
+    }
+
+
+def _encoder_run(
+    loop_cfg: dict[str, Any], cfg: RunConfig, run_name: str, storage: str | Path, done: Path | None
+) -> dict[str, Any]:
+    """One encoder run's metrics; with ``done`` (resumable runs) they are written there, and a
+    run that finished before an interruption is read back from there instead of redone."""
+    if done is not None and done.is_file():
+        return json.loads(done.read_text())
+    metrics = run_trainer(contrastive_run_loop, loop_cfg, cfg.train, run_name, storage)
+    if done is not None:
+        atomic_write_text(done, json.dumps(metrics))
+    return metrics

@@ -11,7 +11,7 @@ import torch
 from tiny_models import save_clip
 
 from raysynth.data.images import encode_png
-from raysynth.data.sources import UnlabeledSet
+from raysynth.data.unlabeled import UnlabeledSet
 from raysynth.pseudolabel.zero_shot import (
     EmbedPool,
     ZeroShotSpec,

@@ -20,7 +20,7 @@ from PIL import Image
 from tiny_models import save_clip
 
 from raysynth.data.images import encode_png
-from raysynth.data.sources import load_unlabeled
+from raysynth.data.unlabeled import load_unlabeled
 from raysynth.errors import DataError
 from raysynth.filter.threshold import normalize
 from raysynth.pseudolabel.zero_shot import (
@@ -63,7 +63,7 @@ def _hand_probs(model, preprocess, pngs, templates, tau) -> np.ndarray:
 
 
 def _unlabeled(pngs):
-    from raysynth.data.sources import UnlabeledSet
+    from raysynth.data.unlabeled import UnlabeledSet
 
     return UnlabeledSet(images=pngs, sources=[f"mem:{i}" for i in range(len(pngs))])
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from raysynth.data.images import encode_png
-from raysynth.data.sources import ImageSet
+from raysynth.data.imageset import ImageSet
 from raysynth.data.splits import Splits
 from raysynth.data.store import write_real
 from raysynth.errors import RunDirError
