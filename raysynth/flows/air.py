@@ -149,7 +149,8 @@ def train_adapter(
     run: RunDir, cfg: RunConfig, data: UnlabeledSet, pl: PseudoLabels
 ) -> tuple[Path, dict[str, Any]]:
     """LoRA on the top-K pseudo-labelled images per class (skipped when already trained)."""
-    from raysynth.generate.lora import RESULT_FILE, LoraTrainSpec, train_sd_lora
+    from raysynth.generate.lora.spec import RESULT_FILE, LoraTrainSpec
+    from raysynth.generate.lora.train import train_sd_lora
 
     folder = run.sub("air") / ADAPTER
     top = top_k_per_class(pl.probs, cfg.air.top_k)
