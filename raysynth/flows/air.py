@@ -34,6 +34,7 @@ from raysynth.errors import ConfigError, DataError
 from raysynth.filter.select import fuse, most_representative, prototype_probs
 from raysynth.flows.prepare import RealData
 from raysynth.generate.table import read_table
+from raysynth.pseudolabel.top_k import top_k_per_class
 from raysynth.pseudolabel.zero_shot import (
     EmbedPool,
     PseudoLabels,
@@ -41,7 +42,6 @@ from raysynth.pseudolabel.zero_shot import (
     clip_embedder_spec,
     label_accuracy,
     pseudo_label,
-    top_k_per_class,
 )
 from raysynth.rundir import RunDir, atomic_write_text
 
@@ -255,14 +255,10 @@ def learn_prompt(
     import torch
 
     from raysynth.filter.embedders import ClipEmbedder
-    from raysynth.pseudolabel.prompt import (
-        PromptConfig,
-        PromptData,
-        PromptTextEncoder,
-        PromptTrialSpec,
-        search_prompt_params,
-        train_prompt,
-    )
+    from raysynth.pseudolabel.prompt import PromptConfig, PromptData
+    from raysynth.pseudolabel.prompt_encoder import PromptTextEncoder
+    from raysynth.pseudolabel.prompt_train import PromptTrialSpec, train_prompt
+    from raysynth.pseudolabel.search import search_prompt_params
 
     a = cfg.air
     base = PromptConfig(

@@ -79,7 +79,6 @@ class LoraTrainSpec:
         return {**dataclasses.asdict(self), "target_modules": list(self.target_modules)}
 
 
-SD_SPEC = LoraTrainSpec()
 PIXEL_SPEC = LoraTrainSpec(target_modules=PIXEL_TARGET_MODULES)
 
 
@@ -106,7 +105,6 @@ __all__ = [
     "PIXEL_SPEC",
     "PIXEL_TARGET_MODULES",
     "RESULT_FILE",
-    "SD_SPEC",
     "LoraResult",
     "LoraTrainSpec",
     "lora_prompt",

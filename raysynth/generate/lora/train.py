@@ -15,7 +15,7 @@ import numpy as np
 from raysynth.config.schema import GeneratorConfig, ScalingConfig
 from raysynth.errors import ConfigError
 from raysynth.generate.lora.loop import checkpoint_config, lora_train_loop
-from raysynth.generate.lora.spec import KEY, PIXEL_SPEC, SD_SPEC, LoraResult, LoraTrainSpec
+from raysynth.generate.lora.spec import KEY, PIXEL_SPEC, LoraResult, LoraTrainSpec
 from raysynth.generate.lora.tasks import check_labels, pixel_arrays
 
 
@@ -69,7 +69,7 @@ def train_sd_lora(
     class_names: Sequence[str],
     context: str,
     out_dir: str | Path,
-    spec: LoraTrainSpec = SD_SPEC,
+    spec: LoraTrainSpec = LoraTrainSpec(),  # noqa: B008 (a frozen dataclass)
     *,
     scaling: ScalingConfig | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -127,8 +127,9 @@ def train_pixel_lora(
     :func:`~raysynth.generate.pixel.save_pixel_model`) on ``images`` (float ``[N, C, H, W]`` in
     [0, 1], or PNG bytes) with class ``labels``. Writes ``out_dir`` (``adapter_config.json`` +
     ``adapter_model.safetensors``, loadable with ``synthesis.generator.lora=[out_dir]``, and
-    ``air_lora.json``). The default spec targets :data:`PIXEL_TARGET_MODULES`; Ray Train,
-    checkpoints and resume as in :func:`train_sd_lora`.
+    ``air_lora.json``). The default spec targets
+    :data:`~raysynth.generate.lora.spec.PIXEL_TARGET_MODULES`; Ray Train, checkpoints and resume
+    as in :func:`train_sd_lora`.
     """
     from raysynth.generate.pixel import UNET_DIR
 
