@@ -76,10 +76,7 @@ def train_prompt(
         synthetic = (syn, syn_y) if cfg.beta > 0 and syn is not None else None
         losses = _steps(encoder, opt, (real[rows], y), synthetic, cfg, scale)
         # 3. refresh p with the learned prompt
-        with torch.no_grad():
-            text = encoder()
-            p = torch.softmax(_logits(real, text, scale), dim=1).double().cpu().numpy()
-            val = _accuracy(data.val_emb, data.val_labels, text, dev)
+        p, val = _refresh(encoder, real, data, scale)
         refreshed = np.argmax(fuse(p, p_hat, cfg.lam), axis=1)
         record = _record(it + 1, losses, labels, rows, refreshed, val, data.true_labels)
         history.append(record)
@@ -94,6 +91,16 @@ def train_prompt(
         pseudo_labels=np.argmax(fuse(p, p_hat, cfg.lam), axis=1).astype(np.int64),
         probs=p,
     )
+
+
+@torch.no_grad()
+def _refresh(
+    encoder: PromptTextEncoder, real: torch.Tensor, data: PromptData, scale: float
+) -> tuple[np.ndarray, float]:
+    """``p`` of the real images under the learned prompt, and its validation accuracy."""
+    text = encoder()
+    p = torch.softmax(_logits(real, text, scale), dim=1).double().cpu().numpy()
+    return p, _accuracy(data.val_emb, data.val_labels, text, encoder.ctx.device)
 
 
 def _record(
