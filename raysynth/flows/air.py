@@ -35,13 +35,13 @@ from raysynth.flows.job import Job
 from raysynth.flows.prepare import RealData, generator_spec, synthesis_stage
 from raysynth.generate.table import read_table
 from raysynth.pseudolabel.prototypes import accuracies, prototypes
+from raysynth.pseudolabel.top_k import top_k_per_class
 from raysynth.pseudolabel.zero_shot import (
     PseudoLabels,
     ZeroShotSpec,
     clip_embedder_spec,
     label_accuracy,
     pseudo_label,
-    top_k_per_class,
 )
 from raysynth.rundir import RunDir
 
@@ -150,7 +150,8 @@ def train_adapter(
     run: RunDir, cfg: RunConfig, data: UnlabeledSet, pl: PseudoLabels
 ) -> tuple[Path, dict[str, Any]]:
     """LoRA on the top-K pseudo-labelled images per class (skipped when already trained)."""
-    from raysynth.generate.lora import RESULT_FILE, LoraTrainSpec, train_sd_lora
+    from raysynth.generate.lora.spec import RESULT_FILE, LoraTrainSpec
+    from raysynth.generate.lora.train import train_sd_lora
 
     folder = run.air / ADAPTER
     top = top_k_per_class(pl.probs, cfg.air.top_k)
@@ -250,7 +251,8 @@ def prompt_data(unl: PseudoLabels, val: PseudoLabels, syn: PseudoLabels, proto: 
 
 def searched(job: Job, data: Any, base: Any, class_names: list[str], device: str) -> Any:
     """λ and β from the Tune search on val (``air/search.json``, never rerun), or ``None``."""
-    from raysynth.pseudolabel.prompt import PromptTrialSpec, search_prompt_params
+    from raysynth.pseudolabel.prompt_train import PromptTrialSpec
+    from raysynth.pseudolabel.search import search_prompt_params
 
     a = job.cfg.air
     if not a.search:
@@ -272,7 +274,9 @@ def learn_prompt(
     """λ, β (searched on val when ``air.search``), the learned context, and every accuracy."""
     from raysynth.devices import resolve_device
     from raysynth.filter.clip import ClipEmbedder
-    from raysynth.pseudolabel.prompt import PromptConfig, PromptTextEncoder, train_prompt
+    from raysynth.pseudolabel.prompt import PromptConfig
+    from raysynth.pseudolabel.prompt_encoder import PromptTextEncoder
+    from raysynth.pseudolabel.prompt_train import train_prompt
 
     cfg, a = job.cfg, job.cfg.air
     base, data = prompt_config(cfg), prompt_data(unl, val, syn, proto)

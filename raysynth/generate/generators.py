@@ -197,8 +197,8 @@ def load_pixel_adapters(unet: torch.nn.Module, cfg: GeneratorConfig) -> None:
     touched: peft adds ``scale · B A`` beside each adapted layer.
 
     Each entry is a peft folder (``adapter_config.json`` + ``adapter_model.safetensors``, as
-    :func:`raysynth.generate.lora.train_pixel_lora` writes). An adapter that does not fit this model
-    (other layer names or shapes) raises :class:`ConfigError` naming it.
+    :func:`raysynth.generate.lora.train.train_pixel_lora` writes). An adapter that does not fit
+    this model (other layer names or shapes) raises :class:`ConfigError` naming it.
     """
     if not cfg.lora:
         return
@@ -227,7 +227,7 @@ def _pixel_adapter_folder(i: int, entry: str) -> Path:
         raise ConfigError(
             f"synthesis.generator.lora[{i}]={entry!r} is not a pixel-model LoRA adapter: pass a "
             f"folder with {PIXEL_ADAPTER_CONFIG} and {PIXEL_ADAPTER_WEIGHTS} (written by "
-            "raysynth.generate.lora.train_pixel_lora)"
+            "raysynth.generate.lora.train.train_pixel_lora)"
         )
     return folder
 

@@ -15,13 +15,10 @@ import pytest
 import torch
 from tiny_models import png, text_encoder, tokenizer, vae
 
-from raysynth.generate.lora import (
-    AdapterState,
-    LoraTrainSpec,
-    build_sd_task,
-    lora_optimizer,
-    lora_step,
-)
+from raysynth.generate.lora.loop import lora_optimizer, lora_step
+from raysynth.generate.lora.model import AdapterState
+from raysynth.generate.lora.spec import LoraTrainSpec
+from raysynth.generate.lora.tasks import build_sd_task
 
 pytestmark = pytest.mark.gpu
 

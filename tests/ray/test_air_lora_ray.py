@@ -23,16 +23,10 @@ from tiny_models import (
 from raysynth.config.schema import GeneratorConfig, ScalingConfig
 from raysynth.errors import ConfigError
 from raysynth.generate.latent import load_pipeline
-from raysynth.generate.lora import (
-    PIXEL_SPEC,
-    RESULT_FILE,
-    LoraTrainSpec,
-    build_sd_task,
-    denoising_loss,
-    draw_batch,
-    train_pixel_lora,
-    train_sd_lora,
-)
+from raysynth.generate.lora.loop import denoising_loss, draw_batch
+from raysynth.generate.lora.spec import PIXEL_SPEC, RESULT_FILE, LoraTrainSpec
+from raysynth.generate.lora.tasks import build_sd_task
+from raysynth.generate.lora.train import train_pixel_lora, train_sd_lora
 from raysynth.generate.pixel import build_unet, save_pixel_model
 from raysynth.generate.pixel import sampling_scheduler_config as pixel_scheduler_config
 

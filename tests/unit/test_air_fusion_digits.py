@@ -45,7 +45,7 @@ from raysynth.filter.select import (
 )
 from raysynth.generate.pixel import PixelDiffusionConfig, load_or_train, load_pixel_model
 from raysynth.generate.sampling import sample_pixel
-from raysynth.pseudolabel.zero_shot import top_k_per_class
+from raysynth.pseudolabel.top_k import top_k_per_class
 
 TAU, LAM, K, M = 0.01, 1.0, 16, 16
 SEED = 2

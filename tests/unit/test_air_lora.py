@@ -26,23 +26,11 @@ from raysynth.config.schema import FeedbackConfig, GeneratorConfig
 from raysynth.errors import ConfigError, DataError
 from raysynth.generate.generators import GeneratorSpec, build_generator, check_pixel_adapters
 from raysynth.generate.latent import load_pipeline
-from raysynth.generate.lora import (
-    PIXEL_SPEC,
-    RESULT_FILE,
-    AdapterState,
-    LoraTrainSpec,
-    add_lora,
-    build_pixel_task,
-    build_sd_task,
-    denoising_loss,
-    draw_batch,
-    fit_lora,
-    lora_prompt,
-    save_adapter,
-    shard,
-    train_pixel_lora,
-    train_sd_lora,
-)
+from raysynth.generate.lora.loop import denoising_loss, draw_batch, fit_lora, save_adapter
+from raysynth.generate.lora.model import AdapterState, add_lora
+from raysynth.generate.lora.spec import PIXEL_SPEC, RESULT_FILE, LoraTrainSpec, lora_prompt
+from raysynth.generate.lora.tasks import build_pixel_task, build_sd_task, shard
+from raysynth.generate.lora.train import train_pixel_lora, train_sd_lora
 from raysynth.generate.pixel import (
     PixelDiffusionConfig,
     load_pixel_model,

@@ -19,15 +19,9 @@ from tiny_models import save_clip
 
 from raysynth.errors import ConfigError, RunDirError
 from raysynth.filter.select import cosine_softmax
-from raysynth.pseudolabel.prompt import (
-    PromptConfig,
-    PromptData,
-    PromptTextEncoder,
-    PromptTrialSpec,
-    load_context,
-    run_prompt_trial,
-    train_prompt,
-)
+from raysynth.pseudolabel.prompt import PromptConfig, PromptData, load_context
+from raysynth.pseudolabel.prompt_encoder import PromptTextEncoder
+from raysynth.pseudolabel.prompt_train import PromptTrialSpec, run_prompt_trial, train_prompt
 
 torch.set_num_threads(1)
 

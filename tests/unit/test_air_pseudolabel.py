@@ -23,11 +23,11 @@ from raysynth.data.images import encode_png
 from raysynth.data.unlabeled import load_unlabeled
 from raysynth.errors import DataError
 from raysynth.filter.threshold import normalize
+from raysynth.pseudolabel.top_k import top_k_per_class
 from raysynth.pseudolabel.zero_shot import (
     ZeroShotSpec,
     clip_embedder_spec,
     pseudo_label_local,
-    top_k_per_class,
 )
 
 torch.set_num_threads(1)
