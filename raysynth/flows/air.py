@@ -252,7 +252,7 @@ def prompt_data(unl: PseudoLabels, val: PseudoLabels, syn: PseudoLabels, proto: 
 def searched(job: Job, data: Any, base: Any, class_names: list[str], device: str) -> Any:
     """λ and β from the Tune search on val (``air/search.json``, never rerun), or ``None``."""
     from raysynth.pseudolabel.prompt_train import PromptTrialSpec
-    from raysynth.pseudolabel.search import search_prompt_params
+    from raysynth.tune.prompt import search_prompt_params
 
     a = job.cfg.air
     if not a.search:

@@ -7,7 +7,7 @@ its per-iteration history (:class:`PromptResult`) and that context's folder
 The prompt itself is :class:`~raysynth.pseudolabel.prompt_encoder.PromptTextEncoder`, the training
 :func:`~raysynth.pseudolabel.prompt_train.train_prompt`, one Tune trial
 :func:`~raysynth.pseudolabel.prompt_train.run_prompt_trial` and the (λ, β) search
-:mod:`raysynth.pseudolabel.search`.
+:mod:`raysynth.tune.prompt`.
 """
 
 from __future__ import annotations

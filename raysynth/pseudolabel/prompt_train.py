@@ -15,7 +15,7 @@ confident per class under ``p*`` — FPL's top-K pseudo-labelling that AiR build
 
 :func:`train_prompt` trains a given encoder; :func:`run_prompt_trial` is one (λ, β) that builds
 its model by name (:class:`PromptTrialSpec`) — what a Tune trial of
-:func:`~raysynth.pseudolabel.search.search_prompt_params` runs.
+:func:`~raysynth.tune.prompt.search_prompt_params` runs.
 """
 
 from __future__ import annotations

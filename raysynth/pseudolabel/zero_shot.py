@@ -30,11 +30,13 @@ from raysynth.data.unlabeled import UnlabeledSet
 from raysynth.errors import DataError
 from raysynth.filter.stage import EmbedderSpec, ImageEmbedder
 from raysynth.pseudolabel.top_k import TopK, top_k_per_class
-from raysynth.ray_data import pool_strategy
+from raysynth.ray_data import from_tables, iter_numpy, map_pool
 
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)
-EMBEDDING = "embedding"
-PROBS = "probs"
+EMBEDDING = col.EMBEDDING
+PROBS = col.PROBS
+# the embedder pool when the caller gives none (one actor of one CPU, 64 images a call)
+DEFAULT_POOL = Resources(batch_size=64)
 
 
 # -- specs ---------------------------------------------------------------------------------
@@ -71,28 +73,6 @@ class ZeroShotSpec:
             raise ValueError(f"class names must be distinct, got {list(self.class_names)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-
-
-@dataclass(frozen=True)
-class EmbedPool:
-    """Resources of the embedder actor pool (``pool_strategy(min_actors, max_actors)``)."""
-
-    min_actors: int = 1
-    max_actors: int = 1
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_actors <= self.max_actors:
-            raise ValueError(
-                f"need 1 <= min_actors <= max_actors, got {self.min_actors}, {self.max_actors}"
-            )
-        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0 or self.batch_size < 1:
-            raise ValueError(
-                "cpus_per_actor must be > 0, gpus_per_actor >= 0 and batch_size >= 1; got "
-                f"{self.cpus_per_actor}, {self.gpus_per_actor}, {self.batch_size}"
-            )
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -224,26 +204,17 @@ def pseudo_label_local(
     return _collect((scorer(b) for b in _batches(data, batch_size)), data, spec)
 
 
-def score_dataset(ds: Any, spec: ZeroShotSpec, pool: EmbedPool = EmbedPool()) -> Any:
+def score_dataset(ds: Any, spec: ZeroShotSpec, pool: Resources = DEFAULT_POOL) -> Any:
     """``ds`` (Ray Dataset with ``sample_id`` and ``image``) → + ``embedding`` and ``probs``, on an
     actor pool of :class:`ZeroShotScorer` (streaming: the driver holds no images)."""
-    return ds.map_batches(
-        ZeroShotScorer,
-        fn_constructor_kwargs={"spec": spec},
-        batch_size=pool.batch_size,
-        batch_format="numpy",
-        compute=pool_strategy(pool.min_actors, pool.max_actors),
-        num_cpus=pool.cpus_per_actor,
-        num_gpus=pool.gpus_per_actor,
-    )
+    return map_pool(ds, ZeroShotScorer, pool, {"spec": spec})
 
 
 def pseudo_label(
-    data: UnlabeledSet, spec: ZeroShotSpec, pool: EmbedPool = EmbedPool()
+    data: UnlabeledSet, spec: ZeroShotSpec, pool: Resources = DEFAULT_POOL
 ) -> PseudoLabels:
     """Zero-shot pseudo-labels of ``data`` on a Ray Data actor pool; needs a connected Ray."""
     import pyarrow as pa
-    import ray
 
     table = pa.table(
         {
@@ -251,8 +222,5 @@ def pseudo_label(
             col.IMAGE: pa.array(data.images, pa.binary()),
         }
     )
-    scored = score_dataset(ray.data.from_arrow(table), spec, pool)
-    batches = scored.select_columns([col.SAMPLE_ID, EMBEDDING, PROBS]).iter_batches(
-        batch_format="numpy", batch_size=None
-    )
-    return _collect(batches, data, spec)
+    scored = score_dataset(from_tables([table]), spec, pool)
+    return _collect(iter_numpy(scored, [col.SAMPLE_ID, EMBEDDING, PROBS]), data, spec)

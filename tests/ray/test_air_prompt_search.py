@@ -18,7 +18,7 @@ from raysynth.config.schema import RunConfig, TuneConfig
 from raysynth.filter.select import cosine_softmax
 from raysynth.pseudolabel.prompt import PromptConfig, PromptData
 from raysynth.pseudolabel.prompt_train import PromptTrialSpec
-from raysynth.pseudolabel.search import search_prompt_params
+from raysynth.tune.prompt import search_prompt_params
 
 torch.set_num_threads(1)
 

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from tiny_models import save_clip
 
+from raysynth.config.schema import Resources
 from raysynth.data.images import encode_png
 from raysynth.data.unlabeled import UnlabeledSet
 from raysynth.pseudolabel.zero_shot import (
-    EmbedPool,
     ZeroShotSpec,
     clip_embedder_spec,
     pseudo_label,
@@ -36,7 +36,7 @@ def test_actor_pool_gives_the_in_process_probabilities(ray_local, tmp_path):
     )
     templates = ("a photo of a {c}.", "a close-up photo of a {}.")
     spec = ZeroShotSpec(clip_embedder_spec(name, None, "cpu", batch_size=4), NAMES, templates)
-    pool = EmbedPool(min_actors=1, max_actors=2, cpus_per_actor=0.5, batch_size=3)
+    pool = Resources(min_actors=1, max_actors=2, cpus_per_actor=0.5, batch_size=3)
 
     got = pseudo_label(data, spec, pool)
     want = pseudo_label_local(data, spec, batch_size=5)

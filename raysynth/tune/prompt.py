@@ -1,9 +1,8 @@
 """The (λ, β) search of AiR's prompt learning on Ray Tune: :func:`prompt_learning_trainable` runs
 one (λ, β) as a Ray Tune function trainable that builds the model in the trial
 (:func:`~raysynth.pseudolabel.prompt_train.run_prompt_trial`) and reports the validation accuracy
-per iteration; :func:`search_prompt_params` searches (λ, β) with the weight search's HyperOpt
-machinery (:func:`raysynth.tune.search.build_search_tuner`). Ray is imported only inside those
-two."""
+per iteration; :func:`search_prompt_params` searches (λ, β) with the one Tune builder
+(:func:`raysynth.tune.tuner.build_search_tuner`)."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ import torch
 from raysynth.config.schema import RunConfig
 from raysynth.pseudolabel.prompt import PromptData
 from raysynth.pseudolabel.prompt_train import PromptTrialSpec, run_prompt_trial
+from raysynth.tune.tuner import build_search_tuner
 
 METRIC = "val_acc"  # what the (λ, β) search maximises
 EXPERIMENT = "prompt"  # its folder under tune_root
@@ -48,7 +48,6 @@ def search_prompt_params(
     "trials"}`` of the best trial (its last report); needs a connected Ray."""
     from ray import tune
 
-    from raysynth.tune.tuner import build_search_tuner
 
     points = [{"lam": 0.0, "beta": 0.0}, {"lam": 1.0, "beta": 1.0}]
     points = [
