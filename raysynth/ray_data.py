@@ -103,7 +103,8 @@ def read_parquet(path: str, columns: Sequence[str] | None = None) -> Any:
     """A dataset over the Parquet file(s) at ``path``, only ``columns`` when given."""
     import ray
 
-    return ray.data.read_parquet(path, columns=list(columns) if columns else None)
+    ds = ray.data.read_parquet(path)
+    return ds.select_columns(list(columns)) if columns else ds
 
 
 def iter_numpy(ds: Any, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
