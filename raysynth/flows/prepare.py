@@ -115,7 +115,8 @@ def train_real_classifier(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
 
 def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     """Train (or reuse) the class-conditional pixel diffusion model on the real train split."""
-    from raysynth.generate.pixel import PixelDiffusionConfig, load_or_train
+    from raysynth.generate.pixel import PixelDiffusionConfig
+    from raysynth.generate.pixel_training import load_or_train
 
     g = cfg.synthesis.generator
     train = real.arrays("train")

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 
 from raysynth.config.schema import GeneratorConfig, ScalingConfig
 from raysynth.errors import ConfigError, DataError, TrainingError
-from raysynth.generate.generators import DTYPES, PIXEL_ADAPTER_WEIGHTS
+from raysynth.generate.generators import DTYPES
+from raysynth.generate.pixel_generator import PIXEL_ADAPTER_WEIGHTS
 from raysynth.seeding import stable_seed
 
 KEY = "air.lora"
@@ -512,7 +513,7 @@ def save_adapter(task: LoraTask, folder: str | Path, info: dict[str, Any]) -> Pa
 def _load_task(config: dict[str, Any], device: torch.device, rank: int, world: int) -> LoraTask:
     spec: LoraTrainSpec = config["spec"]
     if config["kind"] == "text2image":
-        from raysynth.generate.latent import load_pipeline
+        from raysynth.generate.loading import load_pipeline
 
         g = GeneratorConfig(kind="text2image", model=config["model"], dtype=spec.dtype)
         pipe = load_pipeline(g, torch.device("cpu"))
@@ -671,7 +672,7 @@ def train_sd_lora(
     ``storage_path`` (default ``out_dir``'s parent). On a cluster ``out_dir`` and the checkpoint
     folder must be storage the rank-0 worker can write.
     """
-    from raysynth.generate.latent import check_model_available
+    from raysynth.generate.loading import check_model_available
 
     info = check_model_available(GeneratorConfig(kind="text2image", model=model, dtype=spec.dtype))
     if "XL" in info.get("_class_name", ""):

@@ -24,8 +24,9 @@ from tiny_models import (
 from raysynth import columns as col
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
 from raysynth.errors import ConfigError, DataError
-from raysynth.generate.generators import GeneratorSpec, build_generator, check_pixel_adapters
-from raysynth.generate.latent import load_pipeline
+from raysynth.generate.factory import build_generator
+from raysynth.generate.generators import GeneratorSpec
+from raysynth.generate.loading import load_pipeline
 from raysynth.generate.lora import (
     PIXEL_SPEC,
     RESULT_FILE,
@@ -43,12 +44,9 @@ from raysynth.generate.lora import (
     train_pixel_lora,
     train_sd_lora,
 )
-from raysynth.generate.pixel import (
-    PixelDiffusionConfig,
-    load_pixel_model,
-    save_pixel_model,
-    train_pixel_model,
-)
+from raysynth.generate.pixel import PixelDiffusionConfig, load_pixel_model, save_pixel_model
+from raysynth.generate.pixel_generator import check_pixel_adapters
+from raysynth.generate.pixel_training import train_pixel_model
 from raysynth.train.checkpoint import restore_training, write_checkpoint
 
 CLASSES = ["cat", "dog"]
