@@ -235,7 +235,8 @@ def digits3_protocol():
 
 def train_pixel_folder(folder: Path, class_names=("0", "1", "2")) -> str:
     """A 3-step pixel model on random 8×8 data, cached in ``folder`` (the synthesis tests' model)."""
-    from raysynth.generate.pixel import PixelDiffusionConfig, load_or_train
+    from raysynth.generate.pixel import PixelDiffusionConfig
+    from raysynth.generate.pixel_training import load_or_train
 
     rng = np.random.default_rng(0)
     x = rng.random((12, 1, 8, 8)).astype(np.float32)

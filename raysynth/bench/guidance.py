@@ -125,7 +125,8 @@ def latent_ratio(
     """Guided / unguided time of the product's text-to-image generator on a small SD model."""
     from raysynth.bench.tiny_sd import save_small_sd
     from raysynth.config.schema import FeedbackConfig, GeneratorConfig
-    from raysynth.generate.generators import GeneratorSpec, build_generator
+    from raysynth.generate.factory import build_generator
+    from raysynth.generate.generators import GeneratorSpec
     from raysynth.plan.rows import make_plan
     from raysynth.train.checkpoint import write_checkpoint
 

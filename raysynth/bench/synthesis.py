@@ -65,7 +65,8 @@ from raysynth.config import build_config
 from raysynth.config.schema import RunConfig
 from raysynth.generate.actor import DiffusionGenerator, plan_table
 from raysynth.generate.generators import GeneratorSpec
-from raysynth.generate.pixel import PixelDiffusionConfig, load_or_train
+from raysynth.generate.pixel import PixelDiffusionConfig
+from raysynth.generate.pixel_training import load_or_train
 from raysynth.generate.schema import conform
 from raysynth.generate.stage import generate
 from raysynth.generate.table import parquet_files, read_table

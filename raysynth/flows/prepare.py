@@ -135,7 +135,8 @@ def train_end_to_end(
 
 def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     """Train (or reuse) the class-conditional pixel diffusion model on the real train split."""
-    from raysynth.generate.pixel import PixelDiffusionConfig, load_or_train
+    from raysynth.generate.pixel import PixelDiffusionConfig
+    from raysynth.generate.pixel_training import load_or_train
 
     g = cfg.synthesis.generator
     train = real.arrays("train")
@@ -208,13 +209,13 @@ def check_models(cfg: RunConfig) -> None:
     """Fail before any actor starts when a model, scheduler or adapter cannot be used."""
     g = cfg.synthesis.generator
     if g.kind in ("text2image", "unclip"):
-        from raysynth.generate import latent
+        from raysynth.generate import loading
 
-        latent.check_model_available(g)
-        latent.check_scheduler(g.scheduler)
-        latent.check_adapters(g)
+        loading.check_model_available(g)
+        loading.check_scheduler(g.scheduler)
+        loading.check_adapters(g)
     elif g.kind == "pixel":
-        from raysynth.generate.generators import check_pixel_adapters
+        from raysynth.generate.pixel_generator import check_pixel_adapters
 
         check_pixel_adapters(g)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from raysynth import columns as col
-from raysynth.generate.generators import GeneratorSpec, build_generator, identity_json
+from raysynth.generate.factory import build_generator
+from raysynth.generate.generators import GeneratorSpec, identity_json
 from raysynth.generate.schema import SYNTHETIC_SCHEMA
 
 log = logging.getLogger("raysynth.generate")

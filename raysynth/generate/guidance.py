@@ -157,8 +157,26 @@ def class_gaussians(
         raise ConfigError(f"shrinkage must lie in [0, 1], got {shrinkage}")
     feats = features.detach().to(torch.float64)
     labels = labels.detach().to(feats.device).long()
+    eye = torch.eye(feats.shape[1], dtype=torch.float64, device=feats.device)
+    means, covs, scales, shrinks = _class_moments(feats, labels, num_classes, shrinkage)
+    known = [s for s in scales if s is not None]
+    pooled = sum(known) / len(known) if known and sum(known) > 0 else 1.0
+    sigmas = []
+    for cov, nu, delta in zip(covs, scales, shrinks):
+        nu = pooled if nu is None else nu
+        sigmas.append((1 - delta) * cov + delta * nu * eye + eps * pooled * eye)
+    chol = torch.linalg.cholesky(torch.stack(sigmas))
+    precision = torch.cholesky_inverse(chol)
+    logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    return ClassGaussians(torch.stack(means).float(), precision.float(), logdet.float())
+
+
+def _class_moments(
+    feats: torch.Tensor, labels: torch.Tensor, num_classes: int, shrinkage: float | str
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float | None], list[float]]:
+    """Per class: mean, biased covariance, scale ``ν_c = tr S_c / k`` (None with one sample) and
+    shrinkage ``δ_c`` (1 with one sample)."""
     k = feats.shape[1]
-    eye = torch.eye(k, dtype=torch.float64, device=feats.device)
     means, covs, scales, shrinks = [], [], [], []
     for c in range(num_classes):
         rows = feats[labels == c]
@@ -176,17 +194,7 @@ def class_gaussians(
             shrinks.append(
                 ledoit_wolf_shrinkage(centered) if shrinkage == "ledoit-wolf" else shrinkage
             )
-    known = [s for s in scales if s is not None]
-    pooled = sum(known) / len(known) if known and sum(known) > 0 else 1.0
-    sigmas = []
-    for cov, nu, delta in zip(covs, scales, shrinks):
-        nu = pooled if nu is None else nu
-        sigmas.append((1 - delta) * cov + delta * nu * eye + eps * pooled * eye)
-    sigma = torch.stack(sigmas)
-    chol = torch.linalg.cholesky(sigma)
-    precision = torch.cholesky_inverse(chol)
-    logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    return ClassGaussians(torch.stack(means).float(), precision.float(), logdet.float())
+    return means, covs, scales, shrinks
 
 
 # 2. guidance -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ own ``torch.Generator().manual_seed(seed)``, so an image does not depend on the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
 from raysynth.errors import ConfigError
+from raysynth.generate.classifier_free import guided_output
 from raysynth.generate.guidance import FeedbackGuidance
 
 
@@ -86,30 +87,55 @@ def sample_pixel(
     # 2. scheduler, labels, initial noise (one generator per image)
     scheduler = DDIMScheduler.from_config(dict(scheduler_config))
     scheduler.set_timesteps(num_steps)
-    prediction_type = scheduler.config.prediction_type
     y = torch.tensor([int(v) for v in labels], device=device)
-    uncond = torch.tensor(
-        [num_classes if n is None else int(n) for n in (negative_labels or [None] * len(labels))],
-        device=device,
-    )
     use_uncond = guidance_scale != 1 or negative_labels is not None
-    class_labels = torch.cat([y, uncond]) if use_uncond else y
+    class_labels = _class_labels(y, num_classes, negative_labels, use_uncond)
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     shape = (unet.config.in_channels, _size(unet), _size(unet))
     x = _initial_noise(generators, shape, device) * scheduler.init_noise_sigma
 
-    def guided_output(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        inp = torch.cat([x_t, x_t]) if use_uncond else x_t
-        out = unet(inp.to(dtype), t, class_labels=class_labels).sample.float()
-        if not use_uncond:
-            return out
-        cond, unc = out.chunk(2)
-        return unc + guidance_scale * (cond - unc)
+    def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def model(inp: torch.Tensor) -> torch.Tensor:
+            return unet(inp.to(dtype), t, class_labels=class_labels).sample.float()
 
-    # 3. denoising loop (no_grad, not inference_mode: feedback guidance needs autograd)
+        return guided_output(model, x_t, guidance_scale, use_uncond, uncond_first=False)
+
+    # 3. denoising loop, then the criterion on the final images and quantisation
+    step_noise = (lambda: _initial_noise(generators, shape, device)) if eta > 0 else None
+    x = _denoise(scheduler, x, guided, y, feedback, step_noise, eta)
+    return _to_images(x, y, feedback)
+
+
+def _class_labels(
+    y: torch.Tensor,
+    num_classes: int,
+    negative_labels: Sequence[int | None] | None,
+    use_uncond: bool,
+) -> torch.Tensor:
+    """``[y; u]`` (``u`` the negative label, or the null class where there is none) with the
+    unconditional half, ``y`` without."""
+    uncond = torch.tensor(
+        [num_classes if n is None else int(n) for n in (negative_labels or [None] * len(y))],
+        device=y.device,
+    )
+    return torch.cat([y, uncond]) if use_uncond else y
+
+
+def _denoise(
+    scheduler: DDIMScheduler,
+    x: torch.Tensor,
+    guided: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    y: torch.Tensor,
+    feedback: FeedbackGuidance | None,
+    step_noise: Callable[[], torch.Tensor] | None,
+    eta: float,
+) -> torch.Tensor:
+    """The DDIM loop from ``x`` (no_grad, not inference_mode: feedback guidance needs autograd);
+    ``step_noise()`` draws each step's variance noise when ``eta > 0``."""
+    prediction_type = scheduler.config.prediction_type
     with torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
-            model_output = guided_output(x, t)
+            model_output = guided(x, t)
             if feedback is not None:
                 x, _ = feedback.apply(
                     i,
@@ -119,12 +145,17 @@ def sample_pixel(
                     scheduler.alphas_cumprod,
                     prediction_type,
                     y,
-                    model_fn=lambda z, t=t: guided_output(z, t),
+                    model_fn=lambda z, t=t: guided(z, t),
                 )
-            noise = _initial_noise(generators, shape, device) if eta > 0 else None
+            noise = step_noise() if step_noise is not None else None
             x = scheduler.step(model_output, t, x, eta=eta, variance_noise=noise).prev_sample
+    return x
 
-    # 4. criterion on the final images, then quantise
+
+def _to_images(
+    x: torch.Tensor, y: torch.Tensor, feedback: FeedbackGuidance | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Final samples → ``(uint8 [B, H, W, C], criterion [B] or None)``."""
     criterion = None
     if feedback is not None:
         with torch.no_grad():

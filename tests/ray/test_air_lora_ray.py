@@ -22,7 +22,7 @@ from tiny_models import (
 
 from raysynth.config.schema import GeneratorConfig, ScalingConfig
 from raysynth.errors import ConfigError
-from raysynth.generate.latent import load_pipeline
+from raysynth.generate.loading import load_pipeline
 from raysynth.generate.lora.loop import denoising_loss, draw_batch
 from raysynth.generate.lora.spec import PIXEL_SPEC, RESULT_FILE, LoraTrainSpec
 from raysynth.generate.lora.tasks import build_sd_task

@@ -135,7 +135,7 @@ def test_actors_see_a_gpu_id_but_torch_stays_on_the_cpu(cluster, pixel_folder, c
     import ray
 
     from raysynth.filter.stage import _build
-    from raysynth.generate.generators import build_generator
+    from raysynth.generate.factory import build_generator
 
     cfg = _config()
     spec = GeneratorSpec(cfg.synthesis.generator, cfg.synthesis.feedback, CLASSES,

@@ -43,7 +43,8 @@ from raysynth.filter.select import (
     prototype_probs,
     pseudo_labels,
 )
-from raysynth.generate.pixel import PixelDiffusionConfig, load_or_train, load_pixel_model
+from raysynth.generate.pixel import PixelDiffusionConfig, load_pixel_model
+from raysynth.generate.pixel_training import load_or_train
 from raysynth.generate.sampling import sample_pixel
 from raysynth.pseudolabel.top_k import top_k_per_class
 

@@ -24,19 +24,17 @@ from tiny_models import (
 from raysynth import columns as col
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
 from raysynth.errors import ConfigError, DataError
-from raysynth.generate.generators import GeneratorSpec, build_generator, check_pixel_adapters
-from raysynth.generate.latent import load_pipeline
+from raysynth.generate.factory import build_generator
+from raysynth.generate.generators import GeneratorSpec
+from raysynth.generate.loading import load_pipeline
 from raysynth.generate.lora.loop import denoising_loss, draw_batch, fit_lora, save_adapter
 from raysynth.generate.lora.model import AdapterState, add_lora
 from raysynth.generate.lora.spec import PIXEL_SPEC, RESULT_FILE, LoraTrainSpec, lora_prompt
 from raysynth.generate.lora.tasks import build_pixel_task, build_sd_task, shard
 from raysynth.generate.lora.train import train_pixel_lora, train_sd_lora
-from raysynth.generate.pixel import (
-    PixelDiffusionConfig,
-    load_pixel_model,
-    save_pixel_model,
-    train_pixel_model,
-)
+from raysynth.generate.pixel import PixelDiffusionConfig, load_pixel_model, save_pixel_model
+from raysynth.generate.pixel_generator import check_pixel_adapters
+from raysynth.generate.pixel_training import train_pixel_model
 from raysynth.train.checkpoint import restore_training, write_checkpoint
 
 CLASSES = ["cat", "dog"]

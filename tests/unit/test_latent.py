@@ -27,11 +27,12 @@ from tiny_models import vae as _vae
 from raysynth import columns as col
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
 from raysynth.errors import ConfigError, DataError
-from raysynth.generate.generators import GeneratorSpec, build_generator, identity_json
+from raysynth.generate.factory import build_generator
+from raysynth.generate.generators import GeneratorSpec, identity_json
 from raysynth.generate.guidance import predicted_x0
-from raysynth.generate.latent import (
+from raysynth.generate.latent_sampling import _guidance_frame
+from raysynth.generate.loading import (
     SCHEDULERS,
-    _guidance_frame,
     check_adapters,
     check_model_available,
     check_scheduler,
@@ -264,7 +265,7 @@ def test_output_size_and_channels_follow_the_spec(models):
 def test_loop_reproduces_the_sd_pipeline_call(models, scheduler, guidance_scale, negatives):
     """Same scheduler, seeds, no feedback: the shared loop gives ``StableDiffusionPipeline``'s
     own images (the conditioning and CFG batch are wired as the library wires them)."""
-    from raysynth.generate.latent import _prompts, _row_generators
+    from raysynth.generate.latent_sampling import _prompts, _row_generators
 
     gen = build_generator(_spec(models, scheduler=scheduler, guidance_scale=guidance_scale))
     s = gen.sampler

@@ -11,12 +11,10 @@ from raysynth.errors import ConfigError, DataError, RunDirError
 from raysynth.generate.pixel import (
     META_FILE,
     PixelDiffusionConfig,
-    cache_key,
-    load_or_train,
     load_pixel_model,
     save_pixel_model,
-    train_pixel_model,
 )
+from raysynth.generate.pixel_training import cache_key, load_or_train, train_pixel_model
 from raysynth.generate.sampling import sample_pixel
 
 TINY = PixelDiffusionConfig(

@@ -27,8 +27,10 @@ from tiny_models import unet as tiny_unet
 from raysynth import columns as col
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
 from raysynth.errors import ConfigError
-from raysynth.generate.generators import GeneratorSpec, build_generator, identity_json
-from raysynth.generate.latent import _prompts, _row_generators, check_model_available
+from raysynth.generate.factory import build_generator
+from raysynth.generate.generators import GeneratorSpec, identity_json
+from raysynth.generate.latent_sampling import _prompts, _row_generators
+from raysynth.generate.loading import check_model_available
 
 CLASSES = ["cat", "dog"]
 TIME_EMBED_DIM = 4

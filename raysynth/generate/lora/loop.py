@@ -134,7 +134,7 @@ def load_task(config: dict[str, Any], device: torch.device, rank: int, world: in
     loaded on the CPU (in ``spec.dtype``), then built into a task on ``device``."""
     spec: LoraTrainSpec = config["spec"]
     if config["kind"] == "text2image":
-        from raysynth.generate.latent import load_pipeline
+        from raysynth.generate.loading import load_pipeline
 
         g = GeneratorConfig(kind="text2image", model=config["model"], dtype=spec.dtype)
         pipe = load_pipeline(g, torch.device("cpu"))

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from raysynth.errors import DataError
-from raysynth.generate.generators import PIXEL_ADAPTER_WEIGHTS
 from raysynth.generate.lora.model import add_lora
 from raysynth.generate.lora.spec import LoraTrainSpec, lora_prompt
+from raysynth.generate.pixel_generator import PIXEL_ADAPTER_WEIGHTS
 
 
 @dataclass

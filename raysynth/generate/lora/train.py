@@ -87,7 +87,7 @@ def train_sd_lora(
     ``storage_path`` (default ``out_dir``'s parent). On a cluster ``out_dir`` and the checkpoint
     folder must be storage the rank-0 worker can write.
     """
-    from raysynth.generate.latent import check_model_available
+    from raysynth.generate.loading import check_model_available
 
     info = check_model_available(GeneratorConfig(kind="text2image", model=model, dtype=spec.dtype))
     if "XL" in info.get("_class_name", ""):

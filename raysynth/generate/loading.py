@@ -1,0 +1,206 @@
+"""Model checks and loading of the latent diffusion generators' diffusers pipelines (SD 1.x/2.x,
+SDXL, Stable unCLIP): the driver-side checks that fail before any actor starts (model in the local
+cache with a pipeline class the kind can drive, scheduler name, LoRA adapter files) and
+:func:`load_pipeline`, which loads a pipeline offline with diffusers' own ``from_pretrained``, swaps
+in the configured scheduler and loads the LoRA adapters.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raysynth.config.schema import GeneratorConfig
+from raysynth.errors import ConfigError
+from raysynth.generate.generators import DTYPES
+
+KEY = "synthesis.generator"
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "dpm_solver": "DPMSolverMultistepScheduler",
+}
+SDXL = "StableDiffusionXLPipeline"
+PIPELINES = {
+    "text2image": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", SDXL),
+    "unclip": ("StableUnCLIPImg2ImgPipeline",),
+}
+
+
+# 1. driver-side checks (cheap: no model is loaded) -----------------------------------------------
+
+
+def check_scheduler(name: str) -> type:
+    """The diffusers scheduler class a config name stands for; unknown names list the valid ones."""
+    if name not in SCHEDULERS:
+        raise ConfigError(
+            f"{KEY}.scheduler={name!r} is not a scheduler raysynth knows; "
+            f"choose one of {', '.join(SCHEDULERS)}"
+        )
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[name])
+
+
+def _is_local_path(model: str) -> bool:
+    return (
+        Path(model).expanduser().exists()
+        or model.startswith(("/", ".", "~"))
+        or model.count("/") > 1
+        or "\\" in model
+    )
+
+
+def check_model_available(cfg: GeneratorConfig) -> dict[str, Any]:
+    """Check that ``cfg.model`` can be loaded offline and is a pipeline ``cfg.kind`` can drive.
+
+    A local folder must hold ``model_index.json``; a Hugging Face id must already be in the local
+    cache. Returns the parsed ``model_index.json``. Raises :class:`ConfigError` saying what to pass.
+    """
+    model = cfg.model
+    if not model:
+        raise ConfigError(f"{KEY}.model is empty; pass a Hugging Face id or a local folder")
+    if _is_local_path(model):
+        index = Path(model).expanduser() / "model_index.json"
+        if not index.is_file():
+            raise ConfigError(
+                f"{KEY}.model={model!r}: no diffusers pipeline there ({index} is missing); pass a "
+                "folder written by DiffusionPipeline.save_pretrained or a Hugging Face id"
+            )
+    else:
+        index = _cached_model_index(model)
+    info = json.loads(Path(index).read_text())
+    _check_pipeline_class(cfg, info.get("_class_name", ""))
+    if cfg.safety_checker and info.get("_class_name") == SDXL:
+        raise ConfigError(
+            f"{KEY}.safety_checker=true but {cfg.model!r} is an SDXL pipeline, and SDXL ships no "
+            "safety checker; set it to false or use a Stable Diffusion 1.x/2.x model that has one"
+        )
+    check_scheduler(cfg.scheduler)
+    return info
+
+
+def _cached_model_index(model: str) -> str:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(model, "model_index.json")
+    except Exception as exc:  # HFValidationError: not a valid repo id
+        raise ConfigError(
+            f"{KEY}.model={model!r} is neither an existing folder nor a Hugging Face id ({exc})"
+        ) from exc
+    if not isinstance(path, str):
+        raise ConfigError(
+            f"{KEY}.model={model!r} is not in the local Hugging Face cache and cannot be loaded "
+            f"offline; download it first (`hf download {model}`) or pass a local folder"
+        )
+    return path
+
+
+def _check_pipeline_class(cfg: GeneratorConfig, name: str) -> None:
+    if name in PIPELINES[cfg.kind]:
+        return
+    other = next((k for k, names in PIPELINES.items() if name in names), None)
+    if other is None and "XL" in name:
+        raise ConfigError(
+            f"{KEY}.model={cfg.model!r} is an SDXL {name}, which raysynth does not drive; "
+            f"pass an SDXL base model ({SDXL}, kind text2image), a Stable Diffusion 1.x/2.x "
+            "model (kind text2image) or Stable unCLIP (kind unclip)"
+        )
+    hint = f"; set {KEY}.kind={other}" if other else ""
+    raise ConfigError(
+        f"{KEY}.model={cfg.model!r} is a {name or 'unknown'} pipeline but {KEY}.kind={cfg.kind} "
+        f"needs one of {', '.join(PIPELINES[cfg.kind])}{hint}"
+    )
+
+
+def check_adapters(cfg: GeneratorConfig) -> None:
+    """Every LoRA entry is a folder with a weights file (or a ``.safetensors`` file).
+
+    Whether an adapter fits the model is only known once it is loaded; :func:`load_pipeline`
+    then raises :class:`ConfigError` naming the adapter.
+    """
+    for i, entry in enumerate(cfg.lora):
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            ok = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+        else:
+            ok = path.is_file() and path.suffix in (".safetensors", ".bin")
+        if not ok:
+            raise ConfigError(
+                f"{KEY}.lora[{i}]={entry!r} is not a LoRA adapter: pass a folder written by "
+                "save_lora_weights (pytorch_lora_weights.safetensors) or that .safetensors file"
+            )
+
+
+# 2. loading ------------------------------------------------------------------------------------
+
+
+def load_pipeline(cfg: GeneratorConfig, device: torch.device) -> Any:
+    """Load the diffusers pipeline of ``cfg`` (offline), swap in the configured scheduler, load
+    the LoRA adapters, move it to ``device``."""
+    import diffusers
+
+    info = check_model_available(cfg)
+    check_adapters(cfg)
+    name = info["_class_name"]
+    if cfg.kind == "text2image" and name != SDXL:
+        name = "StableDiffusionPipeline"  # also for an img2img folder: same components
+    cls = getattr(diffusers, name)
+    kwargs: dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "local_files_only": True}
+    if name == "StableDiffusionPipeline" and not cfg.safety_checker:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = cls.from_pretrained(
+            str(Path(cfg.model).expanduser()) if _is_local_path(cfg.model) else cfg.model, **kwargs
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{KEY}.model={cfg.model!r} could not be loaded: {exc}") from exc
+    has_checker = getattr(pipe, "safety_checker", None) is not None
+    if cfg.safety_checker and not (has_checker and getattr(pipe, "feature_extractor", None)):
+        raise ConfigError(
+            f"{KEY}.safety_checker=true but {cfg.model!r} ships no safety checker; set it to "
+            "false or use a model folder that has one (safety_checker/ + feature_extractor/)"
+        )
+    pipe.scheduler = check_scheduler(cfg.scheduler).from_config(pipe.scheduler.config)
+    _load_adapters(pipe, cfg)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _load_adapters(pipe: Any, cfg: GeneratorConfig) -> None:
+    if not cfg.lora:
+        return
+    names = []
+    for i, entry in enumerate(cfg.lora):
+        name, path = f"a{i}", Path(entry).expanduser()
+        where = {"weight_name": path.name} if path.is_file() else {}
+        folder = path.parent if path.is_file() else path
+        try:
+            pipe.load_lora_weights(str(folder), adapter_name=name, **where)
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            raise ConfigError(
+                f"{KEY}.lora[{i}]={entry!r} does not fit {cfg.model!r}: {_brief(exc)}; pass an "
+                "adapter trained for this model"
+            ) from exc
+        loaded = {n for names_ in pipe.get_list_adapters().values() for n in names_}
+        if name not in loaded:
+            raise ConfigError(
+                f"{KEY}.lora[{i}]={entry!r} has no layer that fits {cfg.model!r} (nothing was "
+                "loaded); pass an adapter trained for this model"
+            )
+        names.append(name)
+    weights = list(cfg.lora_weights) or [1.0] * len(names)
+    pipe.set_adapters(names, adapter_weights=weights)
+
+
+def _brief(exc: Exception, lines: int = 3, chars: int = 600) -> str:
+    """The head of a long library message (a shape mismatch lists every layer)."""
+    text = "\n".join(str(exc).strip().splitlines()[:lines])
+    return text if len(text) <= chars else text[:chars] + " …"
