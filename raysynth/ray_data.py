@@ -113,3 +113,26 @@ def iter_numpy(ds: Any, columns: Sequence[str] | None = None) -> Iterator[dict[s
     if columns:
         ds = ds.select_columns(list(columns))
     yield from ds.iter_batches(batch_format="numpy", batch_size=None)
+
+
+def cluster_resources() -> dict[str, float]:
+    """The connected Ray cluster's total resources (``CPU``, ``GPU``, …)."""
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+def call_in_actor(num_cpus: float, fn: Any) -> Any:
+    """``fn()`` run inside a fresh actor given ``num_cpus`` CPUs (what a pool's actor sees, e.g.
+    its torch threads); the actor is killed afterwards."""
+    import ray
+
+    class Probe:
+        def call(self) -> Any:
+            return fn()
+
+    probe = ray.remote(num_cpus=num_cpus)(Probe).remote()
+    try:
+        return ray.get(probe.call.remote())
+    finally:
+        ray.kill(probe)

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raysynth.bench.synthesis import load_average, train_tiny_pixel_model, write_result
+from raysynth.bench.fixtures import train_tiny_pixel_model
+from raysynth.bench.harness import load_average, write_result
 
 MARKER = "RAYSYNTH-BENCH-MEMORY "
 
@@ -67,7 +68,8 @@ def _child_main(args: str) -> None:
     after :data:`MARKER`. The only function of the benches that calls ``ray.init``."""
     import ray
 
-    from raysynth.bench.synthesis import bench_config, count_rows, generator_spec, plan_rows
+    from raysynth.bench.fixtures import bench_config, generator_spec, plan_rows
+    from raysynth.bench.harness import count_rows
     from raysynth.generate.stage import generate
 
     a = json.loads(args)
@@ -77,9 +79,9 @@ def _child_main(args: str) -> None:
             a["batch"],
             a["steps"],
             **{
-                "synthesis.cpus_per_actor": 1,
-                "synthesis.min_actors": a["actors"],
-                "synthesis.max_actors": a["actors"],
+                "synthesis.pool.cpus_per_actor": 1,
+                "synthesis.pool.min_actors": a["actors"],
+                "synthesis.pool.max_actors": a["actors"],
                 "synthesis.generator.device": "cpu",
             },
         )

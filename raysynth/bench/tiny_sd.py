@@ -40,54 +40,82 @@ def ddim_scheduler(prediction_type: str = "epsilon") -> Any:
     )
 
 
+def text_config(
+    tokenizer: Any, hidden_size: int, intermediate_size: int, heads: int, layers: int
+) -> Any:
+    """A CLIP text tower's config for ``tokenizer`` (positions: its ``model_max_length``)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=0,
+        eos_token_id=1,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_attention_heads=heads,
+        num_hidden_layers=layers,
+    )
+
+
+def build_pipeline(vae: dict[str, Any], text: Any, tokenizer: Any, unet: dict[str, Any]) -> Any:
+    """A ``StableDiffusionPipeline`` of random weights: the VAE, text tower and UNet built in
+    that order (the order they draw from torch's RNG) from their configs, the DDIM scheduler, no
+    safety checker."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL(**vae),
+        text_encoder=CLIPTextModel(text),
+        tokenizer=tokenizer,
+        unet=UNet2DConditionModel(**unet),
+        scheduler=ddim_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def small_vae(image_size: int, channels: tuple[int, ...]) -> dict[str, Any]:
+    """A 2-block ``AutoencoderKL`` config (scale factor 2) for ``image_size`` pixels."""
+    return dict(
+        block_out_channels=channels,
+        norm_num_groups=8,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        layers_per_block=1,
+        sample_size=image_size,
+    )
+
+
+def small_unet(image_size: int, channels: tuple[int, ...]) -> dict[str, Any]:
+    """A 2-block cross-attention ``UNet2DConditionModel`` config on latents of half the side."""
+    return dict(
+        sample_size=image_size // 2,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=channels,
+        norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+    )
+
+
 def save_small_sd(
     folder: str | Path, image_size: int = 32, channels: tuple[int, ...] = (32, 64)
 ) -> str:
     """Write the pipeline to ``folder``; ``image_size`` pixels (latents of half the side)."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     tokenizer = char_tokenizer(32)
-    text = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=32,
-        bos_token_id=0,
-        eos_token_id=1,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-    )
+    text = text_config(tokenizer, hidden_size=64, intermediate_size=128, heads=4, layers=2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        pipe = StableDiffusionPipeline(
-            vae=AutoencoderKL(
-                block_out_channels=channels,
-                norm_num_groups=8,
-                down_block_types=["DownEncoderBlock2D"] * 2,
-                up_block_types=["UpDecoderBlock2D"] * 2,
-                latent_channels=4,
-                layers_per_block=1,
-                sample_size=image_size,
-            ),
-            text_encoder=CLIPTextModel(text),
-            tokenizer=tokenizer,
-            unet=UNet2DConditionModel(
-                sample_size=image_size // 2,
-                in_channels=4,
-                out_channels=4,
-                layers_per_block=1,
-                block_out_channels=channels,
-                norm_num_groups=8,
-                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                cross_attention_dim=64,
-                attention_head_dim=8,
-            ),
-            scheduler=ddim_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+        pipe = build_pipeline(
+            small_vae(image_size, channels), text, tokenizer, small_unet(image_size, channels)
         )
     pipe.save_pretrained(folder)
     return str(folder)
@@ -130,32 +158,11 @@ def save_sd15_sized(folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> 
     weights, around a 1-layer text tower of SD's width (768) and a character tokenizer of 77
     tokens: the FLOPs of SD 1.5 sampling at 512 px, nothing downloaded. Built on the GPU when
     there is one, saved in ``dtype``."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     tokenizer = char_tokenizer(77)
-    text = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=77,
-        bos_token_id=0,
-        eos_token_id=1,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_attention_heads=12,
-        num_hidden_layers=1,
-    )
+    text = text_config(tokenizer, hidden_size=768, intermediate_size=3072, heads=12, layers=1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with torch.random.fork_rng(devices=[]), device:
         torch.manual_seed(0)
-        pipe = StableDiffusionPipeline(
-            vae=AutoencoderKL(**SD15_VAE),
-            text_encoder=CLIPTextModel(text),
-            tokenizer=tokenizer,
-            unet=UNet2DConditionModel(**SD15_UNET),
-            scheduler=ddim_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = build_pipeline(SD15_VAE, text, tokenizer, SD15_UNET)
     pipe.to(dtype=dtype).save_pretrained(folder)
     return str(folder)

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from raysynth.bench.synthesis import run_sd15
+from raysynth.bench.sd15 import run_sd15
 
 pytestmark = pytest.mark.gpu
 

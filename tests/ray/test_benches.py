@@ -11,6 +11,7 @@ import os
 import pytest
 
 from raysynth.bench import filter as bench_filter
+from raysynth.bench import harness as bench_harness
 from raysynth.bench import memory as bench_memory
 from raysynth.bench import synthesis as bench_synthesis
 
@@ -21,10 +22,10 @@ def _positive(value) -> bool:
 
 def test_steady_rate_is_the_slope_of_images_against_time():
     one_actor = [(10.0 + i, 4, 0) for i in range(5)]  # a batch of 4 every second
-    assert bench_synthesis.steady_rate(one_actor) == pytest.approx(4.0)
+    assert bench_harness.steady_rate(one_actor) == pytest.approx(4.0)
     two_actors = [(10.0 + i // 2, 4, 0) for i in range(8)]  # batches finishing in pairs
-    assert bench_synthesis.steady_rate(two_actors) == pytest.approx(8.0)
-    assert math.isnan(bench_synthesis.steady_rate(one_actor[:1]))
+    assert bench_harness.steady_rate(two_actors) == pytest.approx(8.0)
+    assert math.isnan(bench_harness.steady_rate(one_actor[:1]))
 
 
 def test_steady_rate_of_a_pool_counts_only_while_every_actor_runs():
@@ -33,23 +34,23 @@ def test_steady_rate_of_a_pool_counts_only_while_every_actor_runs():
     early = [(float(t), 4, 1) for t in range(16)]
     late = [(float(t) + 0.5, 4, 2) for t in range(5, 16)]
     stamps = sorted(early + late)
-    assert bench_synthesis.steady_rate(stamps) == pytest.approx(8.0, rel=0.02)
-    assert bench_synthesis.all_running(stamps)[0] == (5.5, 4, 2)
-    assert bench_synthesis.all_running(stamps)[-1] == (15.0, 4, 1)
+    assert bench_harness.steady_rate(stamps) == pytest.approx(8.0, rel=0.02)
+    assert bench_harness.all_running(stamps)[0] == (5.5, 4, 2)
+    assert bench_harness.all_running(stamps)[-1] == (15.0, 4, 1)
     # one source, or a window too short for a slope (each actor one batch): every stamp counts
-    assert bench_synthesis.all_running(early) == early
+    assert bench_harness.all_running(early) == early
     short = [(0.0, 4, 1), (1.0, 4, 1), (2.0, 4, 1), (2.5, 4, 2)]
-    assert bench_synthesis.all_running(short) == short
+    assert bench_harness.all_running(short) == short
 
 
 def test_stamps_carry_the_process_that_took_them(tmp_path):
     path = tmp_path / "s.stamps"
-    bench_synthesis.stamp(path, 4)
-    bench_synthesis.stamp(path, 2)
-    (t1, n1, pid1), (t2, n2, pid2) = bench_synthesis.read_stamps(path)
+    bench_harness.stamp(path, 4)
+    bench_harness.stamp(path, 2)
+    (t1, n1, pid1), (t2, n2, pid2) = bench_harness.read_stamps(path)
     assert (n1, n2) == (4, 2) and pid1 == pid2 == os.getpid() and t1 <= t2
     path.write_text("12.5 8\n")  # a stamp file without sources reads as one source
-    assert bench_synthesis.read_stamps(path) == [(12.5, 8, 0)]
+    assert bench_harness.read_stamps(path) == [(12.5, 8, 0)]
 
 
 @pytest.mark.slow

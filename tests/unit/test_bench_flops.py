@@ -3,7 +3,7 @@ costs what SD 1.5 costs per forward at 512 px (≈ 0.8 TFLOP), and the count sca
 
 import pytest
 
-from raysynth.bench.synthesis import unet_tflop, unet_tflop_per_forward
+from raysynth.bench.flops import unet_tflop, unet_tflop_per_forward
 from raysynth.bench.tiny_sd import SD15_UNET, save_small_sd
 
 
