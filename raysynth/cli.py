@@ -13,6 +13,7 @@ from typing import Any
 
 from raysynth import __version__
 from raysynth.errors import RaysynthError
+from raysynth.rundir import REPORT_HTML, REPORT_JSON, REPORT_MD
 
 log = logging.getLogger("raysynth")
 
@@ -129,8 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.out or f"runs/{cfg.preset}")
         _connect_ray(args.address)
         report = run_flow(cfg, out, resume=args.resume)
-        print((out / "report.md").read_text() if (out / "report.md").is_file() else report)
-        print(f"report: {out / 'report.html'}")
+        md = out / REPORT_MD
+        print(md.read_text() if md.is_file() else report)
+        print(f"report: {out / REPORT_HTML}")
         return 0
     from raysynth.data import load_dataset, make_splits
 
@@ -167,8 +169,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/study-{kind}-{'_'.join(args.classes)}-k{args.k}")
     _connect_ray(args.address)
     run_controlled(spec, cfg, out, resume=args.resume, data=data)
-    print((out / "report.md").read_text())
-    print(f"report: {out / 'report.json'}")
+    print((out / REPORT_MD).read_text())
+    print(f"report: {out / REPORT_JSON}")
     return 0
 
 

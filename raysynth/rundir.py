@@ -17,12 +17,28 @@ from typing import Any
 from raysynth import __version__
 from raysynth.config import RunConfig, dump_yaml, load_resolved, to_dict
 from raysynth.errors import RunDirError
-from raysynth.files import atomic_write_json, atomic_write_text, cached
+from raysynth.files import atomic_write_text
 
 # Bumped when the on-disk layout changes incompatibly; a run directory of another format is
 # refused rather than half-read.
 FORMAT_VERSION = 1
+
+# The names of what a run directory holds (the RunDir properties below join them to its root;
+# modules that only read a run directory, like the report, use them directly).
+CONFIG_YAML = "config.yaml"
+META_JSON = "meta.json"
+RUN_LOG = "run.log"
 REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+SYNTHESIS_JSON = "synthesis.json"
+SAMPLES_PNG = "samples.png"
+REAL = "real"
+SYNTHETIC = "synthetic"
+GENERATOR = "generator"
+TUNE = "tune"
+TRAIN = "train"
+AIR = "air"
 
 
 def git_revision() -> str | None:
@@ -50,29 +66,33 @@ class RunDir:
     # Paths: every file and folder the run writes, by name ---------------------------------------
     @property
     def config_path(self) -> Path:
-        return self.root / "config.yaml"
+        return self.root / CONFIG_YAML
 
     @property
     def meta_path(self) -> Path:
-        return self.root / "meta.json"
+        return self.root / META_JSON
 
     @property
     def report_path(self) -> Path:
         return self.root / REPORT_JSON
 
     @property
+    def report_md(self) -> Path:
+        return self.root / REPORT_MD
+
+    @property
     def log_path(self) -> Path:
-        return self.root / "run.log"
+        return self.root / RUN_LOG
 
     @property
     def synthesis_path(self) -> Path:
         """The synthesis stage's summary (report.json's ``synthesis`` section)."""
-        return self.root / "synthesis.json"
+        return self.root / SYNTHESIS_JSON
 
     @property
     def real(self) -> Path:
         """``real/``: the real splits (written by ``raysynth.data.store``)."""
-        return self.sub("real")
+        return self.sub(REAL)
 
     @property
     def real_embeddings(self) -> Path:
@@ -82,21 +102,21 @@ class RunDir:
     @property
     def synthetic(self) -> Path:
         """``synthetic/``: the synthetic table, one folder of Parquet parts per round."""
-        return self.sub("synthetic")
+        return self.sub(SYNTHETIC)
 
     @property
     def samples_png(self) -> Path:
-        return self.root / "samples.png"
+        return self.root / SAMPLES_PNG
 
     @property
     def generator(self) -> Path:
         """``generator/``: the pixel model raysynth trains, cached by a hash of data and config."""
-        return self.sub("generator")
+        return self.sub(GENERATOR)
 
     @property
     def tune(self) -> Path:
         """``tune/``: the weight search (trials, ledger, summary)."""
-        return self.sub("tune")
+        return self.sub(TUNE)
 
     @property
     def tune_summary(self) -> Path:
@@ -105,7 +125,7 @@ class RunDir:
     @property
     def train(self) -> Path:
         """``train/``: Ray Train's storage, the real-split classifier and the final models."""
-        return self.sub("train")
+        return self.sub(TRAIN)
 
     @property
     def real_classifier(self) -> Path:
@@ -114,18 +134,13 @@ class RunDir:
     @property
     def air(self) -> Path:
         """``air/``: the AiR flow's embeddings, adapter, prompt and summary."""
-        return self.sub("air")
+        return self.sub(AIR)
 
     def sub(self, name: str) -> Path:
         """The folder ``name`` of the run (created)."""
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-    def cached_json(self, path: Path, compute: Any) -> Any:
-        """The JSON at ``path`` (a path of this run) when it is there, else ``compute()``'s
-        result, written there first: a finished stage is never redone on ``--resume``."""
-        return cached(path, compute)
 
     # Lifecycle --------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -181,13 +196,6 @@ class RunDir:
         if not self.config_path.is_file():
             raise RunDirError(f"{self.root} has no config.yaml; is it a raysynth run directory?")
         return load_resolved(self.config_path)
-
-    def write_json(self, name: str, data: Any) -> Path:
-        return atomic_write_json(self.root / name, data)
-
-    def read_json(self, name: str) -> Any:
-        path = self.root / name
-        return json.loads(path.read_text()) if path.is_file() else None
 
     def attach_log(self) -> logging.Handler:
         """Log raysynth's messages to ``run.log`` as well (returns the handler to detach)."""

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from raysynth.bench import emit
+from raysynth.devices import resolve_device
 from raysynth.generate.guidance import FeedbackGuidance
 from raysynth.generate.pixel import PixelDiffusionConfig, build_unet, sampling_scheduler_config
 from raysynth.generate.sampling import sample_pixel
@@ -108,7 +109,7 @@ def run(
 ) -> dict:
     """Run the bench; print its JSON and write it to ``out`` (a file, or a folder for
     ``bench-guidance.json``) when given. Returns the result dict."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device("auto"))
     med = median_times(_pixel_samplers(batch, num_steps, every, criterion, device), repeats)
     result = {
         "name": "guidance",
@@ -197,7 +198,7 @@ def latent_ratio(
     repeats: int = 3,
 ) -> dict:
     """Guided / unguided time of the product's text-to-image generator on a small SD model."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device("auto"))
     classes = [f"class{c}" for c in range(10)]
     with tempfile.TemporaryDirectory(prefix="raysynth-bench-guidance-") as tmp:
         gens = _latent_generators(Path(tmp), classes, device, num_steps, criterion, every)

@@ -23,6 +23,7 @@ import time
 import torch
 
 from raysynth.bench import emit
+from raysynth.devices import resolve_device
 from raysynth.train.losses import contrastive_loss
 
 NUM_CLASSES = 10
@@ -88,7 +89,7 @@ def _identity_diff(features, labels, synthetic) -> float:
 def run(out: str | None = None, batch: int = 512, dim: int = 128, repeats: int = 20) -> dict:
     """Run the bench; print its JSON and write it to ``out`` (a file, or a folder for
     ``bench-loss.json``) when given. Returns the result dict."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device("auto"))
     features, labels, synthetic, weights = (t.to(device) for t in _make_batch(batch, dim))
 
     def unicon(x):

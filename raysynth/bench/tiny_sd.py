@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from raysynth.devices import resolve_device
+
 
 def char_tokenizer(model_max_length: int = 32) -> Any:
     """A character-level CLIP tokenizer (letters, digits; anything else is <|endoftext|>)."""
@@ -160,7 +162,7 @@ def save_sd15_sized(folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> 
     there is one, saved in ``dtype``."""
     tokenizer = char_tokenizer(77)
     text = text_config(tokenizer, hidden_size=768, intermediate_size=3072, heads=12, layers=1)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     with torch.random.fork_rng(devices=[]), device:
         torch.manual_seed(0)
         pipe = build_pipeline(SD15_VAE, text, tokenizer, SD15_UNET)

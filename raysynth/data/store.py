@@ -13,11 +13,9 @@ one, never half of one; readers (and Ray Data) ignore the hidden names.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,8 +26,10 @@ from raysynth.data.imageset import ImageSet
 from raysynth.data.parquet import require_parquet
 from raysynth.data.splits import SPLIT_NAMES, Splits
 from raysynth.errors import RunDirError
+from raysynth.files import atomic_open
+from raysynth.rundir import REAL
 
-REAL_DIR = "real"
+REAL_DIR = REAL
 CLASSES_FILE = "classes.json"
 ROW_GROUP_SIZE = 1024  # rows per Parquet row group: the unit of parallel reads in Ray Data
 
@@ -177,7 +177,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Tab
 def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
     """Write ``table`` to ``path`` via a hidden temporary file and ``os.replace``."""
     path = Path(path)
-    with _atomic_open(path, "wb") as fh:
+    with atomic_open(path, "wb") as fh:
         pq.write_table(table, fh, row_group_size=ROW_GROUP_SIZE)
     return path
 
@@ -185,23 +185,7 @@ def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
     path = Path(path)
-    with _atomic_open(path, "w") as fh:
+    with atomic_open(path, "w") as fh:
         json.dump(obj, fh, indent=2)
         fh.write("\n")
     return path
-
-
-@contextmanager
-def _atomic_open(path: Path, mode: str) -> Iterator[IO[Any]]:
-    """Open a hidden temporary file beside ``path`` (its folder made first); once the caller has
-    written it, flush it to disk and rename it over ``path``. The temporary file never stays."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from raysynth.config import RunConfig, replace
 from raysynth.config.schema import DataConfig
 from raysynth.data import load_dataset, make_splits, to_tensor_array
 from raysynth.errors import ConfigError, DataError
-from raysynth.files import atomic_write_text
+from raysynth.files import atomic_write_json, atomic_write_text
 from raysynth.rundir import RunDir
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays, ProtocolData
@@ -215,8 +215,8 @@ def run_controlled(
             },
             "timings": {"total_s": time.perf_counter() - t0},
         }
-        run.write_json("report.json", report)
-        atomic_write_text(run.root / "report.md", summary_markdown(report))
+        atomic_write_json(run.report_path, report)
+        atomic_write_text(run.report_md, summary_markdown(report))
         return report
     finally:
         logging.getLogger("raysynth").removeHandler(handler)

@@ -19,6 +19,7 @@ from raysynth import columns as col
 from raysynth.config.schema import RunConfig
 from raysynth.data import ImageSet, Splits, load_dataset, make_splits, to_tensor_array
 from raysynth.data.store import read_real_splits, real_exists, real_path, write_real
+from raysynth.files import cached
 from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.table import iter_tables
@@ -243,7 +244,7 @@ def synthesis_stage(
         )
         return result
 
-    return run.cached_json(run.synthesis_path, compute)
+    return cached(run.synthesis_path, compute)
 
 
 def accepted_arrays(root: Path, real: RealData) -> LabeledArrays:

@@ -13,6 +13,7 @@ from typing import Any
 
 from raysynth.config.schema import RunConfig
 from raysynth.errors import ConfigError
+from raysynth.files import atomic_write_json
 from raysynth.flows import flow
 from raysynth.flows.job import Job, Progress
 from raysynth.flows.prepare import RealData, check_models, prepare_real
@@ -81,9 +82,9 @@ def _finish(run: RunDir, report: dict[str, Any], progress: Progress) -> dict[str
 
     progress.start("report")
     report["timings"] = {"total_s": progress.elapsed, "stages": dict(progress.timings)}
-    run.write_json("report.json", report)
+    atomic_write_json(run.report_path, report)
     render_report(run.root)
     progress.finish()
     report["timings"] = {"total_s": progress.elapsed, "stages": dict(progress.timings)}
-    run.write_json("report.json", report)
+    atomic_write_json(run.report_path, report)
     return report

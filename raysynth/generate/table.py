@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from raysynth import columns as col
 from raysynth.data.parquet import list_parquet
+from raysynth.files import atomic_open
 from raysynth.generate.schema import conform
 
 log = logging.getLogger("raysynth.generate")
@@ -106,7 +107,6 @@ class PartWriter:
         table = conform(block)
         ids = "\n".join(table[col.SAMPLE_ID].to_pylist()).encode()
         name = f"part-{hashlib.sha256(ids).hexdigest()[:24]}.parquet"
-        tmp = self.path / f".{name}.{os.getpid()}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.path / name)
+        with atomic_open(self.path / name, "wb") as f:
+            pq.write_table(table, f)
         return pa.table({"file": [name], "rows": [table.num_rows]})

@@ -14,6 +14,7 @@ from typing import Any
 
 from raysynth import columns as col
 from raysynth.generate.table import iter_tables
+from raysynth.rundir import SYNTHETIC
 
 ROWS = {
     "text": ("zero_shot", "CLIP zero-shot (text prompts)"),
@@ -78,7 +79,7 @@ def prototype_images(root: Path, air: dict[str, Any]) -> dict[str, bytes]:
     """``{class: PNG}`` of each class's prototype, read from ``root/synthetic``."""
     wanted = {str(sid): str(c) for c, sid in (air.get("prototypes") or {}).items()}
     out: dict[str, bytes] = {}
-    for t in iter_tables(root / "synthetic", [col.SAMPLE_ID, col.IMAGE]):
+    for t in iter_tables(root / SYNTHETIC, [col.SAMPLE_ID, col.IMAGE]):
         ids = t.column(col.SAMPLE_ID).to_pylist()
         for i, sid in enumerate(ids):
             if sid in wanted and wanted[sid] not in out:

@@ -24,6 +24,7 @@ from raysynth.errors import RunDirError
 from raysynth.generate.table import iter_tables
 from raysynth.report import air as air_report
 from raysynth.report.values import as_dict, class_name, finite, num
+from raysynth.rundir import SYNTHETIC
 
 log = logging.getLogger("raysynth.report")
 
@@ -66,10 +67,10 @@ def collect_gallery(root: Path, names: list[str], shown: list[str], per_class: i
     )
     steps: list[tuple[str, Callable[[], None]]] = [
         ("real thumbnails", lambda: _real_thumbs(root, names, g.real, per_class)),
-        ("cosine scores", lambda: _scores(root / "synthetic", names, g)),
+        ("cosine scores", lambda: _scores(root / SYNTHETIC, names, g)),
         (
             "synthetic thumbnails",
-            lambda: _synthetic_thumbs(root / "synthetic", names, g, per_class),
+            lambda: _synthetic_thumbs(root / SYNTHETIC, names, g, per_class),
         ),
     ]
     for what, step in steps:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from raysynth.errors import RunDirError
+from raysynth.files import atomic_write_text
 from raysynth.report.collect import (
     classes_meta,
     collect_gallery,
@@ -24,6 +24,7 @@ from raysynth.report.collect import (
 from raysynth.report.html import build_html
 from raysynth.report.markdown import build_markdown
 from raysynth.report.values import as_dict
+from raysynth.rundir import REPORT_HTML, REPORT_JSON, REPORT_MD
 
 log = logging.getLogger("raysynth.report")
 
@@ -36,7 +37,7 @@ def render_report(
 ) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` next to ``run_dir/report.json``; returns both paths."""
     root = Path(run_dir)
-    src = root / "report.json"
+    src = root / REPORT_JSON
     if not src.is_file():
         raise RunDirError(f"{src} is missing; finish a run in {root} (raysynth run --resume) first")
     report = json.loads(src.read_text())
@@ -50,21 +51,9 @@ def render_report(
     gallery = collect_gallery(root, names, shown, per_class)
     use_report_thresholds(gallery, report)
     skipped = as_dict(report.get("data")).get("skipped", meta.get("skipped", []))
-    md_path, html_path = root / "report.md", root / "report.html"
-    _write_atomic(md_path, build_markdown(report, skipped))
+    md_path, html_path = root / REPORT_MD, root / REPORT_HTML
+    atomic_write_text(md_path, build_markdown(report, skipped))
     prototypes = collect_prototypes(root, report)
-    _write_atomic(html_path, build_html(report, skipped, gallery, len(names), prototypes))
+    atomic_write_text(html_path, build_html(report, skipped, gallery, len(names), prototypes))
     log.info("wrote %s and %s", md_path, html_path)
     return md_path, html_path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -6,7 +6,6 @@ The test split is only ever passed here for the final report; the search uses va
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from raysynth.config.schema import RunConfig
-from raysynth.rundir import atomic_write_text
+from raysynth.files import cached
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import ProtocolData, sample_per_class
 from raysynth.train.augment import resolve_kind
@@ -142,9 +141,7 @@ def _encoder_run(
 ) -> dict[str, Any]:
     """One encoder run's metrics; with ``done`` (resumable runs) they are written there, and a
     run that finished before an interruption is read back from there instead of redone."""
-    if done is not None and done.is_file():
-        return json.loads(done.read_text())
-    metrics = run_trainer(contrastive_run_loop, loop_cfg, cfg.train, run_name, storage)
-    if done is not None:
-        atomic_write_text(done, json.dumps(metrics))
-    return metrics
+    def train() -> dict[str, Any]:
+        return run_trainer(contrastive_run_loop, loop_cfg, cfg.train, run_name, storage)
+
+    return train() if done is None else cached(done, train)
