@@ -150,7 +150,7 @@ def _measure(
     repeats: int,
 ) -> Measured:
     """Warm every path, then interleave the repeats."""
-    f, cores = cfg.filter, pools.cores
+    f, cores = cfg.filter.pool, pools.cores
     _warm(root, cfg, spec, pools, rows)
     # the filter-alone input: `batches` batches of `batch` rows
     long = replicate(root / "warm-gen", batch * batches, root / "long")
