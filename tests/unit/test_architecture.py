@@ -148,3 +148,25 @@ def test_ray_is_imported_only_where_a_stage_is_wired_to_it():
     }
     assert importers - RAY_MODULES == set(), "these import Ray; go through raysynth.ray_data"
     assert "raysynth.ray_data" in importers and "raysynth.cli" in importers
+
+
+def sizes(root: Path = ROOT) -> tuple[dict[str, int], dict[str, int]]:
+    """Lines per module over 300, and lines per function over 50."""
+    big, long = {}, {}
+    for name, path in modules(root).items():
+        text = path.read_text()
+        if (n := len(text.splitlines())) > 300:
+            big[name] = n
+        for node in ast.walk(ast.parse(text)):
+            is_function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if is_function and (n := node.end_lineno - node.lineno + 1) > 50:
+                long[f"{name}:{node.name}"] = n
+    return big, long
+
+
+def test_modules_and_functions_stay_small():
+    """One responsibility per module: at most 4 modules over 300 lines (the config schema is
+    one) and at most 8 functions over 50 lines."""
+    big, long = sizes()
+    assert len(big) <= 4, big
+    assert len(long) <= 8, long
