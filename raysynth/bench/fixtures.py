@@ -111,7 +111,7 @@ def filter_spec(cfg: RunConfig, classifier: Path, device: str) -> FilterSpec:
         col.LABEL: np.array([int(i.split("-")[1]) for i in ids]),
         col.IMAGE: np.array(pngs, dtype=object),
     }
-    emb = ImageEmbedder(espec)(batch)["embedding"]
+    emb = ImageEmbedder(espec)(batch)[col.EMBEDDING]
     thresholds = class_thresholds(
         np.stack(emb), batch[col.LABEL], len(CLASSES), cfg.filter.pairs, cfg.seed
     )

@@ -29,7 +29,7 @@ PLAN_COLUMNS = (
     col.SEED,
     col.ROUND,
     col.COND_ID,
-    "index",
+    col.INDEX,
 )
 
 def empty_scores(n: int) -> dict[str, Any]:
@@ -38,9 +38,9 @@ def empty_scores(n: int) -> dict[str, Any]:
     return {
         col.REAL_COS: nan,
         col.TEXT_COS: nan.copy(),
-        "threshold": nan.copy(),
+        col.THRESHOLD: nan.copy(),
         col.ACCEPTED: np.full(n, None, dtype=object),
-        "own_prob": nan.copy(),
+        col.OWN_PROB: nan.copy(),
     }
 
 
@@ -66,9 +66,9 @@ class DiffusionGenerator:
         out[col.CRITERION] = np.array(
             [np.nan if r.criterion is None else r.criterion for r in results], dtype=np.float64
         )
-        out["flagged"] = np.array([r.flagged for r in results], dtype=bool)
+        out[col.FLAGGED] = np.array([r.flagged for r in results], dtype=bool)
         out.update(empty_scores(n))
-        flagged = int(out["flagged"].sum())
+        flagged = int(out[col.FLAGGED].sum())
         if flagged:
             log.warning("safety checker flagged %d of %d images; they are not kept", flagged, n)
         return out

@@ -17,16 +17,16 @@ SYNTHETIC_SCHEMA = pa.schema(
         (col.SEED, pa.int64()),
         (col.ROUND, pa.int64()),
         (col.COND_ID, pa.string()),
-        ("index", pa.int64()),
+        (col.INDEX, pa.int64()),
         (col.IMAGE, pa.binary()),  # null when the safety checker flagged the image
         (col.GENERATOR, pa.string()),
         (col.CRITERION, pa.float64()),
-        ("flagged", pa.bool_()),
+        (col.FLAGGED, pa.bool_()),
         (col.REAL_COS, pa.float64()),
         (col.TEXT_COS, pa.float64()),
-        ("threshold", pa.float64()),
+        (col.THRESHOLD, pa.float64()),
         (col.ACCEPTED, pa.bool_()),
-        ("own_prob", pa.float64()),  # own-class probability (AiR's most representative image)
+        (col.OWN_PROB, pa.float64()),  # own-class probability (AiR's most representative image)
     ]
 )
 

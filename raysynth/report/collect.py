@@ -120,7 +120,7 @@ def _real_thumbs(root: Path, names: list[str], out: dict[str, list[Thumb]], k: i
 
 def _scores(root: Path, names: list[str], g: Gallery) -> None:
     """Every filtered row's cosine score (narrow columns only, no images)."""
-    cols = [col.LABEL, col.REAL_COS, col.ACCEPTED, "threshold"]
+    cols = [col.LABEL, col.REAL_COS, col.ACCEPTED, col.THRESHOLD]
     for t in iter_tables(root, cols):
         for label, cos, accepted, threshold in zip(*(t.column(c).to_pylist() for c in cols)):
             pair = g.scores.get(class_name(names, label))
