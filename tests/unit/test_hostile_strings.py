@@ -236,3 +236,124 @@ def test_log_lines_show_control_characters_as_escapes():
         logger.removeHandler(handler)
     line = stream.getvalue()
     assert line == "class red\\x1b[31mALERT\\rover\\nforged line skipped\n"
+
+
+# --- paths confined: the tune ledger and the preset name --------------------------------------
+
+
+def _trial_row(folder: str, acc: float) -> dict:
+    return {"trial_id": folder, "dir": folder, "result": {"val_acc": acc, "done": True}}
+
+
+def _ledger(tune: Path, rows: list[dict]) -> Path:
+    tune.mkdir(parents=True, exist_ok=True)
+    path = tune / "trials.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_ledger_stores_trial_folders_relative_to_the_tune_root(tmp_path):
+    """The driver's callback, fed a trial the way Tune does (a stand-in object with the fields
+    the callback reads: Tune's Trial needs a running experiment), writes a relative folder."""
+    from types import SimpleNamespace
+
+    from raysynth.tune.ledger import ledger_callback, read_ledger
+
+    tune = tmp_path / "run" / "tune"
+    tune.mkdir(parents=True)
+    trial = SimpleNamespace(
+        trial_id="t1", config={"w000": 0.25, "w001": 1.0}, path=str(tune / "search" / "trial_t1")
+    )
+    ledger_callback(tune / "trials.jsonl", 2).on_trial_result(
+        0, [], trial, {"val_acc": 0.75, "val_std": 0.1, "timestamp": 5.0}
+    )
+    (row,) = read_ledger(tune / "trials.jsonl")
+    assert row["dir"] == "search/trial_t1"
+    assert row["weights"] == [0.25, 1.0] and row["val_acc"] == 0.75
+
+
+def test_a_copied_run_directory_restores_results_into_the_copy(tmp_path, caplog):
+    import shutil
+
+    from raysynth.tune.ledger import read_ledger, restore_trial_results
+
+    orig = tmp_path / "orig" / "tune"
+    (orig / "search" / "t-old").mkdir(parents=True)
+    rows = [
+        _trial_row("search/t-new", 0.5),  # written relative, as the ledger does now
+        _trial_row(str(orig / "search" / "t-old"), 0.6),  # an old absolute entry
+    ]
+    _ledger(orig, rows)
+    copy = tmp_path / "copy" / "tune"
+    shutil.copytree(orig, copy)
+    before = _files(orig.parent)
+
+    with caplog.at_level(logging.WARNING, logger="raysynth.tune"):
+        written = restore_trial_results(read_ledger(copy / "trials.jsonl"), copy)
+    assert written == 1
+    assert json.loads((copy / "search" / "t-new" / "result.json").read_text())["val_acc"] == 0.5
+    assert _files(orig.parent) == before, "nothing written into the original run directory"
+    assert not (orig / "search" / "t-old" / "result.json").exists()
+    assert "outside this run's tune folder" in caplog.text and "t-old" in caplog.text
+
+    # in the original, the old absolute entry lies inside the current root: still restored
+    assert restore_trial_results(read_ledger(orig / "trials.jsonl"), orig) == 2
+    assert json.loads((orig / "search" / "t-old" / "result.json").read_text())["val_acc"] == 0.6
+
+
+def test_a_tampered_ledger_writes_nothing_outside_the_run(tmp_path, caplog):
+    from raysynth.tune.ledger import read_ledger, restore_trial_results
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    tune = tmp_path / "run" / "tune"
+    (tune / "search").mkdir(parents=True)
+    (tune / "search" / "link").symlink_to(victim, target_is_directory=True)
+    evil = [
+        str(victim),  # absolute path elsewhere
+        "../../victim",  # climbs out of the root
+        "search/../../../victim",
+        "search/link",  # a symlink out
+        ".",  # the tune root itself
+        "",
+    ]
+    _ledger(tune, [_trial_row(e, 0.9) for e in evil] + [{"trial_id": "x", "dir": 3, "result": {}}])
+    before = _files(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="raysynth.tune"):
+        assert restore_trial_results(read_ledger(tune / "trials.jsonl"), tune) == 0
+    assert _files(tmp_path) == before and list(victim.iterdir()) == []
+    assert caplog.text.count("ignoring") == len(evil) + 1
+
+
+@pytest.mark.parametrize(
+    "name", ["../..", "..", ".", "a/b", "a\\b", "/abs", "", "x y", "runs/../x", "na\x1bme", "é"]
+)
+def test_a_preset_name_that_is_not_one_plain_folder_name_is_refused(name):
+    from raysynth.config import build_config, parse_set
+    from raysynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^preset: .* is not a valid name.*--set preset="):
+        build_config("digits", overrides=parse_set([f"preset={name}"]) if name else {"preset": ""})
+
+
+@pytest.mark.parametrize("name", ["digits", "my-run_2.1", "42"])
+def test_plain_preset_names_are_kept(name):
+    from raysynth.config import build_config, parse_set
+
+    assert build_config("digits", overrides=parse_set([f"preset={name}"])).preset == name
+
+
+def test_cli_refuses_a_preset_that_climbs_out_of_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "raysynth.cli", "run", "--set", "preset=../..", "--dry-run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "raysynth: error: preset: '../..' is not a valid name" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
