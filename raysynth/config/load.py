@@ -9,6 +9,7 @@ naming the key and listing the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from importlib import resources
@@ -21,6 +22,8 @@ from raysynth.config.schema import BUDGET_OVERRIDES, BUDGETS, RunConfig
 from raysynth.errors import ConfigError
 
 PRESET_PACKAGE = "raysynth.presets"
+# a preset names the default run directory (runs/<preset>): one plain folder name, never a path
+PRESET_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def list_presets() -> list[str]:
@@ -128,7 +131,22 @@ def from_flat(values: dict[str, Any], cls: type = RunConfig) -> Any:
     for key in values:
         if key not in keys:
             raise ConfigError(f"unknown config key {key!r}; {_suggest(key, keys)}")
+    if "preset" in keys and "preset" in values:
+        check_preset_name(values["preset"])
     return _build(cls, values, "")
+
+
+def check_preset_name(name: Any) -> None:
+    """A preset name is one folder name (the default run directory is ``runs/<preset>``):
+    letters, digits, ``.``, ``_`` and ``-``, no path separator and no ``..``."""
+    text = str(name) if isinstance(name, str | int | float) else None
+    if text is not None and PRESET_NAME.fullmatch(text) and ".." not in text and text != ".":
+        return
+    raise ConfigError(
+        f"preset: {name!r} is not a valid name; it names the default run directory "
+        "runs/<preset>, so use only letters, digits, '.', '_' and '-' (no '/', '\\' or '..'), "
+        "e.g. --set preset=my-run, and pass --out DIR to choose where the run goes"
+    )
 
 
 def _suggest(key: str, keys: list[str]) -> str:

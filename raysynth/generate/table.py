@@ -2,8 +2,12 @@
 
 Written by :class:`PartWriter` (one file per block, from a long-lived Ray Data actor), read back
 here. A part is written under a hidden temporary name and renamed into place, so a killed writer
-leaves no half-written part; a file that still cannot be read (a copy cut short, a disk fault)
-is moved aside (``*.corrupt``) and its rows count as missing, so the next run makes them again.
+leaves no half-written part. A part whose footer is corrupt (a copy cut short, bytes overwritten:
+the file reads back but is not Parquet) is left out with a warning, and only the generate stage
+(:func:`existing_ids`, ``repair=True``) moves it aside (``*.parquet.corrupt``) so that its rows
+are made again; every other reader — the report above all — never moves a file. A file that
+cannot be *read* (an I/O or permission error, storage away for a moment) is not corruption: it
+raises :class:`RunDirError` and stays where it is.
 Rows are unique by ``sample_id``: a ``sample_id`` seen twice (a retried write) keeps its first
 row — generation is deterministic, so both rows hold the same image.
 """
@@ -22,36 +26,68 @@ import pyarrow.parquet as pq
 
 from raysynth import columns as col
 from raysynth.data.parquet import list_parquet
+from raysynth.errors import RunDirError
 from raysynth.files import atomic_open
 from raysynth.generate.schema import conform
 
 log = logging.getLogger("raysynth.generate")
 
 
-def parquet_files(root: str | Path) -> list[Path]:
+def parquet_files(root: str | Path, repair: bool = False) -> list[Path]:
     """Readable Parquet files under the folder ``root``, as
     :func:`raysynth.data.parquet.list_parquet` lists them (sorted, absolute; hidden temporary
-    parts left out); unreadable ones are quarantined. Empty while ``root`` is not a folder."""
+    parts left out). A part with a corrupt footer is left out with a warning, and moved aside
+    only with ``repair``; a read error raises :class:`RunDirError` (module docstring). Empty
+    while ``root`` is not a folder."""
     root = Path(root)
     if not root.is_dir():
         return []
     good = []
     for f in map(Path, list_parquet(root)[1]):
-        try:
-            pq.ParquetFile(f).metadata  # noqa: B018 - reading the footer validates the file
-        except Exception as e:  # a truncated file from an interrupted write
-            bad = f.with_suffix(".parquet.corrupt")
-            log.warning("moving unreadable synthetic file %s aside (%s); its rows are redone", f, e)
-            os.replace(f, bad)
-            continue
-        good.append(f)
+        problem = corrupt_footer(f)
+        if problem is None:
+            good.append(f)
+        elif repair:
+            log.warning("moving synthetic part %s aside: its footer is corrupt (%s); its rows are "
+                        "made again", f, problem)
+            os.replace(f, f.with_suffix(".parquet.corrupt"))
+        else:
+            log.warning("leaving out synthetic part %s: its footer is corrupt (%s); the next "
+                        "`raysynth run --resume` moves it aside and makes its rows again", f, problem)
     return good
 
 
+def corrupt_footer(path: Path) -> str | None:
+    """Why the Parquet footer of ``path`` cannot be parsed, or None when it can. Raises
+    :class:`RunDirError` when the file cannot be read at all (an I/O error is the storage's,
+    not the file's: the file is not judged corrupt on it)."""
+    try:
+        pq.ParquetFile(path).metadata  # noqa: B018 - parsing the footer validates the file
+        return None
+    except (pa.ArrowInvalid, OSError) as e:
+        error = e
+    # pyarrow reports a system error with its errno and a footer it cannot parse without one
+    # (ArrowInvalid, or OSError("Couldn't deserialize thrift")); read the bytes ourselves too,
+    # so a read that fails now is never taken for corruption
+    try:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise error
+        with open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except OSError as e:
+        raise RunDirError(
+            f"could not read synthetic part {path} ({e}); it was left in place. Check the "
+            "storage (permissions, mount, disk) and rerun the same command with --resume"
+        ) from e
+    return f"{type(error).__name__}: {error}"
+
+
 def existing_ids(root: str | Path) -> set[str]:
-    """``sample_id``s already written under ``root`` (reads only that column)."""
+    """``sample_id``s already written under ``root`` (reads only that column); the generate
+    stage's read, which moves parts with a corrupt footer aside so their rows are made again."""
     ids: set[str] = set()
-    for f in parquet_files(root):
+    for f in parquet_files(root, repair=True):
         ids.update(pq.read_table(f, columns=[col.SAMPLE_ID])[col.SAMPLE_ID].to_pylist())
     return ids
 

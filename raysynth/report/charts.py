@@ -2,23 +2,48 @@
 
 Figures are built as :class:`matplotlib.figure.Figure` objects (Agg canvas), never through
 ``pyplot``, so no global figure state or GUI backend is touched and nothing needs closing.
+
+Class and series names are data: every chart is built and drawn with mathtext off
+(:func:`plain_text`), so a name like ``$_$`` or ``cost_$^$`` is drawn as those characters instead
+of being parsed (and raising) as a formula, and names pass through
+:func:`raysynth.report.text.printable` so control characters show as escapes.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from raysynth.report.text import printable
+
 ACCEPTED_COLOUR = "#2e8b57"
 REJECTED_COLOUR = "#c0392b"
 BAR_COLOUR = "#4c72b0"
 DPI = 100
+# every Text a chart makes reads these when it is created, and the drawing happens inside too
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+F = TypeVar("F", bound=Callable[..., bytes])
+
+
+def plain_text(chart: F) -> F:
+    """Build and draw ``chart`` with mathtext and TeX off: data strings are never formulas."""
+
+    @functools.wraps(chart)
+    def wrapped(*args, **kwargs):
+        with matplotlib.rc_context(PLAIN_TEXT):
+            return chart(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -35,10 +60,11 @@ def _class_axis(ax, names: Sequence[str]) -> None:
         ax.set_xticklabels([])
         ax.set_xlabel(f"{len(names)} classes")
     else:
-        ax.set_xticklabels(names, rotation=90 if len(names) > 12 else 0, fontsize=8)
+        ax.set_xticklabels([printable(n) for n in names], rotation=90 if len(names) > 12 else 0, fontsize=8)
         ax.set_xlabel("class")
 
 
+@plain_text
 def weights_chart(weights: Mapping[str, float]) -> bytes:
     """Learned weight per class as bars on a fixed 0..1 axis."""
     names = list(weights)
@@ -54,6 +80,7 @@ def weights_chart(weights: Mapping[str, float]) -> bytes:
     return png_bytes(fig)
 
 
+@plain_text
 def grouped_accuracy_chart(
     series: Mapping[str, Mapping[str, float]], groups: Sequence[str]
 ) -> bytes:
@@ -64,9 +91,9 @@ def grouped_accuracy_chart(
     x = np.arange(len(groups))
     for i, (name, accs) in enumerate(series.items()):
         values = [100 * _finite(accs.get(g)) for g in groups]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=printable(name))
     ax.set_xticks(x)
-    ax.set_xticklabels(groups)
+    ax.set_xticklabels([printable(g) for g in groups])
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=8, loc="lower right")
@@ -74,6 +101,7 @@ def grouped_accuracy_chart(
     return png_bytes(fig)
 
 
+@plain_text
 def cosine_histograms(
     scores: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     thresholds: Mapping[str, float],
@@ -104,7 +132,7 @@ def cosine_histograms(
         t = thresholds.get(name, float("nan"))
         if math.isfinite(t):
             ax.axvline(t, color="black", linestyle="--", linewidth=1)
-        ax.set_title(f"{name} ({len(accepted)} / {len(rejected)})", fontsize=8)
+        ax.set_title(f"{printable(name)} ({len(accepted)} / {len(rejected)})", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in list(axes.flat)[len(names) :]:
@@ -116,6 +144,7 @@ def cosine_histograms(
     return png_bytes(fig)
 
 
+@plain_text
 def best_so_far_chart(values: Sequence[float]) -> bytes:
     """The search's best validation accuracy (%) after each finished trial."""
     y = [100 * _finite(v) for v in values]

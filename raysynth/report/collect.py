@@ -23,6 +23,7 @@ from raysynth.data.store import read_classes, real_path
 from raysynth.errors import RunDirError
 from raysynth.generate.table import iter_tables
 from raysynth.report import air as air_report
+from raysynth.report.text import printable
 from raysynth.report.values import as_dict, class_name, finite, num
 from raysynth.rundir import SYNTHETIC
 
@@ -77,7 +78,7 @@ def collect_gallery(root: Path, names: list[str], shown: list[str], per_class: i
         try:
             step()
         except Exception as e:  # a report shows what it can; the run's data is not its concern
-            log.warning("report: left out the %s (%s: %s)", what, type(e).__name__, e)
+            log.warning("report: left out the %s (%s: %s)", what, type(e).__name__, printable(e))
     return g
 
 
@@ -96,7 +97,7 @@ def collect_prototypes(root: Path, report: dict) -> dict[str, bytes]:
     try:
         return air_report.prototype_images(root, air)
     except Exception as e:  # a report shows what it can
-        log.warning("report: left out the prototypes (%s: %s)", type(e).__name__, e)
+        log.warning("report: left out the prototypes (%s: %s)", type(e).__name__, printable(e))
         return {}
 
 
@@ -163,5 +164,5 @@ def make_thumb(data: bytes | None, title: str, caption: str = "") -> Thumb | Non
             small.save(buf, format="PNG")
             return Thumb(buf.getvalue(), title, caption)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        log.warning("report: image %s is unreadable (%s); left out", title, e)
+        log.warning("report: image %s is unreadable (%s); left out", printable(title), printable(e))
         return None

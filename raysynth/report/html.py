@@ -30,6 +30,7 @@ from raysynth.report.tables import (
     weights_of,
     weights_table,
 )
+from raysynth.report.text import printable
 from raysynth.report.values import as_dict, finite
 
 THUMB_DISPLAY_PX = 64  # shown size; small images are upscaled with `image-rendering: pixelated`
@@ -67,7 +68,9 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 
 
 
 def _e(s: Any) -> str:
-    return html.escape(str(s), quote=True)
+    """Any string as HTML text or attribute value: control characters made visible
+    (:func:`raysynth.report.text.printable`), then ``<>&"'`` escaped."""
+    return html.escape(printable(s), quote=True)
 
 
 def _img(png: bytes, alt: str, cls: str = "chart") -> str:

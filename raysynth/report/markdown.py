@@ -1,5 +1,10 @@
 """The report as Markdown (``report.md``): the summary line and every table of
-:mod:`raysynth.report.tables`, no images (``report.html`` has those)."""
+:mod:`raysynth.report.tables`, no images (``report.html`` has those).
+
+Every string is escaped (:func:`raysynth.report.text.md_text`): a class name, preset or file name
+holding Markdown, HTML, ``$`` or control characters shows as those characters and never as markup
+or terminal control codes (``raysynth run`` prints this file).
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,24 @@ from typing import Any
 
 from raysynth.report import tables
 from raysynth.report.tables import Table
+from raysynth.report.text import md_code, md_text
 
 
 def _md_table(t: Table) -> str:
     def cell(s: str, i: int) -> str:
-        s = s.replace("|", "\\|")
+        s = md_text(s)
         return f"**{s}**" if i == t.best else s
 
-    lines = ["| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
+    lines = ["| " + " | ".join(map(md_text, t.header)) + " |", "|" + "---|" * len(t.header)]
     lines += ["| " + " | ".join(cell(c, i) for c in r) + " |" for i, r in enumerate(t.rows)]
     return "\n".join(lines)
 
 
 def build_markdown(report: dict, skipped: Any = ()) -> str:
     out = [
-        f"# raysynth report: {report.get('preset', 'run')}",
+        f"# raysynth report: {md_text(report.get('preset', 'run'))}",
         "",
-        tables.summary_line(report),
+        md_text(tables.summary_line(report), line_start=True),
         "",
         "See report.html for the images and charts.",
         "",
@@ -58,6 +64,6 @@ def build_markdown(report: dict, skipped: Any = ()) -> str:
     section("Real images per class", [tables.counts_table(report)])
     items, more = tables.skipped_items(skipped)
     if items:
-        out.extend(["## Skipped input images", ""] + [f"- `{s}`" for s in items])
+        out.extend(["## Skipped input images", ""] + [f"- {md_code(s)}" for s in items])
         out.extend([f"- … and {more} more" if more else "", ""])
     return "\n".join(out).rstrip() + "\n"

@@ -2,22 +2,37 @@
 
 A checkpoint folder holds ``model.safetensors`` + ``model.json`` (:func:`build_model` config) and,
 for resumable training, ``optimizer.safetensors`` + ``state.json`` (epoch, param groups).
+
+Replacement is crash-safe. The new checkpoint is written whole (every file fsynced) into a hidden
+temporary folder beside the target; then the old folder is renamed to ``NAME.old``, the new one
+renamed into place, the parent folder fsynced and ``NAME.old`` removed. A kill at any point leaves
+a readable checkpoint: before the first rename the old folder is untouched; between the two
+renames only ``NAME.old`` is there, and every reader (:func:`recover`, called by
+:func:`load_model`, :func:`read_state`, :func:`restore_training` and :func:`has_checkpoint`)
+renames it back into place; after the second rename the new folder is complete and a leftover
+``NAME.old`` is removed.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from raysynth.errors import RunDirError
+from raysynth.files import atomic_write_bytes, atomic_write_text, fsync_dir
 from raysynth.train.models import build_model
+
+log = logging.getLogger("raysynth.train")
 
 MODEL_FILE = "model.safetensors"
 MODEL_JSON = "model.json"
@@ -29,6 +44,43 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def old_folder(folder: str | Path) -> Path:
+    """Where the previous checkpoint waits while ``folder`` is being replaced."""
+    folder = Path(folder)
+    return folder.with_name(folder.name + ".old")
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / MODEL_FILE).is_file() and (folder / MODEL_JSON).is_file()
+
+
+def recover(folder: str | Path) -> Path:
+    """Finish a replacement a kill interrupted: ``NAME.old`` renamed back when ``NAME`` is
+    missing (killed between the two renames), removed when ``NAME`` is there (killed before the
+    clean-up). Returns ``folder``."""
+    folder = Path(folder)
+    old = old_folder(folder)
+    if not old.exists():
+        return folder
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    elif _complete(old):
+        try:
+            os.replace(old, folder)
+        except FileNotFoundError:  # another reader recovered it first
+            pass
+        else:
+            fsync_dir(folder.parent)
+            log.warning("recovered checkpoint %s from %s (its replacement was interrupted)",
+                        folder, old.name)
+    return folder
+
+
+def has_checkpoint(folder: str | Path) -> bool:
+    """``folder`` holds a complete checkpoint (after :func:`recover`)."""
+    return _complete(recover(folder))
+
+
 def write_checkpoint(
     folder: str | Path,
     model: torch.nn.Module,
@@ -36,33 +88,53 @@ def write_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (a temp folder renamed into place)."""
-    folder = Path(folder)
+    """Write a checkpoint folder crash-safely (module docstring): whole and fsynced in a temp
+    folder, then renamed into place; the previous one is readable until the new one is."""
+    folder = recover(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    prefix = f".{folder.name}.tmp-"
+    for stale in folder.parent.glob(f"{glob.escape(prefix)}*"):  # temp folders of killed writes
+        if re.fullmatch(re.escape(prefix) + r"[a-z0-9_]{8}", stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder.parent))
+    try:
+        _write_files(tmp, model, model_cfg, optimizer, state)
+        if folder.exists():
+            old = old_folder(folder)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            fsync_dir(folder.parent)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+        fsync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _write_files(
+    tmp: Path,
+    model: torch.nn.Module,
+    model_cfg: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any] | None,
+) -> None:
     sd = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    save_file(sd, str(tmp / MODEL_FILE))
-    (tmp / MODEL_JSON).write_text(json.dumps(model_cfg, indent=2))
+    atomic_write_bytes(tmp / MODEL_FILE, save(sd))
+    atomic_write_text(tmp / MODEL_JSON, json.dumps(model_cfg, indent=2))
     if optimizer is not None:
         tensors, groups = _flatten_optimizer(optimizer)
-        save_file(tensors, str(tmp / OPT_FILE))
-        (tmp / STATE_JSON).write_text(json.dumps({**(state or {}), "param_groups": groups}))
-    elif state is not None:
-        (tmp / STATE_JSON).write_text(json.dumps(state))
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
-    return folder
+        atomic_write_bytes(tmp / OPT_FILE, save(tensors))
+        state = {**(state or {}), "param_groups": groups}
+    if state is not None:
+        atomic_write_text(tmp / STATE_JSON, json.dumps(state))
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model from ``model.json`` and load ``model.safetensors`` into it."""
-    folder = Path(folder)
+    folder = recover(folder)
     if not (folder / MODEL_FILE).is_file() or not (folder / MODEL_JSON).is_file():
         raise RunDirError(
             f"{folder} is not a raysynth checkpoint (needs {MODEL_FILE} and {MODEL_JSON})"
@@ -73,7 +145,8 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> torch.
 
 
 def read_state(folder: str | Path) -> dict[str, Any] | None:
-    path = Path(folder) / STATE_JSON
+    """``state.json`` of a checkpoint folder (after :func:`recover`), None when there is none."""
+    path = recover(folder) / STATE_JSON
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -81,7 +154,7 @@ def restore_training(
     folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Load model and optimizer state from a checkpoint folder; returns its ``state.json``."""
-    folder = Path(folder)
+    folder = recover(folder)
     _unwrap(model).load_state_dict(load_file(str(folder / MODEL_FILE)))
     state = read_state(folder) or {}
     if (folder / OPT_FILE).is_file():

@@ -73,9 +73,8 @@ class TrainSession:
             if state is not None:
                 candidates.append((state["epoch"], lambda: self._restore_ray(ray_ckpt, model, optimizer),
                                    "the Ray Train checkpoint"))
-        if self.checkpoint_dir is not None and (self.checkpoint_dir / "state.json").is_file():
-            state = read_state(self.checkpoint_dir)
-            assert state is not None
+        # read_state recovers a checkpoint whose replacement a kill interrupted (NAME.old)
+        if self.checkpoint_dir is not None and (state := read_state(self.checkpoint_dir)):
             folder = self.checkpoint_dir
             candidates.append(
                 (state["epoch"], lambda: restore_training(folder, model, optimizer), str(folder))

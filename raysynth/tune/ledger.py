@@ -1,17 +1,27 @@
 """The weight search's ledger (``<run>/tune/trials.jsonl``): each finished trial's weights and
 result, appended and fsynced by the driver the moment it receives them — what ``--resume`` keeps —
-and the copies of each trial's logs into the run directory."""
+and the copies of each trial's logs into the run directory.
+
+A ledger line names its trial's folder relative to the tune root (``search/_trial_…``), so a
+run directory copied or moved elsewhere still finds its own folders; every folder a line names is
+resolved under the *current* tune root and refused when it leaves it (an absolute path elsewhere,
+``../``, a symlink out): a copied or tampered ledger never makes the run write outside itself.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from raysynth.files import atomic_write_text
 from raysynth.tune.tuner import METRIC
+
+log = logging.getLogger("raysynth.tune")
 
 LEDGER = "trials.jsonl"
 
@@ -43,8 +53,36 @@ def read_ledger(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def relative_dir(folder: str | Path, tune_root: str | Path) -> str:
+    """``folder`` as the ledger stores it: relative to the tune root when it lies inside it."""
+    folder, root = Path(folder).resolve(), Path(tune_root).resolve()
+    return str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder)
+
+
+def confined_dir(entry: Any, tune_root: str | Path) -> Path | None:
+    """The trial folder a ledger entry names, resolved under ``tune_root``; None (with a warning)
+    when it is not a string or resolves outside the root — an absolute path elsewhere (a ledger
+    copied from another run directory, or tampered), ``..`` components or a symlink out."""
+    root = Path(tune_root).resolve()
+    if not isinstance(entry, str) or not entry:
+        log.warning("ignoring a ledger entry without a trial folder: %r", entry)
+        return None
+    folder = (root / entry).resolve()  # an absolute entry replaces the root here
+    if folder == root or not folder.is_relative_to(root):
+        log.warning(
+            "ignoring the ledger's trial folder %r: it lies outside this run's tune folder %s "
+            "(a ledger copied from another run directory, or edited); nothing is written there",
+            entry, root,
+        )
+        return None
+    return folder
+
+
 def ledger_callback(path: Path, num_classes: int):
+    """The Tune callback appending each result to the ledger ``path`` (in the tune root)."""
     from ray.tune import Callback
+
+    root = Path(path).parent
 
     class TrialLedger(Callback):
         """Appends each trial's result to the ledger when the driver receives it."""
@@ -59,9 +97,9 @@ def ledger_callback(path: Path, num_classes: int):
                 "val_std": float(result["val_std"]),
                 "val_nll": float(result.get("val_nll", float("nan"))),
                 "finished_at": float(result.get("timestamp", time.time())),
-                # the trial's folder in the run directory and its result: a driver killed after
-                # this line and before the logs were copied leaves the folder to restore
-                "dir": str(trial.path),
+                # the trial's folder (relative to the tune root) and its result: a driver killed
+                # after this line and before the logs were copied leaves the folder to restore
+                "dir": relative_dir(trial.path, root),
                 "result": json.loads(json.dumps(result, default=str)),
             }
             with open(path, "a") as f:
@@ -81,19 +119,21 @@ def _has_result(path: Path) -> bool:
         return False
 
 
-def restore_trial_results(rows: list[dict[str, Any]]) -> int:
-    """Write ``result.json`` from the ledger for every recorded trial whose folder in the run
-    directory lacks it (the driver was killed between the ledger line and the copy of the
-    trial's logs, :func:`trial_logs_callback`); returns how many were written."""
+def restore_trial_results(rows: list[dict[str, Any]], tune_root: str | Path) -> int:
+    """Write ``result.json`` from the ledger for every recorded trial whose folder under
+    ``tune_root`` lacks it (the driver was killed between the ledger line and the copy of the
+    trial's logs, :func:`trial_logs_callback`); returns how many were written. Only folders
+    under ``tune_root`` are written (:func:`confined_dir`); any other entry is ignored with a
+    warning."""
     written = 0
     for row in rows:
         if "dir" not in row or "result" not in row:
             continue
-        dest = Path(row["dir"]) / "result.json"
-        if not _has_result(dest):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(json.dumps(row["result"]) + "\n")
-            written += 1
+        folder = confined_dir(row["dir"], tune_root)
+        if folder is None or _has_result(folder / "result.json"):
+            continue
+        atomic_write_text(folder / "result.json", json.dumps(row["result"]) + "\n")
+        written += 1
     return written
 
 

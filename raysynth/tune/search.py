@@ -189,7 +189,7 @@ def search_weights(
                      cfg.tune.num_samples)
         grid = build_tuner(data, cfg, tune_root, done).fit()
         errors = [str(r.error) for r in grid if r.error is not None]
-    if restored := restore_trial_results(read_ledger(ledger)):
+    if restored := restore_trial_results(read_ledger(ledger), ledger.parent):
         log.info("restored result.json of %d trial(s) from the ledger", restored)
     wall = time.perf_counter() - t0
     rows = [

@@ -338,3 +338,100 @@ def test_cluster_readme_covers_access_and_auth():
     ):
         assert needle in text, needle
     assert not re.search(r"port-forward[^\n]*--address[= ]0\.0\.0\.0", text)
+
+
+# --- secrets: token files and what the working dir uploads --------------------------------------
+
+TOKEN_WRITE = re.compile(r"ray get-auth-token --generate|>\s*\S*(token|auth_token)\b")
+
+
+def readme_commands() -> list[str]:
+    """Every command of the README's ``bash`` blocks, one per logical line (``\\`` continuations
+    joined, comments kept)."""
+    text = (CLUSTER / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip():
+                commands.append(line.strip())
+    return commands
+
+
+def token_commands() -> list[str]:
+    return [c for c in readme_commands() if TOKEN_WRITE.search(c.split(" #")[0])]
+
+
+def test_readme_creates_every_token_file_0600_from_the_start():
+    writes = token_commands()
+    assert len(writes) >= 3, writes  # the launcher's token and two KubeRay copies
+    for cmd in writes:
+        umask = re.match(r"^\(umask 0?077 && .*\)(\s+#.*)?$", cmd)
+        install = re.search(r"\binstall\b[^|;&]*-m\s*0?600\b", cmd)
+        assert umask or install, f"writes a token without umask 077 / install -m 600: {cmd}"
+        if umask and ">" in cmd:
+            target = re.search(r">\s*(\S+?token)\b", cmd)[1]
+            assert f"rm -f {target} &&" in cmd, f"`>` keeps an existing file's mode: {cmd}"
+    for cmd in readme_commands():
+        assert not re.search(r"\bchmod\b", cmd), f"chmod after writing leaves a window: {cmd}"
+
+
+def test_readme_writes_no_archive_into_the_repository():
+    for cmd in readme_commands():
+        m = re.search(r"git archive .*-o\s+(\S+)", cmd)
+        if m:
+            assert m[1].startswith(('"${TMPDIR', "/", "~", "$")), cmd
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_the_documented_kubectl_token_command_creates_the_file_0600(tmp_path, existing):
+    """Run the README's command itself under bash, in a temporary HOME, with a stand-in
+    ``kubectl`` on PATH that prints the Secret's base64 value (no cluster here); an older
+    world-readable copy of the file must not keep its mode."""
+    import os
+    import stat
+    import subprocess
+
+    (cmd,) = [c for c in token_commands() if "raysynth-k8s.token" in c]
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    home.mkdir()
+    bin_dir.mkdir()
+    fake = bin_dir / "kubectl"
+    fake.write_text("#!/bin/sh\nprintf %s c2VjcmV0LXRva2Vu\n")  # base64 of "secret-token"
+    fake.chmod(0o755)
+    token = home / ".ray" / "raysynth-k8s.token"
+    if existing:
+        token.parent.mkdir()
+        token.write_text("old")
+        token.chmod(0o644)
+    env = {**os.environ, "HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", f"umask 022; {cmd}"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert token.read_text() == "secret-token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    if not existing:
+        assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "cluster/raysynth-k8s.token",
+        "auth_token",
+        ".env",
+        ".env.local",
+        "deploy/.env",
+        "keys/cluster.pem",
+        "keys/server.key",
+        "raysynth-src.zip",
+        "data/flowers.tar.gz",
+        "data/flowers.tgz",
+        ".ray/auth_token",
+        ".aws/credentials",
+    ],
+)
+def test_runtime_env_excludes_secrets_and_archives(path):
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    match = _get_excludes(ROOT, runtime_env()["excludes"])
+    assert match(ROOT / path) is True, path

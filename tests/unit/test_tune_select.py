@@ -45,9 +45,9 @@ def test_trial_results_missing_from_the_run_directory_are_restored_from_the_ledg
     (tmp_path / "torn").mkdir()
     (tmp_path / "torn" / "result.json").write_text('{"val_acc": 0.')  # killed mid-copy
     rows = [row("copied", 0.9), row("torn", 0.8), row("never-copied", 0.7), {"trial_id": "old"}]
-    assert restore_trial_results(rows) == 2
+    assert restore_trial_results(rows, tmp_path) == 2
     assert (tmp_path / "copied" / "result.json").read_text() == '{"val_acc": 0.9}\n'  # untouched
     for name, acc in (("torn", 0.8), ("never-copied", 0.7)):
         result = json.loads((tmp_path / name / "result.json").read_text())
         assert result == {"val_acc": acc, "config": {"w000": 0.5}}
-    assert restore_trial_results(rows) == 0  # nothing left to restore
+    assert restore_trial_results(rows, tmp_path) == 0  # nothing left to restore
