@@ -14,6 +14,7 @@ from typing import Any
 from raysynth import __version__
 from raysynth.errors import RaysynthError
 from raysynth.rundir import REPORT_HTML, REPORT_JSON, REPORT_MD
+from raysynth.text import PrintableFilter, printable
 
 log = logging.getLogger("raysynth")
 
@@ -145,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if images.skipped:
         print(f"skipped {len(images.skipped)} unreadable image(s):")
         for src, why in images.skipped:
-            print(f"  {src}: {why}")
+            print(f"  {printable(src)}: {printable(why)}")
     for name in ("train", "pool", "val", "test"):
         print(f"  {name}: {sum(counts[name])} images, per class {counts[name]}")
     if splits.groups:
@@ -236,6 +237,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PrintableFilter())  # names from data reach the terminal as text
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:

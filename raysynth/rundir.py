@@ -18,6 +18,7 @@ from raysynth import __version__
 from raysynth.config import RunConfig, dump_yaml, load_resolved, to_dict
 from raysynth.errors import RunDirError
 from raysynth.files import atomic_write_text
+from raysynth.text import PrintableFilter
 
 # Bumped when the on-disk layout changes incompatibly; a run directory of another format is
 # refused rather than half-read.
@@ -202,6 +203,7 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.log_path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(PrintableFilter())  # a class or file name cannot forge a log line
         logger = logging.getLogger("raysynth")
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -26,7 +26,7 @@ from raysynth.generate.table import iter_tables
 from raysynth.rundir import RunDir
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import resolve_kind
-from raysynth.train.checkpoint import MODEL_FILE
+from raysynth.train.checkpoint import has_checkpoint
 from raysynth.train.loops import end_to_end_loop
 from raysynth.train.models import encoder_config
 from raysynth.train.session import run_trainer
@@ -100,7 +100,7 @@ def train_real_classifier(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     and it is the real-only baseline of the classifier flow.
     """
     folder = run.real_classifier
-    if (folder / MODEL_FILE).is_file():
+    if has_checkpoint(folder):  # recovers one whose replacement a kill interrupted
         return folder
     train = real.arrays("train")
     metrics = train_end_to_end(

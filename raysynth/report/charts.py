@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from raysynth.report.text import printable
+from raysynth.text import printable
 
 ACCEPTED_COLOUR = "#2e8b57"
 REJECTED_COLOUR = "#c0392b"

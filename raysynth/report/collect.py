@@ -23,9 +23,9 @@ from raysynth.data.store import read_classes, real_path
 from raysynth.errors import RunDirError
 from raysynth.generate.table import iter_tables
 from raysynth.report import air as air_report
-from raysynth.report.text import printable
 from raysynth.report.values import as_dict, class_name, finite, num
 from raysynth.rundir import SYNTHETIC
+from raysynth.text import printable
 
 log = logging.getLogger("raysynth.report")
 

@@ -30,8 +30,8 @@ from raysynth.report.tables import (
     weights_of,
     weights_table,
 )
-from raysynth.report.text import printable
 from raysynth.report.values import as_dict, finite
+from raysynth.text import printable
 
 THUMB_DISPLAY_PX = 64  # shown size; small images are upscaled with `image-rendering: pixelated`
 

@@ -24,7 +24,8 @@ from raysynth.data.splits import Splits
 from raysynth.data.store import write_real
 from raysynth.generate.actor import SYNTHETIC_SCHEMA
 from raysynth.report import charts, render_report
-from raysynth.report.text import PrintableFilter, md_code, md_text, printable
+from raysynth.report.text import md_code, md_text
+from raysynth.text import PrintableFilter, printable
 
 HOSTILE = [
     "<b>bold</b>&amp;<script>alert(1)</script>",
