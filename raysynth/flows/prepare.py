@@ -248,16 +248,20 @@ def synthesis_stage(
 
 
 def accepted_arrays(root: Path, real: RealData) -> LabeledArrays:
-    """The accepted synthetic images as training arrays (decoded on the driver: few-shot scale)."""
-    pngs: list[bytes] = []
-    labels: list[int] = []
-    for t in iter_tables(root, [col.LABEL, col.IMAGE, col.ACCEPTED]):
+    """The accepted synthetic images as training arrays (decoded on the driver: few-shot scale),
+    in ``sample_id`` order: which Parquet part holds a row depends on how Ray Data happened to
+    batch the stream, so the parts' order would make the images drawn for training depend on
+    timing (DESIGN §2: nothing depends on order of arrival)."""
+    rows: list[tuple[str, int, bytes]] = []
+    for t in iter_tables(root, [col.SAMPLE_ID, col.LABEL, col.IMAGE, col.ACCEPTED]):
         keep = t.filter(t[col.ACCEPTED].fill_null(False))
-        pngs.extend(keep[col.IMAGE].to_pylist())
-        labels.extend(keep[col.LABEL].to_pylist())
-    if not pngs:
+        ids, labels, pngs = (keep[c].to_pylist() for c in (col.SAMPLE_ID, col.LABEL, col.IMAGE))
+        rows.extend(zip(ids, labels, pngs))
+    if not rows:
         return LabeledArrays.empty_like(real.arrays("train"))
-    return LabeledArrays(to_tensor_array(pngs, real.channels), np.array(labels, np.int64))
+    rows.sort(key=lambda r: r[0])
+    x = to_tensor_array([r[2] for r in rows], real.channels)
+    return LabeledArrays(x, np.array([r[1] for r in rows], np.int64))
 
 
 def synthetic_inputs(job: Any) -> tuple[dict[str, Any], LabeledArrays]:
