@@ -58,7 +58,9 @@ def _add_job_parsers(sub: Any) -> None:
     for name, text in (
         ("synthesize", "plan + generate + filter only"),
         ("tune", "weight search on an existing run directory"),
-        ("train", "final training + baselines with the given or best weights"),
+        ("train", "final training + baselines with the given or best weights (e.g. --set "
+         "tune.weights=[...] on an existing run: the search and final stages are redone, the "
+         "old ones kept in <out>/stale/)"),
     ):
         p = sub.add_parser(name, help=text)
         _add_config_args(p)
@@ -127,8 +129,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     check(cfg)  # a missing model fails here, before Ray starts or anything is written
     if not args.dry_run:
         from raysynth.flows.run import run_flow
+        from raysynth.rundir import RunDir
 
         out = Path(args.out or f"runs/{cfg.preset}")
+        RunDir(out).check_target(args.resume)  # not a run / no --resume: before Ray starts
         _connect_ray(args.address)
         report = run_flow(cfg, out, resume=args.resume)
         md = out / REPORT_MD
@@ -168,6 +172,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     data = build_study_data(spec, cfg)  # too few digits for the counts: fails before Ray starts
     kind = args.synthetic.replace(":", "-").replace(",", "_")
     out = Path(args.out or f"runs/study-{kind}-{'_'.join(args.classes)}-k{args.k}")
+    from raysynth.rundir import RunDir
+
+    RunDir(out).check_target(args.resume)  # before Ray starts
     _connect_ray(args.address)
     run_controlled(spec, cfg, out, resume=args.resume, data=data)
     print((out / REPORT_MD).read_text())
@@ -196,20 +203,26 @@ STAGE_OF_COMMAND = {"synthesize": "synthesis", "tune": "search", "train": None}
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    """``synthesize`` / ``tune`` / ``train``: the main job up to (or from) one stage."""
-    from raysynth.config import build_config, parse_set
+    """``synthesize`` / ``tune`` / ``train``: the main job up to (or from) one stage. On an
+    existing run without --preset/--config, the config is the run's ``config.yaml`` with --set on
+    top; the stages whose config sections changed are redone (the old outputs go to stale/)."""
+    from raysynth.config import build_config, parse_set, replace
     from raysynth.flows.run import check, run_flow
     from raysynth.rundir import RunDir
 
-    preset = args.preset or (None if args.config else "digits")
-    cfg = build_config(preset, args.config, parse_set(args.set))
-    until = STAGE_OF_COMMAND[args.command]
-    check(cfg, until)  # before Ray starts
     run = RunDir(args.out)
     if args.command != "synthesize" and not run.exists():
         raise RaysynthError(
             f"{args.out} holds no run; start one with `raysynth synthesize` or `raysynth run`"
         )
+    run.check_target(resume=run.exists())  # a folder of other files, another format
+    if run.exists() and not (args.preset or args.config):
+        cfg = replace(run.config(), **parse_set(args.set))
+    else:
+        preset = args.preset or (None if args.config else "digits")
+        cfg = build_config(preset, args.config, parse_set(args.set))
+    until = STAGE_OF_COMMAND[args.command]
+    check(cfg, until)  # before Ray starts
     _connect_ray(args.address)
     result = run_flow(cfg, args.out, resume=run.exists(), until=until)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str)[:4000])

@@ -122,3 +122,14 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def move_aside(src: str | Path, dest: str | Path) -> Path:
+    """Move ``src`` (a file or a folder) to ``dest`` by one rename (parents created; both folders
+    fsynced): outputs a run no longer uses are kept, not deleted."""
+    src, dest = Path(src), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dest)
+    fsync_dir(src.parent)
+    fsync_dir(dest.parent)
+    return dest

@@ -312,6 +312,7 @@ def run(job: Job) -> dict[str, Any] | None:
     names = real.class_names
     spec, pool = zero_shot_spec(cfg, names), embed_pool(cfg)
     job.stage("pseudo-labels")
+    run_dir.stage("pseudo_labels")
     data = unlabeled_set(cfg, real)
     unl = embedded(run_dir, "unlabeled", data, spec, pool)
     val = embedded(run_dir, "val", split_set(real, "val"), spec, pool)
@@ -321,6 +322,7 @@ def run(job: Job) -> dict[str, Any] | None:
         f"{unl.accuracy():.4f}" if unl.true_labels is not None else "unknown (no labels)",
     )
     job.stage("lora")
+    run_dir.stage("lora")
     adapter, lora = train_adapter(run_dir, cfg, data, unl)
     job.stage("synthesis")
     acfg = adapted_config(cfg, adapter)
@@ -329,6 +331,7 @@ def run(job: Job) -> dict[str, Any] | None:
     if job.stops_after("synthesis"):
         return {"synthesis": synthesis}
     job.stage("prompt")
+    run_dir.stage("prompt")
     syn = embedded(run_dir, "synthetic", synthetic_set(run_dir, names), spec, pool)
     proto, proto_ids = prototypes(syn)
     air = learn_prompt(job, unl, val, test, syn, proto)

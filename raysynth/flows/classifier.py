@@ -31,6 +31,7 @@ def run(job: Job) -> dict[str, Any] | None:
     if job.stops_after("synthesis"):
         return {"synthesis": synthesis}
     job.stage("final")
+    job.run.stage("final")
     real = job.real
     data = (real.arrays("train"), synthetic, real.arrays("test"), real.splits.groups,
             real.num_classes)

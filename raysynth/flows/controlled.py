@@ -185,7 +185,7 @@ def run_controlled(
     so that bad counts fail before Ray starts)."""
     t0 = time.perf_counter()
     run = RunDir(out)
-    run.init(cfg, resume=resume)
+    run.init(cfg, resume=resume, allow_changes=False)  # the study's kind is not in cfg
     handler = run.attach_log()
     try:
         val, test = data or build_study_data(spec, cfg)
@@ -194,8 +194,10 @@ def run_controlled(
             spec.synthetic, ",".join(spec.classes), spec.k, spec.per_run,
             len(val.synthetic) // val.num_classes,
         )
+        run.stage("search")
         search_summary = search(val, cfg, run.tune, run.tune_summary, resume)
         weights = search_summary["best_weights"]
+        run.stage("final")
         accuracy = final_accuracies(test, weights, cfg, run.train)
         report = {
             "preset": cfg.preset,
@@ -215,6 +217,7 @@ def run_controlled(
             },
             "timings": {"total_s": time.perf_counter() - t0},
         }
+        run.stage("report")
         atomic_write_json(run.report_path, report)
         atomic_write_text(run.report_md, summary_markdown(report))
         return report

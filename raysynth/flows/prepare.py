@@ -3,7 +3,8 @@ trained on the real split (embedder, feedback guide, real-only baseline), the ge
 spec, the model checks, the synthesis stage with its caches, the accepted images as arrays.
 
 Each step writes into the run directory and is skipped when its output is already there, so an
-interrupted run resumes where it stopped.
+interrupted run resumes where it stopped; each first goes through ``RunDir.stage``, which sets
+aside outputs computed under other values of the config sections the step depends on.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class RealData:
 
 def prepare_real(run: RunDir, cfg: RunConfig) -> RealData:
     """Load the dataset and write ``real/`` (or read it back when it is already there)."""
+    run.stage("data")
     if not real_exists(run.root):  # the data stage writes real/ (read back below)
         images = load_dataset(cfg.data)
         splits = make_splits(images, cfg.data, cfg.seed)
@@ -99,6 +101,7 @@ def train_real_classifier(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     Its penultimate features embed images for the filter (digits), it guides feedback synthesis,
     and it is the real-only baseline of the classifier flow.
     """
+    run.stage("real_classifier")
     folder = run.real_classifier
     if has_checkpoint(folder):  # recovers one whose replacement a kill interrupted
         return folder
@@ -231,6 +234,8 @@ def synthesis_stage(
     """The synthesis stage (plan → generate → filter rounds) once per run
     (``synthesis.json``), with ``samples.png`` and the recognition rate of its images."""
     from raysynth.report.samples import recognition_rate, write_sample_grid
+
+    run.stage("synthesis")
 
     def compute() -> dict[str, Any]:
         job = Synthesis(

@@ -2,7 +2,9 @@
 (DESIGN §3–4).
 
 Every stage writes into the run directory and is skipped when its output is already there, so
-``--resume`` continues an interrupted run at the stage it stopped in. Needs a connected Ray.
+``--resume`` continues an interrupted run at the stage it stopped in; with a changed config, the
+stages whose config sections changed (``raysynth.config.stages``) are set aside and redone
+(``RunDir.stage``). Needs a connected Ray.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def _finish(run: RunDir, report: dict[str, Any], progress: Progress) -> dict[str
     from raysynth.report import render_report
 
     progress.start("report")
+    run.stage("report")
     report["timings"] = {"total_s": progress.elapsed, "stages": dict(progress.timings)}
     atomic_write_json(run.report_path, report)
     render_report(run.root)

@@ -36,11 +36,13 @@ def run(job: Job) -> dict[str, Any] | None:
         "groups": real.splits.groups,
     }
     job.stage("search")
+    run_dir.stage("search")
     val = ProtocolData(**common, eval=real.arrays("val"))
     summary = search(val, cfg, run_dir.tune, run_dir.tune_summary, job.resume)
     if job.stops_after("search"):
         return {"tune": summary}
     job.stage("final")
+    run_dir.stage("final")
     weights = summary["best_weights"]
     test = ProtocolData(**common, eval=real.arrays("test"))
     job.report["weights"] = dict(zip(real.class_names, map(float, weights)))
