@@ -153,5 +153,4 @@ def test_gp_searcher_runs_in_the_pipeline(ray_local, tmp_path):
     assert [h["weights"] for h in result["history"][:2]] == [[0.0] * 3, [1.0] * 3]  # warm start
     best = max(result["history"], key=lambda h: h["val_acc"])
     assert result["best_val_acc"] == best["val_acc"]
-    assert (tmp_path / "run" / "tune" / "gp").is_dir()
     assert not (tmp_path / "run" / "tune" / "search").exists()  # not Ray Tune's HyperOpt
