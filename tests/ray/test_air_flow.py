@@ -76,6 +76,27 @@ def _config(setup, **extra):
     return build_config(overrides=overrides)
 
 
+def _softmax_cos(x: np.ndarray, y: np.ndarray, tau: float) -> np.ndarray:
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    logits = x @ y.T / tau
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fused_by_hand(out, air: dict, tau: float, name: str) -> tuple[float, float]:
+    """(text-only, fused) accuracy of ``air/<name>.npz``, recomputed here from the stored CLIP
+    embeddings: p̂ from the cosine to each class's prototype (the synthetic image the report
+    names), then argmax(p + λ p̂)."""
+    z, syn = np.load(out / "air" / f"{name}.npz"), np.load(out / "air" / "synthetic.npz")
+    row = {str(s): i for i, s in enumerate(syn["ids"])}
+    proto = np.stack([syn["emb"][row[air["prototypes"][c]]] for c in CLASSES])
+    p, truth = z["probs"], z["true_labels"]
+    p_hat = _softmax_cos(z["emb"], proto, tau)
+    fused = np.argmax(p + air["lam"] * p_hat, axis=1)
+    return float(np.mean(p.argmax(1) == truth)), float(np.mean(fused == truth))
+
+
 def test_air_flow_runs_end_to_end_and_resumes(ray_local, tmp_path, air_setup):
     search = {"air.search": True, "tune.num_samples": 2, "tune.n_initial_points": 1}
     cfg = _config(air_setup, **search)
@@ -104,8 +125,15 @@ def test_air_flow_runs_end_to_end_and_resumes(ray_local, tmp_path, air_setup):
     by_id = dict(zip(table[col.SAMPLE_ID].to_pylist(), table[col.LABEL].to_pylist()))
     assert {CLASSES[by_id[sid]] for sid in air["prototypes"].values()} == set(CLASSES)
     # fused test accuracy is what argmax(p + λ p̂) gives on the stored embeddings
+    tau = cfg.air.temperature
     z = np.load(out / "air" / "test.npz")
-    assert z["probs"].shape == (9, 3)
+    assert z["probs"].shape == (9, 3) and z["true_labels"].tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    text, fused = fused_by_hand(out, air, tau, "test")
+    assert air["test_accuracy"]["zero_shot"] == pytest.approx(text)
+    assert air["test_accuracy"]["fused"] == pytest.approx(fused)
+    text, fused = fused_by_hand(out, air, tau, "unlabeled")
+    assert air["pseudo_label_accuracy"]["text"] == pytest.approx(text)
+    assert air["pseudo_label_accuracy"]["fused"] == pytest.approx(fused)
     assert json.loads((out / "report.json").read_text())["air"] == air
     html = (out / "report.html").read_text()
     assert "AiR: pseudo-labels and prompt learning" in html and "Prototype per class" in html
@@ -138,7 +166,11 @@ def test_air_flow_without_val_and_test_splits_reports_pseudo_labels_only(
     ray_local, tmp_path, air_setup
 ):
     cfg = _config(air_setup, **{"data.val_per_class": 0, "data.test_per_class": 0})
-    air = run_flow(cfg, tmp_path / "run")["air"]
+    out = tmp_path / "run"
+    air = run_flow(cfg, out)["air"]
     assert air["test_accuracy"] == {} and air["search"] is None
-    assert 0.0 <= air["pseudo_label_accuracy"]["fused"] <= 1.0
+    text, fused = fused_by_hand(out, air, cfg.air.temperature, "unlabeled")
+    assert air["pseudo_label_accuracy"]["text"] == pytest.approx(text)
+    assert air["pseudo_label_accuracy"]["fused"] == pytest.approx(fused)
+    assert not (out / "air" / "test.npz").exists() and not (out / "air" / "val.npz").exists()
     assert all(h["val_acc"] is None for h in air["history"])  # NaN → null in report.json

@@ -1,5 +1,7 @@
 """The weight search: Ray Tune + HyperOpt in parallel, warm start, logs; and the gp baseline."""
 
+import json
+
 import numpy as np
 
 from raysynth.config import build_config
@@ -16,10 +18,21 @@ TINY = {
 
 def test_parallel_search_runs_every_trial_with_warm_start(ray_local, tmp_path):
     spec = StudySpec(("0", "9"), "swapped", 4)
-    cfg = study_config(spec, build_config(overrides=TINY))
+    # encoders long enough (~seconds) for two trials' spans to overlap measurably
+    cfg = study_config(spec, build_config(overrides={**TINY, "encoder.epochs": 40}))
     val, _ = build_study_data(spec, cfg)
     result = search_weights(val, cfg, tmp_path / "tune")
     assert result.trials == 4 and result.concurrency == 2
+    # Parallelism observed, not configured: each trial's span from its result.json (end = the
+    # report's timestamp, whole seconds; start = end - time_total_s). Two trials overlap by
+    # more than the 1 s the truncated timestamps can shift them.
+    spans = []
+    for f in (tmp_path / "tune").rglob("result.json"):
+        last = json.loads(f.read_text().splitlines()[-1])
+        spans.append((last["timestamp"] - last["time_total_s"], last["timestamp"]))
+    assert len(spans) == 4
+    overlaps = [min(a[1], b[1]) - max(a[0], b[0]) for i, a in enumerate(spans) for b in spans[i + 1:]]
+    assert max(overlaps) > 1.0, spans
     weights = [tuple(h["weights"]) for h in result.history]
     assert (0.0, 0.0) in weights and (1.0, 1.0) in weights
     assert all(0.0 <= w <= 1.0 for ws in weights for w in ws)
