@@ -7,10 +7,13 @@ packages, so two test modules may not share a basename.)
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+import ray.cloudpickle
 import torch
 from safetensors.torch import load_file, save_file
 from tiny_models import (
@@ -23,7 +26,8 @@ from tiny_models import (
 from raysynth.config.schema import GeneratorConfig, ScalingConfig
 from raysynth.errors import ConfigError
 from raysynth.generate.loading import load_pipeline
-from raysynth.generate.lora.loop import denoising_loss, draw_batch
+from raysynth.generate.lora.loop import denoising_loss, draw_batch, lora_optimizer
+from raysynth.generate.lora.model import AdapterState
 from raysynth.generate.lora.spec import PIXEL_SPEC, RESULT_FILE, LoraTrainSpec
 from raysynth.generate.lora.tasks import build_sd_task
 from raysynth.generate.lora.train import train_pixel_lora, train_sd_lora
@@ -33,6 +37,9 @@ from raysynth.generate.pixel import sampling_scheduler_config as pixel_scheduler
 CLASSES = ["cat", "dog"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+# The workers unpickle recording_lora_loop below; this test module is not importable there.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +96,61 @@ def test_pixel_resume_repeats_the_uninterrupted_steps(pixel_model, tmp_path):
 # data parallel -------------------------------------------------------------------------------------
 
 
+def recording_lora_loop(config: dict) -> None:
+    """``lora_train_loop``, recording on each rank (in ``<out_dir>/../record/rank<r>.pt``) the
+    images it encoded (its shard), the adapter and the batch before step 1, the adapter after
+    step 1 and after the last step."""
+    import torch
+
+    from raysynth.generate.lora import loop, tasks
+    from raysynth.train import session as s
+
+    out = Path(config["out_dir"]).parent / "record"
+    out.mkdir(exist_ok=True)
+    seen: dict = {}
+    encode, draw, end_epoch = tasks._encode_frozen, loop.draw_batch, s.TrainSession.end_epoch
+
+    def adapter(named):
+        return {n: p.detach().clone() for n, p in named if p.requires_grad}
+
+    def rec_encode(pipe, pngs, size, prompts, device):
+        seen["images"] = list(pngs)
+        return encode(pipe, pngs, size, prompts, device)
+
+    def rec_draw(task, batch_size, seed, rank, step):
+        batch = draw(task, batch_size, seed, rank, step)
+        if step == 0:
+            seen["init"] = adapter(task.unet.named_parameters())
+            seen["batch"] = batch
+        return batch
+
+    def rec_end_epoch(self, epoch, epochs, value, model, *args, **kwargs):
+        named = [(k.replace("/", "."), p) for k, p in model.adapter.items()]
+        if epoch == 0:
+            seen["step1"] = adapter(named)
+        if epoch == epochs - 1:
+            seen["last"] = adapter(named)
+            torch.save(seen, out / f"rank{self.rank}.pt")
+        return end_epoch(self, epoch, epochs, value, model, *args, **kwargs)
+
+    tasks._encode_frozen, loop.draw_batch = rec_encode, rec_draw
+    s.TrainSession.end_epoch = rec_end_epoch
+    try:
+        loop.lora_train_loop(config)
+    finally:
+        tasks._encode_frozen, loop.draw_batch, s.TrainSession.end_epoch = encode, draw, end_epoch
+
+
 @pytest.mark.slow
-def test_sd_lora_on_two_gloo_workers(ray_local, tmp_path):
+def test_sd_lora_on_two_gloo_workers(ray_local, tmp_path, monkeypatch):
+    """2 gloo workers: the ranks encode disjoint halves of the images (every 2nd one, with its
+    own class prompt) that together cover them, start from the same adapter, and their first step
+    equals one AdamW step, taken here in-process, on the mean of the two ranks' gradients (each
+    rank's loss on its own batch, as DDP averages them); they end with equal adapters, and the
+    saved adapter lowers the loss."""
+    import raysynth.generate.lora.train as lora_train
+
+    monkeypatch.setattr(lora_train, "lora_train_loop", recording_lora_loop)
     model = save_sd(tmp_path / "sd")
     images, labels = sd_images()
     spec = LoraTrainSpec(learning_rate=1e-2, steps=40, batch_size=2, checkpoint_every=20)
@@ -111,10 +171,22 @@ def test_sd_lora_on_two_gloo_workers(ray_local, tmp_path):
     meta = json.loads((res.folder / RESULT_FILE).read_text())
     assert meta["world_size"] == 2 and meta["prompts"]["dog"] == "Pets: dog"
     assert json.loads((tmp_path / "adapter-checkpoint" / "state.json").read_text())["epoch"] == 39
-    # the saved adapter, loaded the way synthesis loads it, lowers the loss on a fixed batch
+    ranks = [torch.load(tmp_path / "record" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+    # disjoint shards that cover the 4 images: rank 0 the cats (0, 2), rank 1 the dogs (1, 3)
+    index = {png: i for i, png in enumerate(images)}
+    assert len(index) == 4
+    shards = [[index[png] for png in rk["images"]] for rk in ranks]
+    assert shards == [[0, 2], [1, 3]], shards
     cpu = torch.device("cpu")
     base = load_pipeline(GeneratorConfig(kind="text2image", model=model), cpu)
+    for r, rk in enumerate(ranks):  # each rank's batch is conditioned on its own class's prompt
+        text = base.encode_prompt([f"Pets: {CLASSES[r]}"], cpu, 1, False)[0][0]
+        for states in rk["batch"][3]["encoder_hidden_states"]:
+            torch.testing.assert_close(states, text, msg=f"rank {r}")
+
     task = build_sd_task(base, images, labels, CLASSES, "Pets:", spec, cpu)  # adapter B = 0
+    # the saved adapter, loaded the way synthesis loads it, lowers the loss on a fixed batch
     batch = draw_batch(task, 64, 123, 0, 0)
     adapted = load_pipeline(
         GeneratorConfig(kind="text2image", model=model, lora=(str(res.folder),)), cpu
@@ -124,3 +196,30 @@ def test_sd_lora_on_two_gloo_workers(ray_local, tmp_path):
         after = float(denoising_loss(adapted.unet, task, *batch))
     print(f"\nfixed-batch loss: base {before:.4f}, with the 2-worker adapter {after:.4f}")
     assert after < 0.95 * before, (before, after)
+
+    # the first step by hand: mean of the per-rank gradients, one AdamW step from the same init
+    state = AdapterState(task.unet)
+    params = {k.replace("/", "."): p for k, p in state.adapter.items()}
+    for r, rk in enumerate(ranks):
+        assert rk["init"].keys() == params.keys()
+        for name, p in params.items():
+            torch.testing.assert_close(rk["init"][name], p.detach(), msg=f"rank {r} init: {name}")
+    grads = [
+        torch.autograd.grad(denoising_loss(task.unet, task, *rk["batch"]), list(params.values()))
+        for rk in ranks
+    ]
+    for p, g0, g1 in zip(params.values(), *grads):
+        p.grad = (g0 + g1) / 2
+    torch.nn.utils.clip_grad_norm_(list(params.values()), spec.max_grad_norm)
+    lora_optimizer(state.parameters(), spec).step()
+    moved = 0
+    for name, p in params.items():
+        moved += not torch.equal(p.detach(), ranks[0]["init"][name])
+        for r, rk in enumerate(ranks):
+            torch.testing.assert_close(
+                rk["step1"][name], p.detach(), rtol=1e-5, atol=1e-6, msg=f"rank {r}: {name}"
+            )
+    assert moved == len(params)  # the step moved every adapter tensor
+    for name in params:  # DDP kept the ranks in step to the end
+        torch.testing.assert_close(ranks[0]["last"][name], ranks[1]["last"][name], msg=name)
+    assert any(not torch.equal(ranks[0]["last"][n], ranks[0]["step1"][n]) for n in params)

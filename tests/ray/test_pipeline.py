@@ -31,7 +31,7 @@ def test_filter_rounds_regenerate_rejected_rows_with_new_seeds(ray_local, tmp_pa
     out = tmp_path / "run"
     result = run_flow(cfg, out, until="synthesis")["synthesis"]
     table = read_table(out / "synthetic", [col.LABEL, col.ROUND, col.SEED, col.ACCEPTED,
-                                           col.REAL_COS, "threshold"])
+                                           col.REAL_COS, "threshold", col.IMAGE])
     assert table.num_rows == result["generated"] == result["accepted"] + result["rejected"]
     accepted = np.asarray(table[col.ACCEPTED].to_pylist())
     cos = np.asarray(table[col.REAL_COS].to_pylist())
@@ -39,6 +39,8 @@ def test_filter_rounds_regenerate_rejected_rows_with_new_seeds(ray_local, tmp_pa
     np.testing.assert_array_equal(accepted, cos > tau)  # the filter's rule, row by row
     seeds = table[col.SEED].to_pylist()
     assert len(set(seeds)) == len(seeds)  # every regeneration got a new seed
+    images = table[col.IMAGE].to_pylist()  # ... that the generator used: no image comes twice
+    assert None not in images and len(set(images)) == len(images)
     for pc_ in result["per_class"].values():
         assert pc_["accepted"] + pc_["unfilled"] == 4  # the quota is met unless unfilled
         assert pc_["accepted"] <= 4
@@ -70,19 +72,29 @@ def test_run_resumes_after_synthesis_without_regenerating(ray_local, tmp_path):
 
 
 def test_air_selection_picks_the_most_confident_accepted_image(ray_local, tmp_path):
-    cfg = build_config("digits", overrides={**TINY, "filter.max_rounds": 1})
+    # a fixed threshold between the cosines of this tiny run's round-0 images, so that a class
+    # has several accepted images of different confidence and a rejected one more confident
+    # than all of them (checked below): picking the least confident image, or any image
+    # regardless of the filter, chooses another row
+    over = {**TINY, "filter.max_rounds": 1, "filter.threshold": "fixed",
+            "filter.fixed_threshold": 0.9955}
+    cfg = build_config("digits", overrides=over)
     out = tmp_path / "run"
     result = run_flow(cfg, out, until="synthesis")["synthesis"]
     table = read_table(out / "synthetic", [col.SAMPLE_ID, col.LABEL, col.ACCEPTED, "own_prob"])
-    rows = [r for r in table.to_pylist() if r[col.ACCEPTED]]
+    every = table.to_pylist()
+    assert all(0.0 <= r["own_prob"] <= 1.0 for r in every)
+    rows = [r for r in every if r[col.ACCEPTED]]
     assert set(result["representative"]) == {
         name for c, name in enumerate(["0", "1", "7"]) if any(r[col.LABEL] == c for r in rows)
     }
-    assert result["representative"]  # the check below runs for at least one class
+    discriminating = 0
     for c, name in enumerate(["0", "1", "7"]):
-        mine = [r for r in rows if r[col.LABEL] == c]
+        mine = [r["own_prob"] for r in rows if r[col.LABEL] == c]
+        rejected = [r["own_prob"] for r in every if r[col.LABEL] == c and not r[col.ACCEPTED]]
         if not mine:  # covered by the set equality above
             continue
-        best = max(mine, key=lambda r: r["own_prob"])
+        best = max((r for r in rows if r[col.LABEL] == c), key=lambda r: r["own_prob"])
         assert result["representative"][name] == best[col.SAMPLE_ID]
-        assert all(0.0 <= r["own_prob"] <= 1.0 for r in mine)
+        discriminating += min(mine) < max(mine) < max(rejected, default=0.0)
+    assert discriminating, "no class tells the most confident accepted image from the others"
