@@ -5,6 +5,7 @@ only, per class group (many/medium/few) on the test split."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,17 @@ def run(job: Job) -> dict[str, Any] | None:
     return None
 
 
+@dataclass(frozen=True)
+class ClassifierData:
+    """What one classifier run trains on and is scored on."""
+
+    real: LabeledArrays
+    synthetic: LabeledArrays
+    test: LabeledArrays
+    groups: dict[str, list[int]]
+    num_classes: int
+
+
 def compare(
     real_train: LabeledArrays,
     synthetic: LabeledArrays,
@@ -50,10 +62,14 @@ def compare(
 ) -> dict[str, Any]:
     """Real-only against real ∪ synthetic, the same classifier and protocol."""
     empty = LabeledArrays.empty_like(real_train)
-    data = (test, groups, num_classes, cfg, storage)
-    real_only = classifier_runs(real_train, empty, *data, "real_only")
+    real_only = classifier_runs(
+        ClassifierData(real_train, empty, test, groups, num_classes), cfg, storage, "real_only"
+    )
     mix = cfg.mix.fraction if cfg.mix.enabled else 0.0
-    with_syn = classifier_runs(real_train, synthetic, *data, "with_synthetic", mix_fraction=mix)
+    with_syn = classifier_runs(
+        ClassifierData(real_train, synthetic, test, groups, num_classes), cfg, storage,
+        "with_synthetic", mix_fraction=mix,
+    )
     for name, res in (("real only", real_only), ("with synthetic", with_syn)):
         log.info("final classifier, %s: %s", name,
                  ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()))
@@ -61,26 +77,20 @@ def compare(
 
 
 def classifier_runs(
-    real: LabeledArrays,
-    synthetic: LabeledArrays,
-    test: LabeledArrays,
-    groups: dict[str, list[int]],
-    num_classes: int,
-    cfg: RunConfig,
-    storage: Path,
-    name: str,
-    mix_fraction: float = 0.0,
+    data: ClassifierData, cfg: RunConfig, storage: Path, name: str, mix_fraction: float = 0.0
 ) -> dict[str, Any]:
     """``protocol.n_contr`` end-to-end classifiers (different seeds); per-group mean and std.
     Each finished run's metrics are kept in ``<storage>/<name>-r<i>/result.json``."""
+    d = data
     runs = []
     for r in range(cfg.protocol.n_contr):
         folder = storage / f"{name}-r{r}"
 
         def train(folder: Path = folder, r: int = r) -> dict[str, float]:
             return train_end_to_end(
-                cfg, real, synthetic, test, groups, num_classes, stable_seed(cfg.seed, name, r),
-                folder / "model", folder / "ckpt", storage, f"{name}-r{r}", mix_fraction,
+                cfg, d.real, d.synthetic, d.test, d.groups, d.num_classes,
+                stable_seed(cfg.seed, name, r), folder / "model", folder / "ckpt", storage,
+                f"{name}-r{r}", mix_fraction,
             )
 
         runs.append(cached(folder / "result.json", train))
