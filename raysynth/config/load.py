@@ -150,12 +150,18 @@ def check_preset_name(name: Any) -> None:
 
 
 def _suggest(key: str, keys: list[str]) -> str:
-    """The valid keys of the same section (or every key when the section is unknown too)."""
+    """A key of the same name one section deeper (``synthesis.max_actors`` →
+    ``synthesis.pool.max_actors``), then the valid keys of the same section (its sub-sections as
+    ``name.*``), or every key when the section is unknown too."""
     section = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    near = [k for k in keys if section and k.startswith(section) and "." not in k[len(section) :]]
+    leaf = key.rsplit(".", 1)[-1]
+    moved = [k for k in keys if k.startswith(section) and k.endswith("." + leaf) and k != key]
+    hint = f"did you mean {' or '.join(moved)}? " if moved else ""
+    inside = [k[len(section) :] for k in keys if section and k.startswith(section)]
+    near = list(dict.fromkeys(section + (k.split(".")[0] + ".*" if "." in k else k) for k in inside))
     if near:
-        return f"valid keys in {section[:-1]} are: {', '.join(near)}"
-    return f"valid keys are: {', '.join(keys)}"
+        return f"{hint}valid keys in {section[:-1]} are: {', '.join(near)}"
+    return f"{hint}valid keys are: {', '.join(keys)}"
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

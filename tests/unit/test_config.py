@@ -120,3 +120,14 @@ def test_ddim_eta_is_checked_against_the_scheduler():
         )
     with pytest.raises(ConfigError, match=r"synthesis.generator.eta: must be in \[0, 1\]"):
         build_config(overrides={"synthesis.generator.eta": 2.0})
+
+
+def test_a_pool_key_given_at_its_old_place_names_its_new_one():
+    from raysynth.config import build_config
+    from raysynth.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        build_config(overrides={"synthesis.max_actors": 2})
+    msg = str(e.value)
+    assert "did you mean synthesis.pool.max_actors?" in msg
+    assert "synthesis.pool.*" in msg and "synthesis.generator.*" in msg
