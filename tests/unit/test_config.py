@@ -123,9 +123,6 @@ def test_ddim_eta_is_checked_against_the_scheduler():
 
 
 def test_a_pool_key_given_at_its_old_place_names_its_new_one():
-    from raysynth.config import build_config
-    from raysynth.errors import ConfigError
-
     with pytest.raises(ConfigError) as e:
         build_config(overrides={"synthesis.max_actors": 2})
     msg = str(e.value)
