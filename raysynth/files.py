@@ -24,7 +24,7 @@ T = TypeVar("T")
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """A file object whose content replaces ``path`` once the ``with`` block ends without an
-    error (parents created): written to a hidden temporary file beside it (``.name-XXXX.tmp``,
+    error (parents created): written to a hidden temporary file beside it (``.<name>-<random>.tmp``,
     which every table reader skips), flushed, fsynced, renamed over ``path``, folder fsynced. On
     an error the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)

@@ -18,11 +18,11 @@ from typing import Any
 import pyarrow.parquet as pq
 from PIL import Image
 
+import raysynth.report.air as air_report
 from raysynth import columns as col
 from raysynth.data.store import read_classes, real_path
 from raysynth.errors import RunDirError
 from raysynth.generate.table import iter_tables
-from raysynth.report import air as air_report
 from raysynth.report.values import as_dict, class_name, finite, num
 from raysynth.rundir import SYNTHETIC
 from raysynth.text import printable

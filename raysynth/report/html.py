@@ -11,7 +11,7 @@ import base64
 import html
 from typing import Any
 
-from raysynth.report import charts
+import raysynth.report.charts as charts
 from raysynth.report.collect import Gallery, Thumb, make_thumb
 from raysynth.report.tables import (
     GROUPS,

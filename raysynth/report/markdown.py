@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from raysynth.report import tables
+import raysynth.report.tables as tables
 from raysynth.report.tables import Table
 from raysynth.report.text import md_code, md_text
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from raysynth.report import air as air_report
+import raysynth.report.air as air_report
 from raysynth.report.values import DASH, as_dict, class_name, dur, finite, num, pct
 
 MAX_SKIPPED = 200

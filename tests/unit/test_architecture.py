@@ -58,7 +58,7 @@ def internal_edges(mods: dict[str, Path]) -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {m: set() for m in mods}
     for m, path in mods.items():
         for target in imports(path):
-            if target in mods and target != m and not m.startswith(target + "."):
+            if target in mods and target != m:
                 edges[m].add(target)
     return edges
 
