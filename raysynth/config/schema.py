@@ -264,6 +264,27 @@ class FeedbackConfig:
 
 
 @dataclass(frozen=True)
+class LoopConfig:
+    """Closed-loop allocation knobs (``synthesis.loop``): the measurement after each round (a
+    quick end-to-end classifier on real ∪ accepted-so-far, scored on the validation split) and
+    the policies' exploration and stop rule (``raysynth.plan.allocation``)."""
+
+    measure_epochs: int = 20  # epochs of the quick classifier (end_to_end.* otherwise)
+    explore: float = 0.1  # exploration weight (closed_loop, ucb)
+    stop_z: float = 1.0  # closed_loop stops a class whose accuracy moved <= z standard errors
+    patience: int = 2  # ... over this many rounds in which it received images
+
+    def __post_init__(self) -> None:
+        _check(self.measure_epochs >= 1, "synthesis.loop.measure_epochs", "must be >= 1")
+        _check(self.explore >= 0, "synthesis.loop.explore", "must be >= 0")
+        _check(self.stop_z >= 0, "synthesis.loop.stop_z", "must be >= 0")
+        _check(self.patience >= 1, "synthesis.loop.patience", "must be >= 1")
+
+
+ALLOCATIONS = ("fixed", "balance", "error", "entropy", "ucb", "closed_loop")
+
+
+@dataclass(frozen=True)
 class SynthesisConfig:
     """How many images per class, with which prompts, on which actors."""
 
@@ -277,9 +298,25 @@ class SynthesisConfig:
     pool: Resources = field(default_factory=Resources)  # the generator actors
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    # Closed loop (issue #16): `budget` generated images (0 = the quotas' total) over `rounds`
+    # rounds, split across classes by the `allocation` policy after measuring each round.
+    # fixed + 1 round + budget 0 is today's behaviour (quota, then regenerate the rejected).
+    budget: int = 0
+    rounds: int = 1
+    allocation: str = "fixed"  # fixed | balance | error | entropy | ucb | closed_loop
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    @property
+    def closed_loop(self) -> bool:
+        """Whether the synthesis runs the measured allocation rounds instead of today's quota
+        round (+ regeneration of the rejected)."""
+        return not (self.allocation == "fixed" and self.rounds == 1 and self.budget == 0)
 
     def __post_init__(self) -> None:
         _check_choice(self.quota, "synthesis.quota", ("fixed", "fraction", "top_up"))
+        _check_choice(self.allocation, "synthesis.allocation", ALLOCATIONS)
+        _check(self.budget >= 0, "synthesis.budget", "must be >= 0 (0 = the quotas' total)")
+        _check(self.rounds >= 1, "synthesis.rounds", "must be >= 1")
         _check(self.per_class >= 0, "synthesis.per_class", "must be >= 0")
         if self.quota == "fixed":
             _check(self.per_class >= 1, "synthesis.per_class", "quota=fixed needs per_class >= 1")

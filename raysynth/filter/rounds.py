@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from raysynth import columns as col
 from raysynth.config.schema import FilterConfig, Resources, SynthesisConfig
+from raysynth.data import to_tensor_array
+from raysynth.errors import ConfigError
 from raysynth.files import atomic_save_npz, cached
+from raysynth.filter.loop import Loop, plan_of, run_loop
+from raysynth.filter.loop import summary as loop_summary
 from raysynth.filter.select import most_representative
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
 from raysynth.filter.threshold import class_thresholds
@@ -29,6 +34,7 @@ from raysynth.generate.table import iter_tables
 from raysynth.plan.quotas import plan_round, quotas
 from raysynth.ray_data import iter_numpy, map_pool, read_parquet
 from raysynth.seeding import stable_seed
+from raysynth.train.arrays import LabeledArrays
 
 log = logging.getLogger("raysynth.flows")
 
@@ -190,21 +196,77 @@ def run_rounds(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: 
     return rounds, generated
 
 
+def accepted_images(root: Path, channels: int, size: int, before_round: int | None = None
+                    ) -> LabeledArrays:
+    """The accepted synthetic images (rounds ``< before_round`` when given) as training arrays,
+    in ``sample_id`` order: which Parquet part holds a row depends on how Ray Data happened to
+    batch the stream, so the parts' order would make the images drawn for training depend on
+    timing (DESIGN §2: nothing depends on order of arrival)."""
+    rows: list[tuple[str, int, bytes]] = []
+    for t in iter_tables(root, [col.SAMPLE_ID, col.LABEL, col.IMAGE, col.ACCEPTED, col.ROUND]):
+        keep = t.filter(t[col.ACCEPTED].fill_null(False))
+        if before_round is not None:
+            keep = keep.filter(pc.less(keep[col.ROUND], before_round))
+        ids, labels, pngs = (keep[c].to_pylist() for c in (col.SAMPLE_ID, col.LABEL, col.IMAGE))
+        rows.extend(zip(ids, labels, pngs))
+    if not rows:
+        empty = np.zeros((0, channels, size, size), np.float32)
+        return LabeledArrays(empty, np.zeros(0, np.int64))
+    rows.sort(key=lambda r: r[0])
+    x = to_tensor_array([r[2] for r in rows], channels)
+    return LabeledArrays(x, np.array([r[1] for r in rows], np.int64))
+
+
+def closed_loop(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: Any,
+                quota: dict[int, int], loop: Loop) -> tuple[np.ndarray, int, dict[str, Any]]:
+    """The measured allocation rounds (:mod:`raysynth.filter.loop`); returns the images each
+    class was allocated, the images this call generated and the ``allocation`` summary."""
+    s = job.synthesis
+    plan = plan_of(s.allocation, s.loop, s.budget, s.rounds, real.counts(), quota)
+    generated = [0]
+
+    def plan_rows(counts: dict[int, int], r: int, start: dict[int, int]) -> list[dict[str, Any]]:
+        return plan_round(s, list(real.class_names), real.ids_by_class, counts, job.seed, r, start)
+
+    def run_round(rows: list[dict[str, Any]], r: int) -> int:
+        n = generate(rows, gen_spec, job.out, s, [stage], f"round-{r:03d}").generated
+        generated[0] += n
+        return n
+
+    records = run_loop(
+        plan, loop, lambda r: accepted_per_class(job.out, real.num_classes, before_round=r),
+        lambda r: accepted_images(job.out, real.channels, real.image_size, r), plan_rows, run_round,
+    )
+    allocated = np.sum([r["counts"] for r in records if not r.get("final")], axis=0)
+    return allocated.astype(np.int64), generated[0], loop_summary(records, plan)
+
+
 def synthesize(
-    job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, classifier_folder: Path | None
+    job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, classifier_folder: Path | None,
+    loop: Loop | None = None,
 ) -> dict[str, Any]:
-    """Run the rounds; returns the ``synthesis`` section of report.json."""
+    """Run the rounds — today's quota rounds, or the closed loop (``synthesis.closed_loop``,
+    which needs ``loop``); returns the ``synthesis`` section of report.json."""
     t0 = time.perf_counter()
     quota = quotas(job.synthesis, real.counts())
     stage, tau = filter_stage(job, real, classifier_folder)
-    want = np.array([quota.get(c, 0) for c in range(real.num_classes)])
-    rounds, generated = run_rounds(job, real, gen_spec, stage, want)
+    allocation = None
+    if job.synthesis.closed_loop:
+        if loop is None:
+            raise ConfigError("synthesis.allocation / rounds / budget need the closed loop's "
+                              "measurement; this flow does not provide it")
+        want, generated, allocation = closed_loop(job, real, gen_spec, stage, quota, loop)
+        rounds = len(allocation["counts"])
+    else:
+        want = np.array([quota.get(c, 0) for c in range(real.num_classes)])
+        rounds, generated = run_rounds(job, real, gen_spec, stage, want)
     acc, rej = accepted_per_class(job.out, real.num_classes)
     unfilled = np.maximum(want - acc, 0)
     if unfilled.any():
         short = {real.class_names[c]: int(n) for c, n in enumerate(unfilled) if n}
         log.warning("after %d rounds some classes are short of their quota: %s", rounds, short)
     return {
+        **({"allocation": allocation} if allocation else {}),
         "planned": int(want.sum()),
         "generated": int(acc.sum() + rej.sum()),
         "generated_this_run": int(generated),

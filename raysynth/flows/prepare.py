@@ -10,21 +10,21 @@ aside outputs computed under other values of the config sections the step depend
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from raysynth import columns as col
 from raysynth.config.schema import RunConfig
 from raysynth.data import ImageSet, Splits, load_dataset, make_splits, to_tensor_array
 from raysynth.data.store import read_real_splits, real_exists, real_path, write_real
 from raysynth.files import cached
-from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
+from raysynth.filter.loop import Loop
+from raysynth.filter.rounds import RealTrain, Synthesis, accepted_images, synthesize
 from raysynth.generate.generators import GeneratorSpec
-from raysynth.generate.table import iter_tables
 from raysynth.rundir import RunDir
+from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import resolve_kind
 from raysynth.train.checkpoint import has_checkpoint
@@ -242,7 +242,9 @@ def synthesis_stage(
             cfg.synthesis, cfg.filter, cfg.seed, run.synthetic, run.real_embeddings,
             device=cfg.synthesis.generator.device,
         )
-        result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier)
+        loop = replace(measurement(cfg, real), log=run.allocation)
+        result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier,
+                            loop)
         write_sample_grid(run.synthetic, run.samples_png, real.num_classes)
         result["recognised"] = (
             recognition_rate(run.synthetic, classifier, real.channels) if classifier else None
@@ -254,19 +256,28 @@ def synthesis_stage(
 
 def accepted_arrays(root: Path, real: RealData) -> LabeledArrays:
     """The accepted synthetic images as training arrays (decoded on the driver: few-shot scale),
-    in ``sample_id`` order: which Parquet part holds a row depends on how Ray Data happened to
-    batch the stream, so the parts' order would make the images drawn for training depend on
-    timing (DESIGN §2: nothing depends on order of arrival)."""
-    rows: list[tuple[str, int, bytes]] = []
-    for t in iter_tables(root, [col.SAMPLE_ID, col.LABEL, col.IMAGE, col.ACCEPTED]):
-        keep = t.filter(t[col.ACCEPTED].fill_null(False))
-        ids, labels, pngs = (keep[c].to_pylist() for c in (col.SAMPLE_ID, col.LABEL, col.IMAGE))
-        rows.extend(zip(ids, labels, pngs))
-    if not rows:
-        return LabeledArrays.empty_like(real.arrays("train"))
-    rows.sort(key=lambda r: r[0])
-    x = to_tensor_array([r[2] for r in rows], real.channels)
-    return LabeledArrays(x, np.array([r[1] for r in rows], np.int64))
+    in ``sample_id`` order (:func:`raysynth.filter.rounds.accepted_images`)."""
+    return accepted_images(root, real.channels, real.image_size)
+
+
+def measurement(cfg: RunConfig, real: RealData) -> Loop:
+    """The closed loop's per-round measurement: the end-to-end classifier (``synthesis.loop.
+    measure_epochs`` epochs) on real train ∪ the accepted images, scored on the validation split
+    (the test split stays untouched); the trust is ``tune.weights`` when fixed weights are given."""
+    from raysynth.train.measure import quick_scores
+
+    train, val = real.arrays("train"), real.arrays("val")
+    size = int(train.x.shape[-1])
+    enc = encoder_config(cfg.encoder.arch, real.channels, size, cfg.encoder.width,
+                         cfg.encoder.feat_dim)
+    aug, seed = resolve_kind(cfg.encoder.augment, size), stable_seed(cfg.seed, "measure")
+
+    def measure(synthetic: LabeledArrays) -> Any:
+        return quick_scores(train, synthetic, val, real.num_classes, enc, cfg.end_to_end,
+                            cfg.synthesis.loop.measure_epochs, aug, seed)
+
+    trust = tuple(cfg.tune.weights) if len(cfg.tune.weights) == real.num_classes else None
+    return Loop(measure, Path(), trust)
 
 
 def synthetic_inputs(job: Any) -> tuple[dict[str, Any], LabeledArrays]:

@@ -24,6 +24,7 @@ from raysynth.files import atomic_write_json, atomic_write_text
 from raysynth.rundir import ledger
 from raysynth.rundir.names import (  # noqa: F401 (the names every reader imports from here)
     AIR,
+    ALLOCATION_JSONL,
     CONFIG_YAML,
     FORMAT_VERSION,
     GENERATOR,
@@ -105,6 +106,11 @@ class RunDir:
     def synthetic(self) -> Path:
         """``synthetic/``: the synthetic table, one folder of Parquet parts per round."""
         return self.sub(SYNTHETIC)
+
+    @property
+    def allocation(self) -> Path:
+        """The closed loop's record: one JSON line per round (measurements + decision)."""
+        return self.root / ALLOCATION_JSONL
 
     @property
     def samples_png(self) -> Path:

@@ -18,6 +18,7 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 SYNTHESIS_JSON = "synthesis.json"
+ALLOCATION_JSONL = "allocation.jsonl"  # the closed loop's per-round measurements + decisions
 SAMPLES_PNG = "samples.png"
 REAL = "real"
 SYNTHETIC = "synthetic"
@@ -33,7 +34,8 @@ _FINAL_RUNS = tuple(f"{TRAIN}/{m}-r*" for m in
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "data": (REAL,),
     "real_classifier": (f"{TRAIN}/real_classifier", f"{TRAIN}/real_classifier.ckpt"),
-    "synthesis": (SYNTHETIC, SYNTHESIS_JSON, SAMPLES_PNG, f"{REAL}/embeddings.npz"),
+    "synthesis": (SYNTHETIC, SYNTHESIS_JSON, SAMPLES_PNG, f"{REAL}/embeddings.npz",
+                  ALLOCATION_JSONL),
     "search": (TUNE,),
     "final": _FINAL_RUNS,
     "pseudo_labels": tuple(f"{AIR}/{s}.npz" for s in ("unlabeled", "val", "test")),

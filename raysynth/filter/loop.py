@@ -1,0 +1,223 @@
+"""Closed-loop synthesis rounds (issue #16): measure, allocate, generate — round after round.
+
+``synthesis.budget`` generated images are spread over ``synthesis.rounds``. Before each round the
+measurement hook scores a quick classifier trained on real ∪ the images accepted in the earlier
+rounds on the validation split; with the filter's counts, the learned trust and the accuracy
+change since the previous round, that gives each class a :class:`ClassMeasure`, from which the
+``synthesis.allocation`` policy splits the round's budget (:mod:`raysynth.plan.allocation`).
+
+Every decision is appended to ``allocation.jsonl`` (one JSON object per round, written atomically
+before the round's images are generated) and a resumed run replays the recorded decisions instead
+of measuring again: the same counts, so the same rows and ``sample_id``s (round ``r``'s rows are
+indices ``start .. start + n`` of each class in round ``r``, ``start`` = what earlier rounds
+planned), and the generate stage skips the ids already written. A last record (``"final":
+true``) holds the measurement after the last round: the end of the accuracy-vs-images curve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raysynth.errors import ConfigError, RunDirError
+from raysynth.files import atomic_write_text, finite
+from raysynth.plan.allocation import (
+    ClassMeasure,
+    Measurements,
+    PolicyOptions,
+    allocate,
+    round_budget,
+)
+from raysynth.train.arrays import LabeledArrays
+from raysynth.train.measure import ClassScores
+
+log = logging.getLogger("raysynth.flows")
+
+MeasureFn = Callable[[LabeledArrays], ClassScores]  # accepted so far → per-class val scores
+AcceptedFn = Callable[[int], tuple[np.ndarray, np.ndarray]]  # round → accepted, rejected counts
+ImagesFn = Callable[[int], LabeledArrays]  # round → the images accepted before it
+RoundFn = Callable[[list[dict[str, Any]], int], int]  # plan rows, round → images generated
+PlanFn = Callable[[dict[int, int], int, dict[int, int]], list[dict[str, Any]]]
+MEASURED = ("error", "entropy", "generated", "accepted", "trust", "gain", "val", "real", "quota")
+
+
+@dataclass(frozen=True)
+class Loop:
+    """What the closed loop needs besides the synthesis stage's own inputs: the measurement hook
+    (``None``: record counts only — enough for ``fixed`` / ``balance``), where the decisions are
+    recorded, and the per-class trust (a UniCon weight; ``None``: 1 for every class)."""
+
+    measure: MeasureFn | None
+    log: Path
+    trust: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The loop's fixed inputs: policy, its options, total budget, rounds, real counts, quotas."""
+
+    policy: str
+    options: PolicyOptions
+    budget: int
+    rounds: int
+    real: tuple[int, ...]
+    quota: tuple[int, ...]
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The recorded rounds (none when the file does not exist)."""
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise RunDirError(
+            f"{path} is not valid JSON lines ({e}); it records the allocation decisions of this "
+            "run — restore it, or move the run's synthetic/ and it aside to synthesize afresh"
+        ) from e
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(finite(r), sort_keys=True) + "\n" for r in records))
+
+
+def measures_of(record: dict[str, Any]) -> tuple[ClassMeasure, ...]:
+    """A record's per-class measurements as :class:`ClassMeasure` (``None`` → NaN / no gain)."""
+    cols = record["classes"]
+    k = len(cols["error"])
+
+    def value(name: str, c: int) -> Any:
+        v = cols[name][c]
+        if name == "gain":
+            return v
+        return math.nan if v is None else v
+
+    return tuple(ClassMeasure(**{n: value(n, c) for n in MEASURED}) for c in range(k))
+
+
+def measure_round(
+    plan: Plan, loop: Loop, counts: tuple[np.ndarray, np.ndarray], images: LabeledArrays | None,
+    previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The per-class measurements before a round, as the record's ``classes`` columns."""
+    acc, rej = counts
+    k = len(plan.real)
+    if loop.measure is not None and images is not None:
+        s = loop.measure(images)
+        error, entropy, val, overall = 1 - s.accuracy, s.entropy, s.count, s.overall
+    else:
+        error, entropy, val, overall = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k), None
+    gain: list[float | None] = [None] * k
+    if previous is not None and previous.get("overall") is not None and overall is not None:
+        prev = measures_of(previous)
+        for c in range(k):
+            new = int(acc[c]) - prev[c].accepted
+            if new > 0 and math.isfinite(prev[c].error) and math.isfinite(error[c]):
+                gain[c] = float(prev[c].error - error[c]) / new
+    trust = loop.trust or (1.0,) * k
+    cols = {
+        "error": error, "entropy": entropy, "generated": acc + rej, "accepted": acc,
+        "trust": trust, "gain": gain, "val": val, "real": plan.real, "quota": plan.quota,
+    }
+    return {"overall": overall, "classes": {n: [_plain(v) for v in cols[n]] for n in MEASURED}}
+
+
+def _plain(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    return float(v)
+
+
+def decide(plan: Plan, records: list[dict[str, Any]], measured: dict[str, Any], round_: int
+           ) -> dict[str, Any]:
+    """Round ``round_``'s record: its measurements, budget and the policy's decision."""
+    history = tuple(measures_of(r) for r in records)
+    current = measures_of(measured)
+    stopped = frozenset(records[-1]["stopped"]) if records else frozenset()
+    spent = sum(sum(r["counts"]) for r in records)
+    budget = round_budget(plan.budget, spent, plan.rounds, round_)
+    m = Measurements(current, history, round_, stopped)
+    d = allocate(plan.policy, m, budget, plan.options)
+    return {
+        "round": round_, "policy": plan.policy, "budget": budget, "spent_before": spent,
+        **measured, "counts": list(d.counts), "stopped": sorted(d.stopped),
+        "weights": list(d.weights),
+    }
+
+
+def run_loop(
+    plan: Plan, loop: Loop, accepted: AcceptedFn, images: ImagesFn, plan_rows: PlanFn,
+    run_round: RoundFn,
+) -> list[dict[str, Any]]:
+    """Measure → allocate → generate for every round, replaying the rounds ``loop.log`` already
+    records; returns the records (the last one ``final``)."""
+    if plan.policy not in ("fixed", "balance") and loop.measure is None:
+        raise ConfigError(f"synthesis.allocation={plan.policy} needs the per-round measurement")
+    records = read_records(loop.log)
+    rounds = [r for r in records if not r.get("final")]
+    done = any(r.get("final") for r in records)
+    start: dict[int, int] = {c: 0 for c in range(len(plan.real))}
+    for r in range(plan.rounds):
+        if r >= len(rounds) and done:
+            break  # the loop stopped early (every class stopped) before the kill
+        if r < len(rounds):
+            record = rounds[r]
+            log.info("allocation round %d: replaying the recorded decision", r)
+        else:
+            measured = measure_round(plan, loop, accepted(r), _images(loop, images, r),
+                                     rounds[-1] if rounds else None)
+            record = decide(plan, rounds, measured, r)
+            rounds.append(record)
+            write_records(loop.log, rounds)
+        counts = {c: int(n) for c, n in enumerate(record["counts"]) if n > 0}
+        log.info("allocation round %d (%s): %d images %s", r, plan.policy, sum(counts.values()),
+                 record["counts"])
+        if counts:
+            run_round(plan_rows(counts, r, dict(start)), r)
+        for c, n in counts.items():
+            start[c] += n
+        if not counts and record["stopped"]:
+            break  # every class stopped: the rest of the budget stays unspent
+    final = next((r for r in records if r.get("final")), None)
+    if final is None:
+        after = len(rounds)
+        final = {"round": after, "final": True, "counts": [], "stopped": rounds[-1]["stopped"],
+                 **measure_round(plan, loop, accepted(after), _images(loop, images, after),
+                                 rounds[-1])}
+        write_records(loop.log, [*rounds, final])
+    return [*rounds, final]
+
+
+def _images(loop: Loop, images: ImagesFn, r: int) -> LabeledArrays | None:
+    return images(r) if loop.measure is not None else None
+
+
+def plan_of(policy: str, options: Any, budget: int, rounds: int, real: list[int],
+            quota: dict[int, int]) -> Plan:
+    """The loop's :class:`Plan` (``budget`` 0 → the quotas' total)."""
+    q = tuple(int(quota.get(c, 0)) for c in range(len(real)))
+    opts = PolicyOptions(**{f.name: getattr(options, f.name) for f in fields(PolicyOptions)})
+    return Plan(policy, opts, budget or sum(q), rounds, tuple(real), q)
+
+
+def summary(records: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
+    """The ``allocation`` section of synthesis.json: the policy, budget, per-round counts and
+    the accuracy-vs-images-generated curve."""
+    curve = [{"generated": r["spent_before"] if not r.get("final") else
+              sum(sum(x["counts"]) for x in records if not x.get("final")),
+              "val_accuracy": r.get("overall")} for r in records]
+    return {
+        "policy": plan.policy, "budget": plan.budget, "rounds": plan.rounds,
+        "options": asdict(plan.options),
+        "counts": [r["counts"] for r in records if not r.get("final")],
+        "stopped": records[-1]["stopped"], "curve": curve,
+    }
