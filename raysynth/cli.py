@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from raysynth import __version__
-from raysynth.errors import RaysynthError
+from raysynth.errors import ConfigError, RaysynthError
 from raysynth.rundir import REPORT_HTML, REPORT_JSON, REPORT_MD
 from raysynth.text import PrintableFilter, printable
 
@@ -89,9 +89,18 @@ def _add_study_parser(sub: Any) -> None:
         help="synthetic images per class drawn for each encoder run (default: k/2, the paper)",
     )
     ctl.add_argument("--out", help="run directory (default runs/study-<kind>-<classes>-k<K>)")
-    ctl.add_argument("--resume", action="store_true", help="continue an interrupted study")
-    ctl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ctl.add_argument("--address", help="Ray cluster address")
+    alloc = study_sub.add_parser(
+        "allocation", help="closed-loop allocation policies at one budget, over seeds (#16)"
+    )
+    alloc.add_argument("--preset", default="digits-lt", help="preset (default digits-lt)")
+    alloc.add_argument("--policies", nargs="+", default=["balance", "error", "entropy",
+                       "closed_loop"], help="allocation policies (default: the four of #16)")
+    alloc.add_argument("--seeds", type=int, default=3, help="seeds (default 3)")
+    alloc.add_argument("--out", help="study folder (default runs/study-allocation-<preset>)")
+    for p in (ctl, alloc):
+        p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--address", help="Ray cluster address")
 
 
 def _add_bench_parser(sub: Any) -> None:
@@ -160,6 +169,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from raysynth.config import parse_set
+
+    if args.study == "allocation":
+        return _study_allocation(args, parse_set(args.set))
     from raysynth.flows.controlled import (
         StudySpec,
         build_study_config,
@@ -179,6 +191,23 @@ def cmd_study(args: argparse.Namespace) -> int:
     run_controlled(spec, cfg, out, resume=args.resume, data=data)
     print((out / REPORT_MD).read_text())
     print(f"report: {out / REPORT_JSON}")
+    return 0
+
+
+def _study_allocation(args: argparse.Namespace, sets: dict[str, Any]) -> int:
+    from raysynth.flows.allocation_study import run_allocation_study, study_configs
+    from raysynth.flows.run import check
+
+    for cfg in study_configs(args.preset, args.policies, args.seeds, sets).values():
+        check(cfg)  # bad arguments or a missing model fail before Ray starts
+    out = Path(args.out or f"runs/study-allocation-{args.preset}")
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise ConfigError(f"{out} is not empty; pass --resume to continue the study there, "
+                          "or --out DIR for a new one")
+    _connect_ray(args.address)
+    run_allocation_study(args.preset, args.policies, args.seeds, out, sets)
+    print((out / "allocation.md").read_text())
+    print(f"results: {out / 'allocation.json'}, figure: {out / 'allocation.png'}")
     return 0
 
 

@@ -220,4 +220,16 @@ def summary(records: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
         "options": asdict(plan.options),
         "counts": [r["counts"] for r in records if not r.get("final")],
         "stopped": records[-1]["stopped"], "curve": curve,
+        "acceptance": [_acceptance(a, b) for a, b in zip(records, records[1:])],
+        "trust": [r["classes"]["trust"] for r in records[:-1]],
     }
+
+
+def _acceptance(before: dict[str, Any], after: dict[str, Any]) -> list[float | None]:
+    """Each class's acceptance rate of the images made between two records (None: none made)."""
+    a, b = before["classes"], after["classes"]
+    out: list[float | None] = []
+    for c in range(len(a["generated"])):
+        made = b["generated"][c] - a["generated"][c]
+        out.append((b["accepted"][c] - a["accepted"][c]) / made if made > 0 else None)
+    return out

@@ -12,6 +12,7 @@ import html
 from typing import Any
 
 import raysynth.report.charts as charts
+from raysynth.report.allocation import allocation_charts
 from raysynth.report.collect import Gallery, Thumb, make_thumb
 from raysynth.report.tables import (
     GROUPS,
@@ -145,6 +146,8 @@ def build_html(
     body += _air_section(report, prototypes)
     if tables := synthesis_tables(report):
         body += ["<h2>Synthesis</h2>", *map(_html_table, tables)]
+    for title, png in allocation_charts(report):  # the closed loop's rounds (issue #16)
+        body += [f"<h3>{_e(title)}</h3>", _img(png, title)]
     body += _html_images(g, total)
     body += _tune_section(report)
     if (t := timings_table(report)) is not None:
