@@ -263,7 +263,8 @@ def accepted_arrays(root: Path, real: RealData) -> LabeledArrays:
 def measurement(cfg: RunConfig, real: RealData) -> Loop:
     """The closed loop's per-round measurement: the end-to-end classifier (``synthesis.loop.
     measure_epochs`` epochs) on real train ∪ the accepted images, scored on the validation split
-    (the test split stays untouched); the trust is ``tune.weights`` when fixed weights are given."""
+    (the test split stays untouched). No trust: the learned UniCon weights come after this stage
+    (a caller that has weights passes them as ``Loop.trust``)."""
     from raysynth.train.measure import quick_scores
 
     train, val = real.arrays("train"), real.arrays("val")
@@ -276,8 +277,7 @@ def measurement(cfg: RunConfig, real: RealData) -> Loop:
         return quick_scores(train, synthetic, val, real.num_classes, enc, cfg.end_to_end,
                             cfg.synthesis.loop.measure_epochs, aug, seed)
 
-    trust = tuple(cfg.tune.weights) if len(cfg.tune.weights) == real.num_classes else None
-    return Loop(measure, Path(), trust)
+    return Loop(measure, Path())
 
 
 def synthetic_inputs(job: Any) -> tuple[dict[str, Any], LabeledArrays]:
