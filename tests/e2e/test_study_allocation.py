@@ -19,7 +19,7 @@ def test_study_allocation_tiny(tmp_path):
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "raysynth.cli", "study", "allocation", "--preset", "digits-lt",
            "--policies", "balance", "closed_loop", "--seeds", "1", "--out", str(out), *TINY]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "allocation.json").read_text())
     assert set(summary["policies"]) == {"balance", "closed_loop"}
