@@ -45,6 +45,30 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class SplitFilesConfig:
+    """A benchmark's published split lists, read instead of carving (``data/split_files.py``).
+    File names are absolute or relative to ``data.path``."""
+
+    format: str = ""  # "" carve the splits | path_label (ImageNet-LT) | flowers102 | csv (NICO++)
+    train: str = ""  # path_label: one "<relative path> <label>" file per split
+    val: str = ""
+    test: str = ""
+    setid: str = "setid.mat"  # flowers102: the official split ...
+    labels: str = "imagelabels.mat"  # ... and the labels
+    metadata: str = ""  # csv: filename,y[,a],split (SubpopBench's NICO++ metadata)
+    names: str = ""  # class names, one per line (line i = label i); "" = labels as names
+    sample_k: bool = False  # few-shot: draw data.k per class from the train list (else all of it)
+
+    def __post_init__(self) -> None:
+        f = "data.split_files"
+        _check_choice(self.format, f"{f}.format", ("", "path_label", "flowers102", "csv"))
+        if self.format == "path_label":
+            _check(bool(self.train), f"{f}.train", "format path_label needs the train list")
+        if self.format == "csv":
+            _check(bool(self.metadata), f"{f}.metadata", "format csv needs the metadata file")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the real images come from and how they are split (per class)."""
 
@@ -60,9 +84,21 @@ class DataConfig:
     imbalance_factor: float = 1.0  # > 1: long-tailed train split, n_max / n_min
     many_threshold: int = 0  # long tail: classes with > this many train images are "many"
     few_threshold: int = 0  # long tail: classes with < this many are "few"; 0 = auto (thirds)
+    # the per-image group (context): "" none (or the split files' group column) | folder
+    # (ImageFolder <class>/<context>/…: the first sub-folder of the class folder)
+    group: str = ""
+    split_files: SplitFilesConfig = field(default_factory=SplitFilesConfig)
 
     def __post_init__(self) -> None:
         _check_choice(self.source, "data.source", ("digits", "imagefolder", "parquet"))
+        _check_choice(self.group, "data.group", ("", "folder"))
+        _check(self.group != "folder" or self.source == "imagefolder", "data.group",
+               "folder reads <class>/<context>/ folders; it needs data.source=imagefolder")
+        if self.split_files.format:
+            _check(self.source != "digits", "data.split_files.format",
+                   "split files list image files; use data.source=imagefolder or parquet")
+            _check(self.imbalance_factor == 1.0, "data.imbalance_factor",
+                   "the split files give the train list (its tail included); leave it at 1")
         if self.source in ("imagefolder", "parquet"):
             _check(bool(self.path), "data.path", f"data.source={self.source} needs a path")
         for key in ("k", "pool_per_class", "val_per_class", "test_per_class"):
