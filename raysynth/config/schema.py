@@ -109,11 +109,21 @@ class DataConfig:
         _check(self.imbalance_factor >= 1.0, "data.imbalance_factor", "must be >= 1")
 
 
+ARCHS = ("auto", "small_cnn", "resnet18", "resnet34", "resnet50", "resnext50_32x4d",
+         "preact_resnet34")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Contrastive encoder (METHODS §1 protocol: Adam 1e-3, wd 1e-4, batch 32, tau 0.07)."""
 
-    arch: str = "auto"  # auto | small_cnn | resnet18 (auto: small_cnn for <= 32 px)
+    # auto (small_cnn for <= 32 px, else resnet18) | small_cnn | resnet18 | resnet34 | resnet50 |
+    # resnext50_32x4d | preact_resnet34 (torchvision's ResNets; PreAct-ResNet34 as DiffuseMix ran it)
+    arch: str = "auto"
+    # torchvision weight enum member of the arch (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT); "" =
+    # random init. Downloaded by the driver when online (cached under TORCH_HOME), checked at
+    # --dry-run.
+    pretrained: str = ""
     width: int = 32  # base channels of the small CNN
     feat_dim: int = 128  # encoder output (the frozen embedding)
     proj_dim: int = 64  # projection head output (the contrastive space)
@@ -125,7 +135,9 @@ class EncoderConfig:
     augment: str = "auto"  # auto | small | photo | none
 
     def __post_init__(self) -> None:
-        _check_choice(self.arch, "encoder.arch", ("auto", "small_cnn", "resnet18"))
+        _check_choice(self.arch, "encoder.arch", ARCHS)
+        _check(not self.pretrained or self.arch in ARCHS[2:6], "encoder.pretrained",
+               f"ImageNet weights exist for {', '.join(ARCHS[2:6])}, not arch={self.arch}")
         _check_choice(self.augment, "encoder.augment", ("auto", "small", "photo", "none"))
         for key in ("width", "feat_dim", "proj_dim", "epochs", "batch_size"):
             _check(getattr(self, key) >= 1, f"encoder.{key}", "must be >= 1")
@@ -165,8 +177,22 @@ class EndToEndConfig:
     weight_decay: float = 5e-4
     synthetic_share: float = 0.5  # fraction of each mini-batch drawn from synthetic rows
     balanced_softmax: bool = True
+    optimizer: str = "adam"  # adam | sgd (train/optim.py)
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    schedule: str = "constant"  # constant | cosine (to 0 over the epochs after warm-up)
+    warmup_epochs: int = 0  # linear warm-up from lr/warmup to lr
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_choice(self.optimizer, "end_to_end.optimizer", ("adam", "sgd"))
+        _check_choice(self.schedule, "end_to_end.schedule", ("constant", "cosine"))
+        _check(0 <= self.momentum < 1, "end_to_end.momentum", "must be in [0, 1)")
+        _check(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+               "end_to_end.nesterov", "needs optimizer=sgd with momentum > 0")
+        _check(0 <= self.warmup_epochs < self.epochs, "end_to_end.warmup_epochs",
+               "must be in [0, end_to_end.epochs)")
+        _check(0 <= self.label_smoothing < 1, "end_to_end.label_smoothing", "must be in [0, 1)")
         for key in ("epochs", "batch_size"):
             _check(getattr(self, key) >= 1, f"end_to_end.{key}", "must be >= 1")
         _check(self.lr > 0, "end_to_end.lr", "must be > 0")
@@ -401,6 +427,8 @@ class AirConfig:
     iterations: int = 10  # prompt-learning iterations, pseudo-labels refreshed after each
     steps_per_iteration: int = 50  # full-batch SGD steps on the context per iteration
     learning_rate: float = 2e-3
+    schedule: str = "constant"  # constant | cosine (over iterations × steps_per_iteration)
+    warmup_steps: int = 0  # linear warm-up of the prompt learning rate (optimiser steps)
     search: bool = False  # search λ and β with Ray Tune (tune.num_samples trials, on val)
 
     def __post_init__(self) -> None:
@@ -416,6 +444,8 @@ class AirConfig:
         _check(self.lam >= 0, "air.lam", "must be >= 0")
         _check(self.beta >= 0, "air.beta", "must be >= 0")
         _check(self.learning_rate > 0, "air.learning_rate", "must be > 0")
+        _check_choice(self.schedule, "air.schedule", ("constant", "cosine"))
+        _check(self.warmup_steps >= 0, "air.warmup_steps", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,8 @@ def train_end_to_end(
     ``evaluate`` per class group; the model is written to ``save_dir``."""
     size = int(real.x.shape[-1])
     enc = encoder_config(
-        cfg.encoder.arch, int(real.x.shape[1]), size, cfg.encoder.width, cfg.encoder.feat_dim
+        cfg.encoder.arch, int(real.x.shape[1]), size, cfg.encoder.width, cfg.encoder.feat_dim,
+        cfg.encoder.pretrained,
     )
     loop_cfg = {
         "real": real, "synthetic": synthetic, "eval": evaluate, "groups": groups,
@@ -222,6 +223,10 @@ def check_models(cfg: RunConfig) -> None:
         from raysynth.generate.pixel_generator import check_pixel_adapters
 
         check_pixel_adapters(g)
+    if cfg.encoder.pretrained:
+        from raysynth.train.models import check_pretrained
+
+        check_pretrained(cfg.encoder.arch, cfg.encoder.pretrained)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
         from raysynth.filter.clip_weights import check_clip_available
 

@@ -11,7 +11,13 @@ import torch
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays, ProtocolData, sample_per_class
 from raysynth.train.checkpoint import write_checkpoint
-from raysynth.train.classifier import accuracy, fit_end_to_end, fit_mlp, group_accuracy
+from raysynth.train.classifier import (
+    accuracy,
+    end_to_end_optimizer,
+    fit_end_to_end,
+    fit_mlp,
+    group_accuracy,
+)
 from raysynth.train.contrastive import fit_encoder
 from raysynth.train.session import TrainSession
 
@@ -116,7 +122,7 @@ def end_to_end_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     model = session.prepare(ImageClassifier(build_encoder(config["encoder_cfg"]), config["num_classes"]))
     cfg = config["cfg"]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = end_to_end_optimizer(model, cfg)
     start = session.restore(model, opt)
 
     def on_epoch(epoch: int, loss: float, m: torch.nn.Module, o: torch.optim.Optimizer) -> None:
