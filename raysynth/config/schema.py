@@ -336,6 +336,8 @@ class SynthesisConfig:
     prompt: str = "a photo of {class}"  # placeholders: {class}, {context}
     negative_prompt: str = ""
     context: str = ""  # dataset context, e.g. "Flowers" or "in the snow"
+    # quotas per class × group (data.group / split-file groups), each group's name as {context}
+    per_group: bool = False
     pool: Resources = field(default_factory=Resources)  # the generator actors
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
@@ -348,6 +350,9 @@ class SynthesisConfig:
         _check(self.per_class_fraction >= 0, "synthesis.per_class_fraction", "must be >= 0")
         if self.quota == "top_up":
             _check(self.top_up_to >= 1, "synthesis.top_up_to", "quota=top_up needs top_up_to >= 1")
+        _check(not self.per_group or "{context}" in self.prompt, "synthesis.per_group",
+               "fills {context} with each group; put {context} in synthesis.prompt "
+               "(e.g. \"{class} in {context}\")")
         self.pool.check("synthesis.pool")
 
 

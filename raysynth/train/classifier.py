@@ -3,7 +3,7 @@ feedback-guidance paper (real/synthetic share per mini-batch, balanced softmax).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -58,6 +58,27 @@ def group_accuracy(
     for name, classes in groups.items():
         mask = torch.isin(labels, torch.as_tensor(classes, device=labels.device))
         out[name] = accuracy(logits[mask], labels[mask])
+    return out
+
+
+GROUP_KEY = "group:"  # metric keys of (class, context) groups ("group:cat in autumn"; report/groups.py)
+
+
+def context_group_accuracy(
+    pred: np.ndarray, labels: np.ndarray, contexts: Sequence[str], class_names: Sequence[str]
+) -> dict[str, float]:
+    """Accuracy of every (class, context) group among the evaluated rows (rows of context ""
+    left out), ``worst_group`` (the lowest: NICO++'s metric) and ``mean_group`` (their mean);
+    {} when no row has a context."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    ctx = np.asarray(list(contexts), dtype=object)
+    out: dict[str, float] = {}
+    for c, g in sorted({(int(y), str(g)) for y, g in zip(labels, ctx) if g}):
+        mask = (labels == c) & (ctx == g)
+        out[f"{GROUP_KEY}{class_names[c]} in {g}"] = float((pred[mask] == c).mean())
+    if out:
+        vals = list(out.values())
+        out["worst_group"], out["mean_group"] = min(vals), float(np.mean(vals))
     return out
 
 

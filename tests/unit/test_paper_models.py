@@ -64,7 +64,7 @@ def test_cosine_with_linear_warmup_matches_a_hand_computation():
 
 
 def test_unknown_weight_names_list_the_valid_ones():
-    from raysynth.train.models import resolve_weights
+    from raysynth.train.architectures import resolve_weights
 
     with pytest.raises(ConfigError, match="IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"):
         resolve_weights("resnet50", "IMAGENET22K")
@@ -86,6 +86,6 @@ def test_pretrained_weights_unreachable_offline_fail_at_dry_run(tmp_path, monkey
     ckpt = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"")
-    from raysynth.train.models import check_pretrained
+    from raysynth.train.architectures import check_pretrained
 
     assert check_pretrained("resnet50", "IMAGENET1K_V2") == ckpt
