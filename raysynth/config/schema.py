@@ -57,6 +57,7 @@ class SplitFilesConfig:
     labels: str = "imagelabels.mat"  # ... and the labels
     metadata: str = ""  # csv: filename,y[,a],split (SubpopBench's NICO++ metadata)
     names: str = ""  # class names, one per line (line i = label i); "" = labels as names
+    group_names: str = ""  # csv: context names, one per line (line i = group id i)
     sample_k: bool = False  # few-shot: draw data.k per class from the train list (else all of it)
 
     def __post_init__(self) -> None:

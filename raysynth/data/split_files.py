@@ -66,6 +66,14 @@ def read_split_files(cfg, root: str | Path) -> list[ListedImage]:
         raise DataError(f"data.split_files.format={cfg.format!r}; choose path_label, flowers102 "
                         "or csv")
     _check_unique(rows)
+    if cfg.group_names:  # integer group ids (SubpopBench's a) → context names
+        names = read_names(resolve(root, cfg.group_names))
+        bad = sorted({r.group for r in rows if r.group and not (r.group.isdigit()
+                                                                and int(r.group) < len(names))})
+        if bad:
+            raise DataError(f"group ids {', '.join(bad[:5])} have no line in "
+                            f"{cfg.group_names}; give one context name per group id")
+        rows = [r._replace(group=names[int(r.group)] if r.group else "") for r in rows]
     return rows
 
 

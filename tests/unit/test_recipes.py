@@ -160,14 +160,19 @@ def test_main_recipes_carry_the_papers_settings():
         assert c.end_to_end.synthetic_share == 0.5
     lt = cfg["imagenet-lt-feedback"]
     assert lt.synthesis.top_up_to == 1300 and lt.end_to_end.balanced_softmax
-    counts = train_counts(1000, lt.data)
-    assert (max(counts), min(counts)) == (640, 5)
-    assert "{context}" in cfg["nico-feedback"].synthesis.prompt
+    assert lt.data.split_files.format == "path_label" and lt.data.split_files.sample_k is False
+    assert lt.encoder.arch == "resnext50_32x4d"
+    assert (lt.end_to_end.optimizer, lt.end_to_end.schedule) == ("sgd", "cosine")
+    nico = cfg["nico-feedback"]
+    assert "{context}" in nico.synthesis.prompt and nico.synthesis.per_group
+    assert nico.data.split_files.format == "csv" and nico.data.split_files.group_names
+    assert (nico.encoder.arch, nico.encoder.pretrained) == ("resnet50", "IMAGENET1K_V1")
     mix = cfg["flowers102-diffcoremix"]
     assert mix.flow == "classifier" and mix.mix.enabled and mix.mix.fraction == 1.0
     assert mix.synthesis.negative_prompt and "{context}" in mix.synthesis.prompt
     assert mix.filter.threshold == "pairs" and mix.filter.embedder == "open_clip"
-    assert mix.data.k == 10
+    assert mix.data.split_files.format == "flowers102"  # the official 10 train images per class
+    assert mix.encoder.arch == "preact_resnet34" and mix.end_to_end.optimizer == "sgd"
 
 
 def test_the_unicon_recipes_fit_their_smallest_class():

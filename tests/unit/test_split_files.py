@@ -143,6 +143,16 @@ def test_csv_lists_give_groups_and_splits_and_survive_the_run_directory(nico_csv
     assert len(back_splits.train) == 6
 
 
+def test_integer_group_ids_are_named_by_the_group_names_file(nico_csv):
+    meta = (nico_csv / "meta.csv").read_text().replace(",rock,", ",0,").replace(",water,", ",1,")
+    (nico_csv / "meta_ids.csv").write_text(meta)
+    (nico_csv / "contexts.txt").write_text("rock\nwater\n")
+    cfg = DataConfig(source="imagefolder", path=str(nico_csv), pool_per_class=0,
+                     split_files=SplitFilesConfig(format="csv", metadata="meta_ids.csv",
+                                                  group_names="contexts.txt"))
+    assert dict(zip(load_dataset(cfg).sources, load_dataset(cfg).group))["img/2.png"] == "water"
+
+
 def test_parquet_rows_are_matched_by_path(nico_csv, tmp_path):
     rows = [(f"img/{i}.png", (nico_csv / f"img/{i}.png").read_bytes()) for i in range(9)]
     rows.append(("img/unlisted.png", rows[0][1]))
@@ -191,3 +201,37 @@ def test_describe_splits_names_the_files(lt_tree):
     assert lines[0].startswith("splits: read from path_label split files")
     assert f"  train: {root / 'LT_train.txt'}" in lines
     assert describe_splits(DataConfig())[0].startswith("splits: carved per class from digits")
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
+LISTED = {"imagenet-lt-feedback": "ImageNet_LT_test.txt", "nico-feedback": "metadata_nicopp.csv",
+          "flowers102-diffcoremix": "setid.mat"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_validates_and_says_which_splits_it_reads(path):
+    from raysynth.config import build_config
+
+    cfg = build_config(config_file=path)
+    text = "\n".join(describe_splits(cfg.data))
+    if path.stem in LISTED:
+        assert "split files" in text and LISTED[path.stem] in text
+    else:
+        assert text.startswith("splits: carved per class")
+
+
+def test_dry_run_prints_the_listed_splits(lt_tree, capsys):
+    from raysynth.cli import main
+
+    root, _ = lt_tree
+    sets = {"data.source": "imagefolder", "data.path": str(root), "data.pool_per_class": 0,
+            "data.split_files.format": "path_label", "data.split_files.train": "LT_train.txt",
+            "data.split_files.val": "LT_val.txt", "data.split_files.test": "LT_test.txt",
+            "data.split_files.names": "names.txt", "filter.enabled": "false"}
+    argv = ["run", "--dry-run"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "splits: read from path_label split files" in out
+    assert f"  test: {root / 'LT_test.txt'}" in out
+    assert "  train: 8 images, per class [5, 3]" in out
+    assert "  test: 4 images, per class [2, 2]" in out
