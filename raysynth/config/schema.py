@@ -262,10 +262,15 @@ class GeneratorConfig:
     """Which diffusion model makes the images, and how it samples (DESIGN §1, METHODS §2–3)."""
 
     kind: str = "pixel"  # pixel (trained on the real split) | text2image | unclip
-    model: str = ""  # Hugging Face id or local folder (text2image, unclip)
+    model: str = ""  # Hugging Face id or local folder (text2image, unclip), or a .safetensors file
+    # single file (text2image): the diffusers pipeline (folder or cached id) whose component
+    # configs fit it, e.g. stabilityai/stable-diffusion-xl-base-1.0 for CosXL
+    single_file_config: str = ""
+    prediction_type: str = ""  # "" = the model's | epsilon | v_prediction (edm_euler: v)
     dtype: str = "float32"  # float32 | float16 | bfloat16
     device: str = "auto"  # auto (cuda when the actor has a GPU) | cpu | cuda
-    scheduler: str = "ddim"  # ddim | ddpm | pndm | euler | euler_ancestral | dpm_solver
+    # ddim | ddpm | pndm | euler | euler_ancestral | dpm_solver | edm_euler (CosXL's EDM sampler)
+    scheduler: str = "ddim"
     num_steps: int = 30
     guidance_scale: float = 3.0  # classifier-free guidance (1 + γ in DiffCoRe-Mix terms)
     eta: float = 0.0  # DDIM η: 0 deterministic DDIM, 1 ancestral (DDPM-like) sampling
@@ -290,8 +295,9 @@ class GeneratorConfig:
         _check_choice(
             self.scheduler,
             f"{g}.scheduler",
-            ("ddim", "ddpm", "pndm", "euler", "euler_ancestral", "dpm_solver"),
+            ("ddim", "ddpm", "pndm", "euler", "euler_ancestral", "dpm_solver", "edm_euler"),
         )
+        _check_choice(self.prediction_type, f"{g}.prediction_type", ("", "epsilon", "v_prediction"))
         _check(self.num_steps >= 1, f"{g}.num_steps", "must be >= 1")
         _check(self.guidance_scale >= 0, f"{g}.guidance_scale", "must be >= 0")
         _check(0 <= self.eta <= 1, f"{g}.eta", "must be in [0, 1]")
