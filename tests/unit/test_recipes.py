@@ -36,6 +36,8 @@ REAL_MODELS = {
         "stabilityai/stable-diffusion-2-1-unclip-small",
     },
 }
+# Pipelines whose component configs fit a single-file checkpoint a recipe names (CosXL: SDXL base).
+REAL_SINGLE_FILE_CONFIGS = {"stabilityai/stable-diffusion-xl-base-1.0"}
 # open_clip (model, pretrained tag) pairs the recipes may name (all in open_clip.list_pretrained()).
 REAL_CLIP = {("ViT-B-32", "openai"), ("ViT-B-16", "openai"), ("ViT-L-14", "openai")}
 # Keys whose lines must carry an inline comment: the models, data and resources a recipe names.
@@ -127,8 +129,12 @@ def test_gpu_recipes_name_real_models_and_ask_for_gpus(path):
     gen = cfg.synthesis.generator
     if gen.kind == "pixel":  # trained by raysynth itself: nothing to download
         return
-    assert gen.model in REAL_MODELS[gen.kind], f"{path.name}: unknown {gen.kind} model {gen.model}"
-    assert gen.model in header(path), f"{path.name}: explain {gen.model} in the header"
+    if gen.model.endswith(".safetensors"):  # a single-file model: its configs' pipeline is real
+        assert gen.single_file_config in REAL_SINGLE_FILE_CONFIGS, gen.single_file_config
+        assert gen.single_file_config in header(path) and gen.model in header(path)
+    else:
+        assert gen.model in REAL_MODELS[gen.kind], f"{path.name}: unknown {gen.kind} model {gen.model}"
+        assert gen.model in header(path), f"{path.name}: explain {gen.model} in the header"
     assert cfg.synthesis.pool.gpus_per_actor >= 1, "a latent diffusion pipeline needs a whole GPU"
     assert gen.dtype == "float16"
     assert cfg.train.use_gpu
