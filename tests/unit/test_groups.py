@@ -91,3 +91,39 @@ def test_report_shows_the_worst_group_table():
                       ["cat in a", "25.00 ± 0.00", "80.00 ± 0.00"]]
     assert "## Worst-group accuracy" in build_markdown(report)
     assert worst_group_table({"classifier": {"real_only": {"overall": 0.5}}}) is None
+
+
+def test_end_to_end_loop_reports_worst_group_of_its_own_predictions(tmp_path):
+    """The classifier loop (in-process, SGD + cosine + label smoothing) scores the eval rows per
+    (class, context): its worst_group equals the hand computation on the saved model's
+    predictions."""
+    import torch
+
+    from raysynth.config.schema import EndToEndConfig, ScalingConfig
+    from raysynth.train.arrays import LabeledArrays
+    from raysynth.train.checkpoint import load_model
+    from raysynth.train.loops import end_to_end_loop
+    from raysynth.train.models import encoder_config
+    from raysynth.train.session import run_trainer
+
+    rng = np.random.default_rng(0)
+    real = LabeledArrays(rng.random((24, 1, 8, 8)), np.repeat([0, 1], 12))
+    ev = LabeledArrays(rng.random((12, 1, 8, 8)), np.repeat([0, 1], 6))
+    contexts = ["a", "b", "b"] * 4
+    cfg = EndToEndConfig(epochs=2, batch_size=8, optimizer="sgd", lr=0.05, schedule="cosine",
+                         warmup_epochs=1, label_smoothing=0.1)
+    loop_cfg = {"real": real, "synthetic": LabeledArrays.empty_like(real), "eval": ev,
+                "groups": {}, "num_classes": 2, "cfg": cfg, "aug_kind": "none", "seed": 0,
+                "encoder_cfg": encoder_config("small_cnn", 1, 8, 4, 8),
+                "save_dir": str(tmp_path / "m"), "eval_contexts": contexts,
+                "class_names": ["cat", "dog"]}
+    metrics = run_trainer(end_to_end_loop, loop_cfg, ScalingConfig(), "e2e", tmp_path)
+    with torch.no_grad():
+        pred = load_model(tmp_path / "m").eval()(torch.from_numpy(ev.x)).argmax(1).numpy()
+    hand = {}
+    for c, name in enumerate(["cat", "dog"]):
+        for g in ("a", "b"):
+            m = (ev.y == c) & (np.array(contexts) == g)
+            hand[f"group:{name} in {g}"] = float((pred[m] == c).mean())
+    assert {k: metrics[k] for k in hand} == pytest.approx(hand)
+    assert metrics["worst_group"] == pytest.approx(min(hand.values()))
