@@ -275,5 +275,6 @@ def describe_splits(cfg) -> list[str]:
     if cfg.group == "folder":
         lines.append("groups: the context folder of each image (<class>/<context>/…)")
     elif sf.format == "csv":
-        lines.append("groups: the split list's group column (a / group / context)")
+        lines.append("groups: the split list's group column (a / group / context)" + (
+            f", named by {resolve(cfg.path, sf.group_names)}" if sf.group_names else ""))
     return lines

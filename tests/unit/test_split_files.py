@@ -214,6 +214,8 @@ def test_every_recipe_validates_and_says_which_splits_it_reads(path):
 
     cfg = build_config(config_file=path)
     text = "\n".join(describe_splits(cfg.data))
+    if path.stem == "nico-feedback":
+        assert "groups: the split list's group column" in text and "nico_contexts.txt" in text
     if path.stem in LISTED:
         assert "split files" in text and LISTED[path.stem] in text
     else:
