@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from raysynth import __version__
-from raysynth.errors import ConfigError, RaysynthError
+from raysynth.errors import RaysynthError
 from raysynth.rundir import REPORT_HTML, REPORT_JSON, REPORT_MD
 from raysynth.text import PrintableFilter, printable
 
@@ -149,8 +149,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"report: {out / REPORT_HTML}")
         return 0
     from raysynth.data import load_dataset, make_splits
+    from raysynth.data.split_files import describe_splits
 
     print(dump_yaml(cfg))
+    print("\n".join(printable(line) for line in describe_splits(cfg.data)))
     images = load_dataset(cfg.data)
     splits = make_splits(images, cfg.data, cfg.seed)
     flow(cfg.flow).check(cfg, images.num_classes)
@@ -164,6 +166,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {name}: {sum(counts[name])} images, per class {counts[name]}")
     if splits.groups:
         print(f"  long-tail groups: {splits.groups}")
+    if images.group_names:
+        print(f"  groups (contexts): {', '.join(map(printable, images.group_names))}")
     return 0
 
 
@@ -195,17 +199,14 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def _study_allocation(args: argparse.Namespace, sets: dict[str, Any]) -> int:
-    from raysynth.flows.allocation_study import run_allocation_study, study_configs
+    import raysynth.flows.allocation_study as study
     from raysynth.flows.run import check
 
-    for cfg in study_configs(args.preset, args.policies, args.seeds, sets).values():
+    for cfg in study.study_configs(args.preset, args.policies, args.seeds, sets).values():
         check(cfg)  # bad arguments or a missing model fail before Ray starts
-    out = Path(args.out or f"runs/study-allocation-{args.preset}")
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise ConfigError(f"{out} is not empty; pass --resume to continue the study there, "
-                          "or --out DIR for a new one")
+    out = study.check_study_folder(args.out, args.preset, args.resume)
     _connect_ray(args.address)
-    run_allocation_study(args.preset, args.policies, args.seeds, out, sets)
+    study.run_allocation_study(args.preset, args.policies, args.seeds, out, sets)
     print((out / "allocation.md").read_text())
     print(f"results: {out / 'allocation.json'}, figure: {out / 'allocation.png'}")
     return 0

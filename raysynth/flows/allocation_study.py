@@ -61,6 +61,16 @@ def study_configs(preset: str, policies: list[str], seeds: int, sets: dict[str, 
     return out
 
 
+def check_study_folder(out_arg: str | None, preset: str, resume: bool) -> Path:
+    """The study folder (``--out`` or ``runs/study-allocation-<preset>``), refused when it holds
+    something and ``resume`` is off (an existing study is continued only on request)."""
+    out = Path(out_arg or f"runs/study-allocation-{preset}")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ConfigError(f"{out} is not empty; pass --resume to continue the study there, "
+                          "or --out DIR for a new one")
+    return out
+
+
 def copy_pixel_model(src: Path, dst: Path) -> None:
     """Copy ``src/generator/*`` into ``dst/generator/`` (each model written to a hidden folder
     first and renamed into place, so a kill never leaves half a model under its key)."""
