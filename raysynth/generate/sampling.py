@@ -13,6 +13,7 @@ own ``torch.Generator().manual_seed(seed)``, so an image does not depend on the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -94,19 +95,17 @@ def sample_pixel(
     shape = (unet.config.in_channels, _size(unet), _size(unet))
     x = _initial_noise(generators, shape, device) * scheduler.init_noise_sigma
 
+    def model(inp: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return unet(inp.to(dtype), t, class_labels=labels).sample.float()
+
     def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        def model(inp: torch.Tensor) -> torch.Tensor:
-            return unet(inp.to(dtype), t, class_labels=class_labels).sample.float()
+        run = functools.partial(model, t=t, labels=class_labels)
+        return guided_output(run, x_t, guidance_scale, use_uncond, uncond_first=False)
 
-        return guided_output(model, x_t, guidance_scale, use_uncond, uncond_first=False)
-
-    def conditional(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The conditional branch alone (feedback gradient ``conditional_branch``)."""
-        return unet(x_t.to(dtype), t, class_labels=y).sample.float()
-
-    # 3. denoising loop, then the criterion on the final images and quantisation
+    # 3. denoising loop (guided model, conditional branch alone), criterion on the final images
     step_noise = (lambda: _initial_noise(generators, shape, device)) if eta > 0 else None
-    x = _denoise(scheduler, x, (guided, conditional), y, feedback, step_noise, eta)
+    x = _denoise(scheduler, x, (guided, functools.partial(model, labels=y)), y, feedback,
+                 step_noise, eta)
     return _to_images(x, y, feedback)
 
 
