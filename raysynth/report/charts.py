@@ -162,12 +162,14 @@ def best_so_far_chart(values: Sequence[float], scores: Sequence[float] = ()) -> 
     ax = fig.add_subplot()
     if len(scores):
         ax.plot(range(1, len(scores) + 1), [100 * _finite(v) for v in scores], linestyle="none",
-                marker="o", markersize=3, color="#999999", label="each trial")
+                marker="o", markersize=6, markerfacecolor="none", color="#d62728", zorder=3,
+                label="each trial")
     ax.plot(range(1, len(y) + 1), y, marker="o" if len(y) <= 40 else None, markersize=3,
             label="best so far")
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
+    ax.margins(y=0.08)
     ax.grid(alpha=0.3)
     if len(scores):
         ax.legend(fontsize=8, loc="lower right")
