@@ -99,9 +99,10 @@ def weights_note(report: dict) -> str | None:
     best = finite(tune.get("best_val_acc"))
     at = "" if best is None else f" (best validation accuracy {100 * best:.2f}%)"
     return (f"Every weight is 0: of the search's {trials} trials, the best{at} trusted no "
-            "class's synthetic images, so no weight above 0 scored better on the validation "
-            "split. UniCon then uses the synthetic images only as negatives for the other "
-            "classes, never as positives of their own.")
+            "class's synthetic images; no trial with a weight above 0 scored higher on the "
+            "validation split (ties go to the lower validation loss). UniCon then uses the "
+            "synthetic images only as negatives for the other classes, never as positives of "
+            "their own.")
 
 
 def _cap(s: str) -> str:
