@@ -13,6 +13,7 @@ from typing import Any
 
 import raysynth.report.tables as tables
 from raysynth.report.explain import explain
+from raysynth.report.groups import SHOWN, worst_group_table
 from raysynth.report.tables import Table
 from raysynth.report.text import md_code, md_text
 
@@ -50,6 +51,8 @@ def build_markdown(report: dict, skipped: Any = ()) -> str:
     section("Classifier accuracy per group", [tables.classifier_table(report)])
     section("Accuracy per class", [tables.per_class_table(report)],
             "Mean ± std over the final runs.")
+    section("Worst-group accuracy", [worst_group_table(report)],
+            f"Groups are class × context pairs of the test split; the {SHOWN} lowest shown.")
     weights = tables.weights_of(report)
     if weights:
         note = "0 = distrust the synthetic images of the class, 1 = trust them."

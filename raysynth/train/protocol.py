@@ -75,7 +75,8 @@ def fold_class_groups(summary: dict[str, Any]) -> dict[str, Any]:
 
 def model_config(cfg: RunConfig, data: ProtocolData) -> dict[str, Any]:
     enc = encoder_config(
-        cfg.encoder.arch, data.channels, data.image_size, cfg.encoder.width, cfg.encoder.feat_dim
+        cfg.encoder.arch, data.channels, data.image_size, cfg.encoder.width, cfg.encoder.feat_dim,
+        cfg.encoder.pretrained,
     )
     return {"kind": "contrastive", "encoder": enc, "proj_dim": cfg.encoder.proj_dim}
 
