@@ -109,10 +109,10 @@ def _connect_ray(address: str | None, quiet: bool = True) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"log_to_driver": not quiet, "configure_logging": True}
-    if address:
+    if address and address != "local":
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(include_dashboard=False, **kwargs)
+    else:  # our own local Ray: never the cluster a stale /tmp/ray/ray_current_cluster names
+        ray.init(address="local", include_dashboard=False, **kwargs)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

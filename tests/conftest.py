@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -33,6 +34,43 @@ def ray_local(_ray_session):
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     return ray
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's) on a free loopback port, for the session; pyarrow's
+    S3 filesystem reaches it through the standard environment variables (set for the session)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield env
+    server.stop()
+
+
+@pytest.fixture
+def s3_root(s3_server, request):
+    """A fresh, empty folder ``s3://raysynth-test/<test>-<n>`` on the session's S3 server."""
+    import boto3
+
+    from raysynth.storage import path
+
+    client = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    if "raysynth-test" not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket="raysynth-test")
+    n = next(_S3_COUNTER)
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+    return path(f"s3://raysynth-test/{name}-{n}")
+
+
+_S3_COUNTER = itertools.count()
 
 
 def pytest_collection_modifyitems(config, items):
