@@ -76,6 +76,22 @@ def fs_path(p: Path | RemotePath | str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(p).expanduser().absolute())
 
 
+def ray_storage(location: str | Path | RemotePath) -> tuple[str, pafs.FileSystem | None]:
+    """Ray Train's and Tune's ``storage_path`` and ``storage_filesystem`` for ``location``: a
+    local folder resolved (no filesystem), a remote one as its path on its own filesystem (so the
+    endpoint and credentials it was opened with travel with it to every worker)."""
+    where = path(location)
+    if isinstance(where, RemotePath):
+        return where.path, where.fs
+    return str(where.resolve()), None
+
+
+def local_or_remote(location: str | Path | RemotePath) -> Path | RemotePath:
+    """``path(location)``, a local one resolved (symlinks followed), as ``Path.resolve``."""
+    where = path(location)
+    return where.resolve() if isinstance(where, Path) else where
+
+
 def path(location: str | Path | RemotePath) -> Path | RemotePath:
     """A local ``Path`` (absolute) or, for a URI, a :class:`RemotePath`; an unknown scheme is a
     :class:`StorageError` that says which are known."""

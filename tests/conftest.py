@@ -48,6 +48,11 @@ def s3_server():
     env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true"}
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id="test", aws_secret_access_key="test").create_bucket(
+        Bucket="raysynth-test")
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
@@ -58,13 +63,8 @@ def s3_server():
 @pytest.fixture
 def s3_root(s3_server, request):
     """A fresh, empty folder ``s3://raysynth-test/<test>-<n>`` on the session's S3 server."""
-    import boto3
-
     from raysynth.storage import path
 
-    client = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
-    if "raysynth-test" not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
-        client.create_bucket(Bucket="raysynth-test")
     n = next(_S3_COUNTER)
     name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
     return path(f"s3://raysynth-test/{name}-{n}")

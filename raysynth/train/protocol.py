@@ -15,6 +15,7 @@ import numpy as np
 from raysynth.config.schema import RunConfig
 from raysynth.files import cached
 from raysynth.seeding import stable_seed
+from raysynth.storage import path as storage_path
 from raysynth.train.arrays import ProtocolData, sample_per_class
 from raysynth.train.augment import resolve_kind
 from raysynth.train.loops import contrastive_run_loop
@@ -94,13 +95,13 @@ def evaluate(
     aug = resolve_kind(cfg.encoder.augment, data.image_size)
     for r in range(cfg.protocol.n_contr):
         run_seed = stable_seed(seed, method, r)
-        run_dir = Path(storage) / f"{name}-r{r}"
+        run_dir = storage_path(storage) / f"{name}-r{r}"
         loop_cfg = _loop_config(data, method, weights, cfg, run_seed, mcfg, aug, threads)
         if resumable:
-            loop_cfg["checkpoint_dir"] = str(run_dir / "ckpt")
+            loop_cfg["checkpoint_dir"] = run_dir / "ckpt"  # a Path, or a RemotePath with its fs
             loop_cfg["checkpoint_every"] = cfg.train.checkpoint_every
         if save_models:
-            loop_cfg["save_dir"] = str(run_dir / "model")
+            loop_cfg["save_dir"] = run_dir / "model"
         done = run_dir / "result.json" if resumable else None
         metrics = _encoder_run(loop_cfg, cfg, f"{name}-r{r}", storage, done)
         accs.extend(metrics["accs"])

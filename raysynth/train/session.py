@@ -22,6 +22,8 @@ import torch
 
 from raysynth.config.schema import ScalingConfig
 from raysynth.errors import TrainingError
+from raysynth.storage import RemotePath, ray_storage
+from raysynth.storage import path as storage_path
 from raysynth.train.checkpoint import read_state, restore_training, write_checkpoint
 
 log = logging.getLogger("raysynth.train")
@@ -46,7 +48,12 @@ class TrainSession:
             ctx = ray.train.get_context()
             self.rank = ctx.get_world_rank()
             self.world_size = ctx.get_world_size()
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        where = storage_path(checkpoint_dir) if checkpoint_dir else None
+        # On shared storage Ray Train itself keeps the checkpoints reported below (and finds them
+        # again on a resumed run of the same name); only the in-process loop mirrors them there.
+        if isinstance(where, RemotePath) and self._train is not None:
+            where = None
+        self.checkpoint_dir = where
         self.checkpoint_every = checkpoint_every
 
     @property
@@ -165,7 +172,7 @@ def run_trainer(
     loop_config: dict[str, Any],
     scaling: ScalingConfig,
     name: str,
-    storage_path: str | Path,
+    storage_path: str | Path | RemotePath,
 ) -> dict[str, Any]:
     """Run ``loop`` under a Ray Train ``TorchTrainer``; returns the last reported metrics.
 
@@ -186,6 +193,7 @@ def run_trainer(
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    storage, storage_fs = ray_storage(storage_path)
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -197,7 +205,8 @@ def run_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=storage,  # the run directory's location, local or s3://…
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
         ),
     )

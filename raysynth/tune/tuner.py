@@ -5,11 +5,11 @@ search and by AiR's (λ, β) search."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from raysynth.config.schema import RunConfig
 from raysynth.seeding import stable_seed
+from raysynth.storage import AnyPath, local_or_remote, ray_storage
 
 log = logging.getLogger("raysynth.tune")
 
@@ -32,7 +32,7 @@ def resolve_concurrency(cfg: RunConfig) -> int:
 def make_tuner(
     trainable: Any,
     cfg: RunConfig,
-    root: Path,
+    root: AnyPath,
     name: str,
     searcher: Any,
     num_samples: int,
@@ -51,6 +51,7 @@ def make_tuner(
         trainable, {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}
     )
     loggers = [CSVLoggerCallback(), JsonLoggerCallback(), TBXLoggerCallback()]
+    storage, storage_fs = ray_storage(root)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -61,7 +62,8 @@ def make_tuner(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(root),
+            storage_path=storage,  # the run directory's location, local or s3://…
+            storage_filesystem=storage_fs,
             callbacks=[*(first or []), *loggers, *(last or [])],
             failure_config=tune.FailureConfig(max_failures=1),
             verbose=1,
@@ -73,7 +75,7 @@ def build_search_tuner(
     trainable: Any,
     space: dict[str, Any],
     cfg: RunConfig,
-    tune_root: str | Path,
+    tune_root: str | AnyPath,
     *,
     points: list[dict[str, float]] | None = None,
     metric: str = METRIC,
@@ -88,14 +90,15 @@ def build_search_tuner(
     from ray import tune
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    root = Path(tune_root).resolve()
-    path = root / name
-    if resume and tune.Tuner.can_restore(str(path)):
-        log.info("resuming the search in %s", path)
+    root = local_or_remote(tune_root)
+    path, fs = ray_storage(root / name)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+        log.info("resuming the search in %s", root / name)
         trainable = tune.with_resources(
             trainable, {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}
         )
-        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=True)
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True,
+                                  storage_filesystem=fs)
     searcher = HyperOptSearch(
         metric=metric,
         mode="max",
