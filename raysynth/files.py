@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from raysynth.storage import AnyPath, RemotePath
+from raysynth.storage import AnyPath, RemotePath, as_path
 
 T = TypeVar("T")
 
@@ -68,15 +68,9 @@ def _remote_open(path: RemotePath, mode: str) -> Iterator[IO[Any]]:
             f.detach()
 
 
-def _as_path(path: str | AnyPath) -> AnyPath:
-    from raysynth.storage import path as to_path
-
-    return path if isinstance(path, (Path, RemotePath)) else to_path(path)
-
-
 def atomic_write_bytes(path: str | AnyPath, data: bytes) -> AnyPath:
     """Write ``data`` to ``path`` atomically and durably (parents created)."""
-    path = _as_path(path)
+    path = as_path(path)
     with atomic_open(path, "wb") as f:
         f.write(data)
     return path
@@ -117,7 +111,7 @@ def fsync_dir(folder: str | AnyPath) -> None:
 
 
 def read_json(path: str | AnyPath) -> Any:
-    return json.loads(_as_path(path).read_text())
+    return json.loads(as_path(path).read_text())
 
 
 def cached(
@@ -128,7 +122,7 @@ def cached(
 ) -> T:
     """``read(path)`` when ``path`` exists, else ``compute()``, written with ``write`` and returned:
     the resume rule of every stage (a finished output is never recomputed)."""
-    path = _as_path(path)
+    path = as_path(path)
     if path.is_file():
         return read(path)
     value = compute()
@@ -163,7 +157,7 @@ def move_aside(src: str | AnyPath, dest: str | AnyPath) -> AnyPath:
     """Move ``src`` (a file or a folder) to ``dest`` by one rename (parents created; both folders
     fsynced): outputs a run no longer uses are kept, not deleted. On an object store every object
     is copied first and the originals deleted after, so each is always somewhere."""
-    src, dest = _as_path(src), _as_path(dest)
+    src, dest = as_path(src), as_path(dest)
     if isinstance(src, RemotePath) and isinstance(dest, RemotePath):
         return _remote_move(src, dest)
     src, dest = Path(src), Path(dest)

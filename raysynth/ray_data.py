@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from raysynth.config.schema import Resources
+from raysynth.storage import AnyPath, fs_path
 
 TASKS_IN_FLIGHT = 4
 POOL_BATCH = object()  # map_pool's default: the pool's own batch_size
@@ -99,11 +100,13 @@ def from_tables(tables: Sequence[Any]) -> Any:
     return ray.data.from_arrow(list(tables))
 
 
-def read_parquet(path: str, columns: Sequence[str] | None = None) -> Any:
-    """A dataset over the Parquet file(s) at ``path``, only ``columns`` when given."""
+def read_parquet(path: str | AnyPath, columns: Sequence[str] | None = None) -> Any:
+    """A dataset over the Parquet file(s) at ``path`` (local, a URI or a run directory's
+    ``RemotePath``: read through its filesystem on every node), only ``columns`` when given."""
     import ray
 
-    ds = ray.data.read_parquet(path)
+    fs, where = fs_path(path)
+    ds = ray.data.read_parquet(where, filesystem=fs)
     return ds.select_columns(list(columns)) if columns else ds
 
 

@@ -76,6 +76,11 @@ def fs_path(p: Path | RemotePath | str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(p).expanduser().absolute())
 
 
+def as_path(location: str | Path | RemotePath) -> Path | RemotePath:
+    """``location`` itself when it is already a ``Path`` or ``RemotePath``, else :func:`path`."""
+    return location if isinstance(location, (Path, RemotePath)) else path(location)
+
+
 def ray_storage(location: str | Path | RemotePath) -> tuple[str, pafs.FileSystem | None]:
     """Ray Train's and Tune's ``storage_path`` and ``storage_filesystem`` for ``location``: a
     local folder resolved (no filesystem), a remote one as its path on its own filesystem (so the
@@ -296,9 +301,38 @@ def download_dir(src: AnyPath, dest: Path) -> Path:
     return dest
 
 
-def upload_dir(src: Path, dest: AnyPath) -> AnyPath:
-    """Copy the local folder ``src`` into ``dest`` (each file a whole-object put)."""
+def upload_dir(src: Path, dest: AnyPath, last: str | None = None) -> AnyPath:
+    """Copy the local folder ``src`` into ``dest``, each file one whole-object put; the file
+    ``last`` (its marker of completeness, e.g. ``meta.json``) goes after every other one, so a
+    reader that checks it never finds a half-copied folder."""
     fs, root = fs_path(dest)
-    pafs.copy_files(str(src), root, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.relative_to(src).as_posix() == last)
+    for f in files:
+        with fs.open_output_stream(f"{root}/{f.relative_to(src).as_posix()}") as out:
+            out.write(f.read_bytes())
     return dest
+
+
+def spec_path(folder: AnyPath | str) -> str | RemotePath:
+    """A path for an actor's spec: a local one as a string (as specs always held), a run
+    directory's ``RemotePath`` as itself (it carries its filesystem to the node)."""
+    return folder if isinstance(folder, RemotePath) else str(folder)
+
+
+_LOCAL_COPIES: dict[str, Path] = {}
+
+
+def local_folder(folder: str | AnyPath) -> str | Path:
+    """A folder an actor, trial or worker reads: a run directory's ``RemotePath`` (picklable,
+    with its filesystem) is copied once per process into a local temporary folder; a local path
+    or a model id is returned as it is."""
+    if not isinstance(folder, RemotePath):
+        return folder
+    key = str(folder)
+    if key not in _LOCAL_COPIES or not _LOCAL_COPIES[key].is_dir():
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="raysynth-"))
+        _LOCAL_COPIES[key] = download_dir(folder, tmp / folder.name)
+    return _LOCAL_COPIES[key]

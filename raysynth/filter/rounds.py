@@ -29,6 +29,7 @@ from raysynth.generate.table import iter_tables
 from raysynth.plan.quotas import plan_round, quotas
 from raysynth.ray_data import iter_numpy, map_pool, read_parquet
 from raysynth.seeding import stable_seed
+from raysynth.storage import AnyPath, spec_path
 
 log = logging.getLogger("raysynth.flows")
 
@@ -42,7 +43,7 @@ class RealTrain:
     ids_by_class: dict[int, list[str]]
     channels: int
     image_size: int
-    table: str  # the real train split's Parquet file
+    table: str | AnyPath  # the real train split's Parquet file (in the run directory)
 
     @property
     def num_classes(self) -> int:
@@ -59,8 +60,8 @@ class Synthesis:
     synthesis: SynthesisConfig
     filter: FilterConfig
     seed: int
-    out: Path  # the synthetic table's folder
-    embeddings: Path  # the real train embeddings' cache file
+    out: AnyPath  # the synthetic table's folder
+    embeddings: AnyPath  # the real train embeddings' cache file
     device: str = "auto"  # the embedder's device
 
 
@@ -76,9 +77,9 @@ def real_embeddings(real: RealTrain, spec: EmbedderSpec, pool: Resources, path: 
             emb.extend(np.asarray(e, np.float32) for e in batch[col.EMBEDDING])
         return {"ids": np.array(ids), "emb": np.stack(emb)}
 
-    def read(p: Path) -> dict[str, np.ndarray]:
-        z = np.load(p, allow_pickle=False)
-        return {"ids": z["ids"], "emb": z["emb"]}
+    def read(p: AnyPath) -> dict[str, np.ndarray]:
+        with p.open("rb") as f, np.load(f, allow_pickle=False) as z:
+            return {"ids": z["ids"], "emb": z["emb"]}
 
     z = cached(path, compute, read, lambda p, v: atomic_save_npz(p, **v))
     return dict(zip(z["ids"].tolist(), z["emb"]))
@@ -160,7 +161,8 @@ def filter_stage(job: Synthesis, real: RealTrain, classifier_folder: Path | None
     if not f.enabled:
         nan = np.full(real.num_classes, np.nan)
         return (lambda ds: map_pool(ds, AcceptAll, ACCEPT_ALL_POOL, batch_size="default")), nan
-    espec = EmbedderSpec(f, str(classifier_folder or ""), real.channels, real.image_size, job.device)
+    espec = EmbedderSpec(f, spec_path(classifier_folder) if classifier_folder else "", real.channels,
+                         real.image_size, job.device)
     emb = real_embeddings(real, espec, f.pool, job.embeddings)
     tau = thresholds(f, real, emb, job.seed)
     fspec = FilterSpec(espec, emb, tau, tuple(real.class_names))

@@ -25,6 +25,7 @@ from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.table import iter_tables
 from raysynth.rundir import RunDir
+from raysynth.storage import AnyPath, as_path, spec_path
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import resolve_kind
 from raysynth.train.checkpoint import has_checkpoint
@@ -75,10 +76,10 @@ class RealData:
     def arrays_shape(self) -> tuple[int, ...]:
         return to_tensor_array(self.images.images[:1], self.channels).shape
 
-    def real_train(self, table: Path) -> RealTrain:
+    def real_train(self, table: AnyPath) -> RealTrain:
         """What the filter's rounds need of the train split (``table``: its Parquet file)."""
         return RealTrain(
-            tuple(self.class_names), self.ids_by_class(), self.channels, self.image_size, str(table)
+            tuple(self.class_names), self.ids_by_class(), self.channels, self.image_size, table
         )
 
 
@@ -130,7 +131,7 @@ def train_end_to_end(
         "real": real, "synthetic": synthetic, "eval": evaluate, "groups": groups,
         "num_classes": num_classes, "encoder_cfg": enc, "cfg": cfg.end_to_end,
         "aug_kind": resolve_kind(cfg.encoder.augment, size), "seed": seed,
-        "save_dir": str(save_dir), "checkpoint_dir": str(checkpoint_dir),
+        "save_dir": spec_path(save_dir), "checkpoint_dir": spec_path(checkpoint_dir),
         "checkpoint_every": cfg.train.checkpoint_every,
         "threads": max(1, int(cfg.train.cpus_per_worker)), "mix_fraction": mix_fraction,
     }
@@ -192,10 +193,10 @@ def generator_spec(
 ) -> GeneratorSpec:
     """Everything a generator actor needs to build its generator (small, picklable)."""
     g = cfg.synthesis.generator
-    pixel = str(prepare_pixel_generator(run, cfg, real)) if g.kind == "pixel" else ""
+    pixel = spec_path(prepare_pixel_generator(run, cfg, real)) if g.kind == "pixel" else ""
     fb = cfg.synthesis.feedback
-    guide = fb.classifier or (str(classifier) if classifier else "")
-    gaussians = real_feature_gaussians(Path(guide), real) if fb.criterion == "hardness" else None
+    guide = fb.classifier or (spec_path(classifier) if classifier else "")
+    gaussians = real_feature_gaussians(as_path(guide), real) if fb.criterion == "hardness" else None
     return GeneratorSpec(
         generator=g,
         feedback=fb,
@@ -203,7 +204,7 @@ def generator_spec(
         pixel_folder=pixel,
         classifier_folder=guide,
         gaussians=gaussians,
-        real_images=str(real_path(run.root, "train")),
+        real_images=spec_path(real_path(run.root, "train")),  # read where it is, on any node
         channels=real.channels,
         image_size=real.image_size,
     )

@@ -23,6 +23,7 @@ from raysynth.generate.generators import (
     png_bytes,
     resolve_device,
 )
+from raysynth.storage import as_path, local_folder
 
 # A pixel-model LoRA adapter is a peft folder (peft's CONFIG_NAME and SAFETENSORS_WEIGHTS_NAME).
 PIXEL_ADAPTER_CONFIG = "adapter_config.json"
@@ -43,7 +44,8 @@ class PixelGenerator:
         self.spec = spec
         self.device = resolve_device(g.device)
         self.dtype = DTYPES[g.dtype]
-        self.model = load_pixel_model(spec.pixel_folder, self.device, self.dtype)
+        # the run directory's RemotePath: copied once into a local folder for from_pretrained
+        self.model = load_pixel_model(local_folder(spec.pixel_folder), self.device, self.dtype)
         load_pixel_adapters(self.model.unet, g)
         self.feedback = build_feedback(spec, self.device)
         self.num_classes = len(spec.class_names)
@@ -52,7 +54,7 @@ class PixelGenerator:
         g = self.spec.generator
         return {
             "kind": "pixel",
-            "model": str(Path(self.spec.pixel_folder).name),
+            "model": as_path(self.spec.pixel_folder).name,
             "scheduler": "ddim",
             "scheduler_config": {
                 k: v for k, v in self.model.scheduler_config.items() if not k.startswith("_")

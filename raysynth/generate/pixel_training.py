@@ -39,6 +39,7 @@ from raysynth.generate.pixel import (
     train_scheduler,
 )
 from raysynth.seeding import stable_hash, stable_seed
+from raysynth.storage import AnyPath, RemotePath, as_path, upload_dir
 
 # 1. training ---------------------------------------------------------------------------------------
 
@@ -159,7 +160,7 @@ def cache_key(x: np.ndarray, y: np.ndarray, cfg: PixelDiffusionConfig) -> str:
     return stable_hash(FORMAT, x.shape, digest_x, digest_y, cfg_json)[:24]
 
 
-def _is_complete(folder: Path, key: str) -> bool:
+def _is_complete(folder: AnyPath, key: str) -> bool:
     meta = folder / META_FILE
     if not (meta.is_file() and (folder / UNET_DIR).is_dir() and (folder / SCHEDULER_DIR).is_dir()):
         return False
@@ -170,25 +171,30 @@ def _is_complete(folder: Path, key: str) -> bool:
 
 
 def load_or_train(
-    cache_root: str | Path,
+    cache_root: str | AnyPath,
     x: np.ndarray,
     y: np.ndarray,
     cfg: PixelDiffusionConfig,
     class_names: Sequence[str] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     device: str | torch.device | None = None,
-) -> Path:
+) -> AnyPath:
     """The model folder ``<cache_root>/<cache_key(x, y, cfg)>``, trained and saved only if absent.
 
     Saving goes to a temporary folder renamed into place, so a killed run leaves no half-written
     model under the key; a leftover incomplete folder is replaced.
     """
-    root = Path(cache_root)
+    root = as_path(cache_root)
     key = cache_key(x, y, cfg)
     folder = root / key
     if _is_complete(folder, key):
         return folder
     unet, sched_cfg = train_pixel_model(x, y, cfg, on_step=on_step, device=device)
+    if isinstance(root, RemotePath):  # the run directory on an object store: meta.json last
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pixel_model(Path(tmp), unet, sched_cfg, cfg, class_names, cache_key=key)
+            upload_dir(Path(tmp), folder, last=META_FILE)
+        return folder
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:

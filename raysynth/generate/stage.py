@@ -20,6 +20,7 @@ from raysynth.generate.actor import DiffusionGenerator, plan_table
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.table import PartWriter, existing_ids
 from raysynth.ray_data import from_tables, map_pool
+from raysynth.storage import as_path
 
 log = logging.getLogger("raysynth.generate")
 
@@ -63,7 +64,7 @@ def generate(
     ``generator`` is the pool's callable class: :class:`DiffusionGenerator` or a subclass (the
     benches stamp each batch as it leaves the generator)."""
     t0 = time.perf_counter()
-    out_root = Path(out_root)
+    out_root = as_path(out_root)  # local or on the run directory's store
     done = existing_ids(out_root)
     todo = [r for r in rows if r[col.SAMPLE_ID] not in done]
     stats = GenerationStats(len(rows), len(rows) - len(todo), 0, 0.0)
@@ -111,7 +112,7 @@ def write_synthetic(ds: Any, path: str | Path, writers: int = 1) -> int:
     """
     writer_pool = Resources(min_actors=max(1, writers), max_actors=max(1, writers), cpus_per_actor=0)
     ds = map_pool(
-        ds, PartWriter, writer_pool, {"path": str(path)}, "pyarrow", batch_size=None,
+        ds, PartWriter, writer_pool, {"path": as_path(path)}, "pyarrow", batch_size=None,
         on_driver_node=True,
     )
     return sum(int(sum(b["rows"])) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))

@@ -36,8 +36,7 @@ from safetensors.torch import load, load_file, save
 
 from raysynth.errors import RunDirError
 from raysynth.files import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
-from raysynth.storage import AnyPath, RemotePath
-from raysynth.storage import path as storage_path
+from raysynth.storage import AnyPath, RemotePath, as_path
 from raysynth.train.models import build_model
 
 log = logging.getLogger("raysynth.train")
@@ -47,10 +46,6 @@ MODEL_JSON = "model.json"
 OPT_FILE = "optimizer.safetensors"
 STATE_JSON = "state.json"
 CURRENT_JSON = "CURRENT.json"  # an object store's pointer to the version in use
-
-
-def _where(folder: str | AnyPath) -> AnyPath:
-    return folder if isinstance(folder, (Path, RemotePath)) else storage_path(folder)
 
 
 def _tensors(path: AnyPath, device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -77,7 +72,7 @@ def recover(folder: str | AnyPath) -> AnyPath:
     """Finish a replacement a kill interrupted: ``NAME.old`` renamed back when ``NAME`` is
     missing (killed between the two renames), removed when ``NAME`` is there (killed before the
     clean-up). Returns ``folder`` — on an object store the version ``CURRENT.json`` names."""
-    folder = _where(folder)
+    folder = as_path(folder)
     if isinstance(folder, RemotePath):
         pointer = folder / CURRENT_JSON
         return folder / json.loads(pointer.read_text())["version"] if pointer.is_file() else folder
@@ -113,7 +108,7 @@ def write_checkpoint(
     """Write a checkpoint folder crash-safely (module docstring): whole and fsynced in a temp
     folder, then renamed into place; the previous one is readable until the new one is. Returns
     the folder that holds the files (on an object store, the new version)."""
-    folder = _where(folder)
+    folder = as_path(folder)
     if isinstance(folder, RemotePath):
         return _write_remote(folder, model, model_cfg, optimizer, state)
     folder = recover(folder)
