@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from raysynth import __version__
@@ -130,8 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.dry_run:
         from raysynth.flows.run import run_flow
         from raysynth.rundir import RunDir
+        from raysynth.storage import path as location
 
-        out = Path(args.out or f"runs/{cfg.preset}")
+        out = location(args.out or f"runs/{cfg.preset}")  # a local folder or s3://… (storage.py)
         RunDir(out).check_target(args.resume)  # not a run / no --resume: before Ray starts
         _connect_ray(args.address)
         report = run_flow(cfg, out, resume=args.resume)
@@ -171,7 +171,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     cfg = build_study_config(spec, parse_set(args.set))
     data = build_study_data(spec, cfg)  # too few digits for the counts: fails before Ray starts
     kind = args.synthetic.replace(":", "-").replace(",", "_")
-    out = Path(args.out or f"runs/study-{kind}-{'_'.join(args.classes)}-k{args.k}")
+    from raysynth.storage import path as location
+
+    out = location(args.out or f"runs/study-{kind}-{'_'.join(args.classes)}-k{args.k}")
     from raysynth.rundir import RunDir
 
     RunDir(out).check_target(args.resume)  # before Ray starts

@@ -95,3 +95,38 @@ def test_the_run_log_on_s3_is_whole_and_kept_across_a_resume(s3_root):
 def test_remote_paths_cannot_become_local_paths_by_accident(s3_root):
     with pytest.raises(TypeError):
         Path(s3_root)
+
+
+def test_a_checkpoint_on_s3_is_replaced_only_when_its_pointer_moves(s3_root):
+    import torch
+
+    from raysynth.train.checkpoint import (
+        _write_files,
+        has_checkpoint,
+        load_model,
+        read_state,
+        restore_training,
+        write_checkpoint,
+    )
+    from raysynth.train.models import build_model
+
+    cfg = {"kind": "mlp", "in_dim": 4, "num_classes": 3, "hidden": 8}
+    folder = s3_root / "train" / "ckpt"
+    models = []
+    for epoch in (0, 1):
+        torch.manual_seed(epoch)
+        models.append(build_model(cfg))
+        opt = torch.optim.SGD(models[-1].parameters(), lr=0.1, momentum=0.9)
+        write_checkpoint(folder, models[-1], cfg, opt, {"epoch": epoch})
+    # a writer killed after its files and before the pointer: readers still see epoch 1
+    torch.manual_seed(7)
+    _write_files(folder / "v-9", build_model(cfg), cfg, None, {"epoch": 2})
+    assert has_checkpoint(folder) and read_state(folder)["epoch"] == 1
+    loaded = load_model(folder)
+    for a, b in zip(loaded.parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    fresh = build_model(cfg)
+    state = restore_training(folder, fresh, torch.optim.SGD(fresh.parameters(), lr=0.1))
+    assert state["epoch"] == 1 and torch.equal(next(fresh.parameters()), next(models[1].parameters()))
+    # the current version and the killed writer's orphan; the epoch-0 version was deleted
+    assert len([p for p in folder.iterdir() if p.name.startswith("v-")]) == 2
