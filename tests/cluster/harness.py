@@ -163,6 +163,7 @@ class Cluster:
     gcs: str  # host:port of the GCS
     env: dict[str, str]  # an authorised client's environment (token, AWS_*)
     s3: S3
+    token: str
     head: subprocess.Popen
     worker_env: dict[str, str]
     cpus_per_worker: int
@@ -184,20 +185,32 @@ class Cluster:
             args.append("--no-wait")
         return self.job(*args, "--", *entrypoint, timeout=timeout)
 
+    def _api(self, path: str, method: str = "GET") -> dict:
+        """The job server's REST API (what `ray job status/logs/stop` call), with the token."""
+        request = urllib.request.Request(f"{self.url}/api/jobs/{path}", method=method,
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read() or b"{}")
+
     def status(self, job_id: str) -> str:
-        out = self.job("status", "--address", self.url, job_id)
-        text = out.stdout + out.stderr
-        for state in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-            if state.lower() in text.lower():
-                return state
-        return text
+        """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED."""
+        return self._api(job_id)["status"]
 
     def logs(self, job_id: str) -> str:
-        out = self.job("logs", "--address", self.url, job_id)
-        return out.stdout + out.stderr
+        return self._api(f"{job_id}/logs")["logs"]
 
     def stop_job(self, job_id: str) -> None:
-        self.job("stop", "--address", self.url, job_id)
+        """Stop the job: Ray kills its driver (SIGTERM, then SIGKILL)."""
+        self._api(f"{job_id}/stop", method="POST")
+
+    def wait_for_end(self, job_id: str, timeout: float = 900) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.status(job_id)
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return status
+            time.sleep(2)
+        raise HarnessError(f"job {job_id} still running after {timeout:.0f} s")
 
     def wait_for_log(self, job_id: str, text: str, timeout: float = 600) -> str:
         """Poll the job's log until ``text`` appears; the log so far."""
@@ -220,7 +233,7 @@ class Cluster:
         shutil.rmtree(self.workers[index].log.parent, ignore_errors=True)
         self.workers[index] = _start_worker(index, self.root, self.gcs, self.worker_env,
                                             self.cpus_per_worker)
-        _wait_for_nodes(self.gcs, self.env, 1 + len(self.workers), self.workers)
+        _wait_for_nodes(self)
 
     def local_run_files(self) -> list[str]:
         """Files under ``root`` on the head's disk that only a run directory (or Ray Train's
@@ -266,21 +279,43 @@ def _wait_for_job_server(url: str, token: str, proc: subprocess.Popen, log: Path
     raise HarnessError(f"the job server at {url} did not come up:\n{log.read_text()[-3000:]}")
 
 
-def _wait_for_nodes(gcs: str, env: dict[str, str], n: int, workers: list[Worker]) -> None:
-    probe = ("import ray, sys, time\n"
-             f"ray.init(address={gcs!r}, log_to_driver=False)\n"
-             "deadline = time.time() + 180\n"
-             "while time.time() < deadline:\n"
-             "    alive = [x for x in ray.nodes() if x['Alive']]\n"
-             f"    if len(alive) >= {n}:\n"
-             "        sys.exit(0)\n"
-             "    time.sleep(1)\n"
-             "sys.exit(1)\n")
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
-                         timeout=300)
-    if out.returncode != 0:
-        logs = "\n".join(f"--- worker {w.index}:\n{w.log.read_text()[-2000:]}" for w in workers)
-        raise HarnessError(f"{n} nodes did not join {gcs}:\n{out.stderr[-3000:]}\n{logs}")
+def _alive_nodes(url: str, token: str) -> int:
+    """How many nodes the state API (`ray list nodes`'s endpoint) reports alive."""
+    request = urllib.request.Request(f"{url}/api/v0/nodes?limit=100",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            rows = json.loads(r.read())["data"]["result"]["result"]
+    except (urllib.error.URLError, OSError, KeyError, TypeError, ValueError):
+        return 0
+    return sum(row.get("state") == "ALIVE" for row in rows)
+
+
+def _wait_for_nodes(cluster: Cluster, retries: int = 2) -> None:
+    """Until the head and every worker are alive in the state API; a worker whose `ray start`
+    exited is started again (``retries`` times each)."""
+    n = 1 + len(cluster.workers)
+    left = {w.index: retries for w in cluster.workers}
+    deadline = time.time() + 420  # generous: on a busy 2-core machine a raylet takes minutes
+    while time.time() < deadline:
+        if cluster.head.poll() is not None:
+            raise HarnessError(f"the head's `ray start` exited with {cluster.head.returncode}:\n"
+                               f"{(cluster.root / 'head.log').read_text()[-3000:]}")
+        if _alive_nodes(cluster.url, cluster.token) >= n:
+            return
+        for i, w in enumerate(cluster.workers):
+            if w.proc.poll() is not None:
+                if not left[w.index]:
+                    raise HarnessError(f"worker {w.index} did not start:\n"
+                                       f"{w.log.read_text()[-3000:]}")
+                left[w.index] -= 1
+                shutil.rmtree(w.log.parent, ignore_errors=True)
+                cluster.workers[i] = _start_worker(w.index, cluster.root, cluster.gcs,
+                                                   cluster.worker_env, cluster.cpus_per_worker)
+        time.sleep(2)
+    logs = "\n".join(f"--- worker {w.index} (exit {w.proc.poll()}):\n{w.log.read_text()[-2000:]}"
+                     for w in cluster.workers)
+    raise HarnessError(f"{n} nodes did not join the cluster at {cluster.url}:\n{logs}")
 
 
 def _base_env() -> dict[str, str]:
@@ -307,9 +342,24 @@ def can_run() -> str | None:
     return None
 
 
-def start_cluster(workers: int = 2, cpus_per_worker: int = 2) -> Cluster:
+def start_cluster(workers: int = 2, cpus_per_worker: int = 2, attempts: int = 3) -> Cluster:
     """The head, ``workers`` worker raylets in private mount namespaces and the S3 server; the
-    caller stops it with :func:`stop_cluster`."""
+    caller stops it with :func:`stop_cluster`.
+
+    `ray start` gives its raylet a fixed 30 s to register with the GCS (ray/_private/node.py) and
+    exits when it takes longer, as it does on a machine whose cores are all busy; so a node that
+    exits while starting is started again, and a head that does starts the cluster again.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_cluster_once(workers, cpus_per_worker)
+        except HarnessError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_cluster_once(workers: int, cpus_per_worker: int) -> Cluster:
     # Short: Ray's Unix sockets live under the temp dirs, their paths are limited to 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="rsc-", dir="/tmp"))
     s3 = head = None
@@ -344,10 +394,10 @@ def start_cluster(workers: int = 2, cpus_per_worker: int = 2) -> Cluster:
         gcs = f"{get_node_ip_address()}:{gcs_port}"
         worker_env = {**common, "RAY_AUTH_TOKEN": token, "HOME": str(root / "home"),
                       "HF_HOME": str(root / "hf")}
-        cluster = Cluster(root, url, gcs, env, s3, head, worker_env, cpus_per_worker)
+        cluster = Cluster(root, url, gcs, env, s3, token, head, worker_env, cpus_per_worker)
         for i in range(workers):
             cluster.workers.append(_start_worker(i, root, gcs, worker_env, cpus_per_worker))
-        _wait_for_nodes(gcs, env, 1 + workers, cluster.workers)
+        _wait_for_nodes(cluster)
         return cluster
     except BaseException:
         if cluster is not None:

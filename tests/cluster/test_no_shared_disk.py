@@ -110,9 +110,10 @@ def test_driver_killed_mid_search_resumes_without_redoing(cluster, job_dir):
     sub = cluster.submit("resume-1", job_dir, [*CLI, *args], wait=False)
     assert sub.returncode == 0, sub.stderr[-3000:]
     cluster.wait_for_log("resume-1", "[4/6] search")
-    _wait_for_keys(cluster, "runs/resume", "tune/trials.jsonl", timeout=600)
+    if not _first_key(cluster, "runs/resume", lambda k: k == "tune/trials.jsonl", timeout=600):
+        raise HarnessError(f"no finished trial after 600 s:\n{cluster.logs('resume-1')[-4000:]}")
     cluster.stop_job("resume-1")
-    _wait_for_end(cluster, "resume-1")
+    cluster.wait_for_end("resume-1")
     before = _stamps(cluster, "resume")
     finished = {k: v for k, v in before.items()
                 if k.startswith(("real/", "synthetic/", "synthesis.json"))}
@@ -143,10 +144,11 @@ def test_worker_node_removed_mid_synthesis(cluster, job_dir):
                                                 "t2i-lose-node.yaml", "--out", out], wait=False)
     assert sub.returncode == 0, sub.stderr[-3000:]
     cluster.wait_for_log("lose-node", "[3/6] synthesis")
-    time.sleep(5)  # the generator actors are up and sampling
+    # the generator actors are sampling once a first part is in the bucket (or give it 30 s)
+    _first_key(cluster, "runs/lose-node", lambda k: k.startswith("synthetic/"), timeout=30)
     cluster.remove_worker(1)
     try:
-        _wait_for_end(cluster, "lose-node")
+        cluster.wait_for_end("lose-node")
         assert cluster.status("lose-node") == "SUCCEEDED", cluster.logs("lose-node")[-6000:]
         import pyarrow.parquet as pq
 
@@ -164,20 +166,12 @@ def test_worker_node_removed_mid_synthesis(cluster, job_dir):
         cluster.restart_worker(1)
 
 
-def _wait_for_keys(cluster, prefix: str, key: str, timeout: float) -> None:
+def _first_key(cluster, prefix: str, match, timeout: float) -> str | None:
+    """The first object key under ``prefix`` that ``match`` accepts, within ``timeout``."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if key in cluster.s3.keys(prefix):
-            return
+        found = [k for k in cluster.s3.keys(prefix) if match(k)]
+        if found:
+            return found[0]
         time.sleep(2)
-    raise HarnessError(f"no {key} under {prefix} after {timeout:.0f} s")
-
-
-def _wait_for_end(cluster, job_id: str, timeout: float = 900) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cluster.status(job_id) in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return
-        time.sleep(2)
-    raise HarnessError(f"job {job_id} still running after {timeout:.0f} s")
-
+    return None
