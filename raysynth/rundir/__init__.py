@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raysynth import __version__, storage
+from raysynth import __version__
 from raysynth.config import RunConfig, dump_yaml, load_resolved, to_dict
 from raysynth.errors import RaysynthError, RunDirError
 from raysynth.files import atomic_write_json, atomic_write_text
@@ -44,7 +44,7 @@ from raysynth.rundir.names import (  # noqa: F401 (the names every reader import
     TRAIN,
     TUNE,
 )
-from raysynth.storage import AnyPath, RemotePath
+from raysynth.storage import AnyPath, RemotePath, local_or_remote
 from raysynth.text import PrintableFilter
 
 log = logging.getLogger("raysynth.rundir")
@@ -65,8 +65,7 @@ class RunDir:
     (``s3://bucket/run`` …: a ``raysynth.storage.RemotePath``); every path below is of that kind."""
 
     def __init__(self, root: str | Path | RemotePath) -> None:
-        where = storage.path(root)
-        self.root: AnyPath = where.resolve() if isinstance(where, Path) else where
+        self.root: AnyPath = local_or_remote(root)
         self.cfg: RunConfig | None = None  # set by init; the stage ledger hashes it
 
     # Paths: every file and folder the run writes, by name ---------------------------------------
@@ -278,11 +277,9 @@ class RunDir:
     def attach_log(self) -> logging.Handler:
         """Log raysynth's messages to ``run.log`` as well (returns the handler to detach)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler
-        if isinstance(self.log_path, RemotePath):  # no appends on an object store
-            handler = ObjectLogHandler(self.log_path)
-        else:
-            handler = logging.FileHandler(self.log_path)
+        handler: logging.Handler = (  # no appends on an object store: re-put whole
+            ObjectLogHandler(self.log_path) if isinstance(self.log_path, RemotePath)
+            else logging.FileHandler(self.log_path))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(PrintableFilter())  # a class or file name cannot forge a log line
         logger = logging.getLogger("raysynth")

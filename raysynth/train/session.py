@@ -193,7 +193,7 @@ def run_trainer(
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    storage, storage_fs = ray_storage(storage_path)
+    storage, storage_fs = ray_storage(storage_path)  # the run directory's location, or s3://…
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -205,8 +205,7 @@ def run_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=storage,  # the run directory's location, local or s3://…
-            storage_filesystem=storage_fs,
+            storage_path=storage, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
         ),
     )
