@@ -23,7 +23,8 @@ ray.shutdown()
 def test_a_stale_cluster_file_does_not_hang_the_run():
     tmp = Path(tempfile.mkdtemp(prefix="rs-stale-", dir="/tmp"))  # short: Ray's socket paths
     try:
-        (tmp / "ray_current_cluster").write_text("127.0.0.1:9\n")  # nothing listens there
+        (tmp / "ray").mkdir()  # Ray's temp dir under RAY_TMPDIR, where ray.init() looks
+        (tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")  # nothing listens
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env.update(RAY_TMPDIR=str(tmp), PYTHONPATH=os.getcwd())
         out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
