@@ -161,3 +161,19 @@ def test_data_path_may_be_an_s3_imagefolder_or_parquet(s3_root):
     assert images.class_names == ["a", "b"] and images.labels.tolist() == [0, 0, 1]
     write_table_atomic(real_table(images, [0, 1, 2], "train"), s3_root / "t" / "x.parquet")
     assert read_table(str(s3_root / "t")).num_rows == 3  # a Parquet folder by URI
+
+
+def test_the_tune_ledger_on_s3_appends_whole_and_stays_confined(s3_root):
+    import json
+
+    from raysynth.tune.ledger import _append, confined_dir, read_ledger, relative_dir
+
+    ledger = s3_root / "tune" / "trials.jsonl"
+    for i in range(2):
+        _append(ledger, json.dumps({"trial_id": f"t{i}", "dir": f"search/t{i}"}) + "\n")
+    assert [r["trial_id"] for r in read_ledger(ledger)] == ["t0", "t1"]
+    root = s3_root / "tune"
+    assert relative_dir(f"{root.path}/search/t0", root) == "search/t0"
+    assert confined_dir("search/t0", root) == root / "search" / "t0"
+    for bad in ("../other-run/tune/x", "/etc", "", None):
+        assert confined_dir(bad, root) is None
