@@ -72,9 +72,22 @@ def _add_study_parser(sub: Any) -> None:
     study = sub.add_parser("study", help="controlled studies")
     study_sub = study.add_subparsers(dest="study", required=True)
     ctl = study_sub.add_parser(
-        "controlled", help="UniCon's controlled study on the bundled digits (paper 000 §4.4)"
+        "controlled",
+        help="UniCon's controlled study (paper 000 §4.4) on the bundled digits or --data",
     )
-    ctl.add_argument("--classes", nargs="+", required=True, help="digit classes, e.g. 0 9")
+    ctl.add_argument(
+        "--classes", nargs="+", required=True,
+        help="class names, e.g. 0 9 (digits) or class folder names / class_name values of --data",
+    )
+    ctl.add_argument(
+        "--data",
+        help="labelled images instead of the digits: an ImageFolder tree, or a Parquet file or "
+        "folder (local or a URI)",
+    )
+    ctl.add_argument(
+        "--source", choices=("imagefolder", "parquet"),
+        help="how --data is read (default: parquet for a URI or Parquet files, else imagefolder)",
+    )
     ctl.add_argument(
         "--synthetic",
         default="same-class",
@@ -140,8 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"report: {out / REPORT_HTML}")
         return 0
     from raysynth.data import load_dataset, make_splits
+    from raysynth.data.split_files import describe_splits
 
     print(dump_yaml(cfg))
+    print("\n".join(printable(line) for line in describe_splits(cfg.data)))
     images = load_dataset(cfg.data)
     splits = make_splits(images, cfg.data, cfg.seed)
     flow(cfg.flow).check(cfg, images.num_classes)
@@ -155,6 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {name}: {sum(counts[name])} images, per class {counts[name]}")
     if splits.groups:
         print(f"  long-tail groups: {splits.groups}")
+    if images.group_names:
+        print(f"  groups (contexts): {', '.join(map(printable, images.group_names))}")
     return 0
 
 
@@ -167,9 +184,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         run_controlled,
     )
 
-    spec = StudySpec(tuple(args.classes), args.synthetic, args.k, args.n_synthetic)
+    spec = StudySpec(tuple(args.classes), args.synthetic, args.k, args.n_synthetic,
+                     args.data or "", args.source or "")
     cfg = build_study_config(spec, parse_set(args.set))
-    data = build_study_data(spec, cfg)  # too few digits for the counts: fails before Ray starts
+    data = build_study_data(spec, cfg)  # too few images for the counts: fails before Ray starts
     kind = args.synthetic.replace(":", "-").replace(",", "_")
     from raysynth.storage import path as location
 

@@ -17,6 +17,7 @@ from raysynth.flows.job import Job
 from raysynth.flows.prepare import synthetic_inputs, train_end_to_end
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays
+from raysynth.train.protocol import class_groups, fold_class_groups
 
 log = logging.getLogger("raysynth.flows")
 
@@ -36,7 +37,7 @@ def run(job: Job) -> dict[str, Any] | None:
     real = job.real
     data = (real.arrays("train"), synthetic, real.arrays("test"), real.splits.groups,
             real.num_classes)
-    job.report["classifier"] = compare(*data, job.cfg, job.run.train)
+    job.report["classifier"] = compare(*data, job.cfg, job.run.train, real.contexts("test"))
     return None
 
 
@@ -49,6 +50,7 @@ class ClassifierData:
     test: LabeledArrays
     groups: dict[str, list[int]]
     num_classes: int
+    contexts: tuple[list[str], list[str]] | None = None  # test rows' groups, class names
 
 
 def compare(
@@ -59,20 +61,25 @@ def compare(
     num_classes: int,
     cfg: RunConfig,
     storage: Path,
+    contexts: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Real-only against real ∪ synthetic, the same classifier and protocol."""
+    """Real-only against real ∪ synthetic, the same classifier and protocol; per group and, in
+    ``per_class``, per class."""
     empty = LabeledArrays.empty_like(real_train)
+    groups = {**groups, **class_groups(num_classes)}
     real_only = classifier_runs(
-        ClassifierData(real_train, empty, test, groups, num_classes), cfg, storage, "real_only"
+        ClassifierData(real_train, empty, test, groups, num_classes, contexts), cfg, storage,
+        "real_only",
     )
     mix = cfg.mix.fraction if cfg.mix.enabled else 0.0
     with_syn = classifier_runs(
-        ClassifierData(real_train, synthetic, test, groups, num_classes), cfg, storage,
+        ClassifierData(real_train, synthetic, test, groups, num_classes, contexts), cfg, storage,
         "with_synthetic", mix_fraction=mix,
     )
     for name, res in (("real only", real_only), ("with synthetic", with_syn)):
         log.info("final classifier, %s: %s", name,
-                 ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()))
+                 ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()
+                           if k != "per_class" and not k.startswith("group:")))
     return {"real_only": real_only, "with_synthetic": with_syn}
 
 
@@ -90,12 +97,12 @@ def classifier_runs(
             return train_end_to_end(
                 cfg, d.real, d.synthetic, d.test, d.groups, d.num_classes,
                 stable_seed(cfg.seed, name, r), folder / "model", folder / "ckpt", storage,
-                f"{name}-r{r}", mix_fraction,
+                f"{name}-r{r}", mix_fraction, d.contexts,
             )
 
         runs.append(cached(folder / "result.json", train))
-    return {
-        k: {"mean": float(np.nanmean([m[k] for m in runs])),
-            "std": float(np.nanstd([m[k] for m in runs])), "runs": len(runs)}
+    return fold_class_groups({
+        k: {"mean": float(np.nanmean([m.get(k, np.nan) for m in runs])),
+            "std": float(np.nanstd([m.get(k, np.nan) for m in runs])), "runs": len(runs)}
         for k in runs[0]
-    }
+    })
