@@ -30,6 +30,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="override a config key, e.g. --set tune.num_samples=40 (repeatable)",
     )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local one)")
+    _add_verbose(p)
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's own output: Ray Data's progress, Ray Train's metric lines, Tune's "
+        "status tables, the workers' logs",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +102,7 @@ def _add_study_parser(sub: Any) -> None:
     ctl.add_argument("--resume", action="store_true", help="continue an interrupted study")
     ctl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ctl.add_argument("--address", help="Ray cluster address")
+    _add_verbose(ctl)
 
 
 def _add_bench_parser(sub: Any) -> None:
@@ -102,17 +113,24 @@ def _add_bench_parser(sub: Any) -> None:
     bench.add_argument("--evals", type=int, default=16, help="tune: evaluations per searcher")
 
 
-def _connect_ray(address: str | None, quiet: bool = True) -> None:
+def _connect_ray(address: str | None, verbose: bool = False) -> None:
+    """``ray.init`` (the cluster at ``address`` / $RAY_ADDRESS, else a local one); Ray's own
+    output (workers' logs, Ray Data's progress, Train's and Tune's INFO lines) only when
+    ``verbose`` — raysynth's stage lines and counters (:mod:`raysynth.progress`) report the job."""
     import ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"log_to_driver": not quiet, "configure_logging": True}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(include_dashboard=False, **kwargs)
+    from raysynth.progress import set_verbose
+    from raysynth.ray_data import show_progress
+
+    set_verbose(verbose)
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict = {"log_to_driver": verbose, "configure_logging": True}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(include_dashboard=False, **kwargs)
+    show_progress(verbose)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -133,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         out = Path(args.out or f"runs/{cfg.preset}")
         RunDir(out).check_target(args.resume)  # not a run / no --resume: before Ray starts
-        _connect_ray(args.address)
+        _connect_ray(args.address, args.verbose)
         report = run_flow(cfg, out, resume=args.resume)
         md = out / REPORT_MD
         print(md.read_text() if md.is_file() else report)
@@ -175,7 +193,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from raysynth.rundir import RunDir
 
     RunDir(out).check_target(args.resume)  # before Ray starts
-    _connect_ray(args.address)
+    _connect_ray(args.address, args.verbose)
     run_controlled(spec, cfg, out, resume=args.resume, data=data)
     print((out / REPORT_MD).read_text())
     print(f"report: {out / REPORT_JSON}")
@@ -223,7 +241,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         cfg = build_config(preset, args.config, parse_set(args.set))
     until = STAGE_OF_COMMAND[args.command]
     check(cfg, until)  # before Ray starts
-    _connect_ray(args.address)
+    _connect_ray(args.address, args.verbose)
     result = run_flow(cfg, args.out, resume=run.exists(), until=until)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str)[:4000])
     return 0

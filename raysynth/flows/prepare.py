@@ -24,6 +24,7 @@ from raysynth.files import cached
 from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.table import iter_tables
+from raysynth.progress import Counter
 from raysynth.rundir import RunDir
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import resolve_kind
@@ -153,14 +154,19 @@ def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path
         batch_size=g.pixel_batch_size,
         seed=cfg.seed,
     )
-    last = {"t": 0}
+    bars: list[Counter] = []  # opened at the first step: a cached model trains no step
 
     def progress(step: int, loss: float) -> None:
-        if step - last["t"] >= 500 or step == pcfg.train_steps:
-            last["t"] = step
-            log.info("pixel diffusion model: step %d/%d, loss %.4f", step, pcfg.train_steps, loss)
+        if not bars:
+            bars.append(Counter("pixel model", pcfg.train_steps, "steps", log_every=500))
+        bars[0].update(1, loss=loss)
 
-    return load_or_train(run.generator, train.x, train.y, pcfg, real.class_names, progress)
+    try:
+        return load_or_train(run.generator, train.x, train.y, pcfg, real.class_names, progress,
+                             threads=cfg.train.driver_threads)
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def real_feature_gaussians(classifier_folder: Path, real: RealData) -> dict[str, np.ndarray]:
