@@ -4,7 +4,7 @@ and the time left.
 
 On a terminal (stderr is a TTY) a counter is a live ``tqdm`` bar that stays on screen when done;
 anywhere else (``ray job logs``, a file, CI) it is a concise log line every ``log_every`` counts
-and one when it ends, so a non-interactive log gets a line per meaningful step, not a redraw.
+and one when it is closed (with the final figures), so a non-interactive log gets a line per meaningful step, not a redraw.
 ``RAYSYNTH_PROGRESS=bars|lines`` overrides the choice. Stage modules call :func:`counter`; the
 stage lines (``[i/n] name``) and their timings stay with ``flows.job.Progress``.
 """
@@ -61,8 +61,8 @@ class Counter:
             if fields:
                 self._bar.set_postfix_str(_fmt(self.fields), refresh=False)
             self._bar.update(int(n))
-        elif self.done - self._logged >= self.log_every:
-            self._line()
+        elif self.done - self._logged >= self.log_every and self.done < self.total:
+            self._line()  # the last line, with the final figures, is close()'s
 
     def eta(self) -> float | None:
         """Seconds left at the rate so far (None before the first count)."""
@@ -86,7 +86,7 @@ class Counter:
                 self._bar.set_postfix_str(_fmt(self.fields), refresh=False)
             self._bar.close()
             self._bar = None
-        elif self._logged != self.done or not self.done:
+        else:
             self._line()
 
 

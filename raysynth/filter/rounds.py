@@ -183,7 +183,7 @@ def run_rounds(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: 
         rows = plan_round(job.synthesis, list(real.class_names), real.ids_by_class, counts,
                           job.seed, r)
         log.info("synthesis round %d: %d images for %d classes", r, len(rows), len(counts))
-        with counter(f"synthesis round {r}", len(rows), "images") as bar:
+        with counter(f"synthesis round {r}", len(rows), "images", log_every=len(rows)) as bar:
             stats = generate(rows, gen_spec, job.out, job.synthesis, [stage], f"round-{r:03d}",
                              on_written=lambda n: bar.update(n))
             now, _ = accepted_per_class(job.out, real.num_classes, before_round=r + 1)
