@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_in_pty(args: list[str], timeout: float = 900) -> tuple[int, str]:
     """Run ``args`` with stdin/stdout/stderr on a pseudo-terminal; its exit code and output."""
     master, slave = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local", "COLUMNS": "120"}
-    env.pop("RAYSYNTH_PROGRESS", None)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+    for name in ("RAYSYNTH_PROGRESS", "RAY_ADDRESS"):  # bars by detection; a local Ray instance
+        env.pop(name, None)
     proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT,
                             close_fds=True)
     os.close(slave)
