@@ -32,6 +32,18 @@ def live() -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
+def _fixed_size() -> dict[str, Any]:
+    """tqdm's size arguments: follow the terminal, or 100 x 20 when it reports no size (a fresh
+    pseudo-terminal is 0 x 0, and tqdm then draws nothing)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        if size.columns > 0 and size.lines > 0:
+            return {"dynamic_ncols": True}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"ncols": 100, "nrows": 20}
+
+
 def _fmt(fields: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
 
@@ -51,7 +63,7 @@ class Counter:
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=sys.stderr,
-                             dynamic_ncols=True, mininterval=0.5, leave=True)
+                             mininterval=0.5, leave=True, **_fixed_size())
 
     def update(self, n: int = 1, **fields: Any) -> None:
         """``n`` more done; ``fields`` replace the figures shown beside the count."""

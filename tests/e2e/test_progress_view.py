@@ -5,11 +5,14 @@ none of Ray's own progress or metric lines (those come back with --verbose)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -21,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_in_pty(args: list[str], timeout: float = 900) -> tuple[int, str]:
     """Run ``args`` with stdin/stdout/stderr on a pseudo-terminal; its exit code and output."""
     master, slave = pty.openpty()
+    # a terminal 120 columns wide (a fresh pseudo-terminal reports 0 x 0)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
     for name in ("RAYSYNTH_PROGRESS", "RAY_ADDRESS"):  # bars by detection; a local Ray instance
         env.pop(name, None)
