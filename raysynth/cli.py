@@ -270,11 +270,8 @@ COMMANDS = {
 }
 
 
-# OpenMP threads that wait for work sleep instead of spinning: on a machine busier than its core
-# count, spinning team threads held each parallel region until both were scheduled together — the
-# pixel model trained 20x slower on 2 threads than on 1 (174 s vs 8 s for 20 steps at a load
-# average of 35 on 2 cores; 8.5 s on 2 threads with this set). Read by libgomp when torch loads,
-# which is after this line in a `raysynth` process; an explicit setting wins.
+# Idle OpenMP threads sleep, not spin (read when torch loads, after this; an explicit value wins):
+# spinning, 2 threads trained the pixel model 20x slower than 1 on a busy 2-core machine.
 WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
 
 
