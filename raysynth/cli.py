@@ -34,12 +34,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_verbose(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="also show Ray's own output: Ray Data's progress, Ray Train's metric lines, Tune's "
-        "status tables, the workers' logs",
-    )
+    p.add_argument("--verbose", action="store_true", help="also show Ray's own output: Ray "
+                   "Data's progress, Train's metric lines, Tune's tables, the workers' logs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,9 +110,7 @@ def _add_bench_parser(sub: Any) -> None:
 
 
 def _connect_ray(address: str | None, verbose: bool = False) -> None:
-    """``ray.init`` (the cluster at ``address`` / $RAY_ADDRESS, else a local one); Ray's own
-    output (workers' logs, Ray Data's progress, Train's and Tune's INFO lines) only when
-    ``verbose`` — raysynth's stage lines and counters (:mod:`raysynth.progress`) report the job."""
+    """``ray.init`` ($RAY_ADDRESS or a local one); Ray's own output only when ``verbose``."""
     import ray
 
     from raysynth.progress import set_verbose
@@ -158,8 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _connect_ray(args.address, args.verbose)
         report = run_flow(cfg, out, resume=args.resume)
         md = out / REPORT_MD
-        print(md.read_text() if md.is_file() else report)
-        print(f"report: {out / REPORT_HTML}")
+        print(_head(md.read_text()) if md.is_file() else report)  # job logs stay short
+        print(f"report: {out / REPORT_HTML} (all of it: {md})")
         return 0
     from raysynth.data import load_dataset, make_splits
 
@@ -178,6 +172,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if splits.groups:
         print(f"  long-tail groups: {splits.groups}")
     return 0
+
+
+def _head(markdown: str) -> str:
+    """The report up to its second section (title, summary, accuracy), not every table."""
+    lines = markdown.splitlines()
+    sections = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    return "\n".join(lines[: sections[1]] if len(sections) > 1 else lines).rstrip()
 
 
 def cmd_study(args: argparse.Namespace) -> int:
