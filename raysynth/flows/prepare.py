@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from raysynth import columns as col
+from raysynth import progress as steps
 from raysynth.config.schema import RunConfig
 from raysynth.data import ImageSet, Splits, load_dataset, make_splits, to_tensor_array
 from raysynth.data.store import read_real_splits, real_exists, real_path, write_real
@@ -25,7 +26,6 @@ from raysynth.files import cached
 from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.table import iter_tables
-from raysynth.progress import Counter
 from raysynth.rundir import RunDir
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import resolve_kind
@@ -173,11 +173,11 @@ def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path
         batch_size=g.pixel_batch_size,
         seed=cfg.seed,
     )
-    bars: list[Counter] = []  # opened at the first step: a cached model trains no step
+    bars: list[steps.Counter] = []  # opened at the first step: a cached model trains none
 
     def progress(step: int, loss: float) -> None:
         if not bars:
-            bars.append(Counter("pixel model", pcfg.train_steps, "steps", log_every=500))
+            bars.append(steps.Counter("pixel model", pcfg.train_steps, "steps", log_every=500))
         bars[0].update(1, loss=loss)
 
     try:
