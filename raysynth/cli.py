@@ -30,12 +30,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="override a config key, e.g. --set tune.num_samples=40 (repeatable)",
     )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local one)")
-    _add_verbose(p)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE)
 
 
-def _add_verbose(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--verbose", action="store_true", help="also show Ray's own output: Ray "
-                   "Data's progress, Train's metric lines, Tune's tables, the workers' logs")
+VERBOSE = "also show Ray's own output: Data's progress, Train's metrics, Tune's tables, workers' logs"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +96,7 @@ def _add_study_parser(sub: Any) -> None:
     ctl.add_argument("--resume", action="store_true", help="continue an interrupted study")
     ctl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ctl.add_argument("--address", help="Ray cluster address")
-    _add_verbose(ctl)
+    ctl.add_argument("--verbose", action="store_true", help=VERBOSE)
 
 
 def _add_bench_parser(sub: Any) -> None:
@@ -119,7 +117,7 @@ def _connect_ray(address: str | None, verbose: bool = False) -> None:
     set_verbose(verbose)
     for name in ("ray.tune", "ray.train"):  # "Running in local mode", "Wrote the latest …"
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-    if not verbose:  # Tune's new console output prints its experiment box at any verbosity
+    if not verbose:  # Tune's new output prints its experiment box at any verbosity
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
@@ -181,8 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _head(markdown: str) -> str:
     """The report up to its second section (title, summary, accuracy), not every table."""
     lines = markdown.splitlines()
-    sections = [i for i, line in enumerate(lines) if line.startswith("## ")]
-    return "\n".join(lines[: sections[1]] if len(sections) > 1 else lines).rstrip()
+    cut = [i for i, line in enumerate(lines) if line.startswith("## ")][1:2] or [len(lines)]
+    return "\n".join(lines[: cut[0]]).rstrip()
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -275,8 +273,7 @@ COMMANDS = {
 }
 
 
-# Idle OpenMP threads sleep, not spin (read when torch loads, after this; an explicit value wins):
-# spinning, 2 threads trained the pixel model 20x slower than 1 on a busy 2-core machine.
+# Idle OpenMP threads sleep (read as torch loads): spinning, 2 threads were 20x slower on a busy box
 WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
 
 
