@@ -42,7 +42,7 @@ def preset_path(name: str) -> Path:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
+    p = Path(path) if isinstance(path, str) else path  # a Path, or a run directory's RemotePath
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:

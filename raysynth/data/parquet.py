@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from raysynth.errors import DataError
+from raysynth.storage import is_remote, resolve
 
 
 def list_parquet(path: str | Path) -> tuple[pafs.FileSystem, list[str]]:
@@ -27,10 +28,11 @@ def list_parquet(path: str | Path) -> tuple[pafs.FileSystem, list[str]]:
     Raises :class:`DataError` when ``path`` does not exist.
     """
     text = str(path)
-    if "://" in text:
-        fs, root = pafs.FileSystem.from_uri(text)
+    if is_remote(path):  # s3://… or a run directory's RemotePath (an unknown scheme: an error)
+        fs, root = resolve(path)
     else:
-        fs, root = pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
+        fs, root = pafs.LocalFileSystem(), str(Path(text.removeprefix("file://")).expanduser()
+                                              .resolve())
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"{text} does not exist; give a Parquet file or a folder of them")

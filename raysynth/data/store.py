@@ -7,14 +7,14 @@ Layout (DESIGN §4)::
 
 Every file is written under a hidden temporary name, flushed to disk and then renamed over the
 final name (``os.replace`` is atomic), so a killed writer leaves either the old file or the new
-one, never half of one; readers (and Ray Data) ignore the hidden names.
+one, never half of one; readers (and Ray Data) ignore the hidden names. On an object store
+(``raysynth.storage``) each file is one whole-object put.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from raysynth.data.splits import SPLIT_NAMES, Splits
 from raysynth.errors import RunDirError
 from raysynth.files import atomic_open
 from raysynth.rundir import REAL
+from raysynth.storage import AnyPath, as_path, fs_path
 
 REAL_DIR = REAL
 CLASSES_FILE = "classes.json"
@@ -46,27 +47,27 @@ REAL_SCHEMA = pa.schema(
 )
 
 
-def real_path(run_dir: str | Path, split: str) -> Path:
+def real_path(run_dir: str | AnyPath, split: str) -> AnyPath:
     """``run_dir/real/<split>.parquet``."""
     if split not in SPLIT_NAMES:
         raise ValueError(f"split must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
-    return Path(run_dir) / REAL_DIR / f"{split}.parquet"
+    return as_path(run_dir) / REAL_DIR / f"{split}.parquet"
 
 
-def real_exists(run_dir: str | Path) -> bool:
+def real_exists(run_dir: str | AnyPath) -> bool:
     """Whether the data stage has finished in ``run_dir`` (all splits and classes.json)."""
-    real = Path(run_dir) / REAL_DIR
+    real = as_path(run_dir) / REAL_DIR
     return (real / CLASSES_FILE).is_file() and all(
         real_path(run_dir, s).is_file() for s in SPLIT_NAMES
     )
 
 
-def write_real(run_dir: str | Path, data: ImageSet, splits: Splits) -> Path:
+def write_real(run_dir: str | AnyPath, data: ImageSet, splits: Splits) -> AnyPath:
     """Write the four real splits and ``classes.json`` atomically; returns ``run_dir/real``.
 
     ``classes.json`` is written last, so its presence means the splits are complete.
     """
-    out = Path(run_dir) / REAL_DIR
+    out = as_path(run_dir) / REAL_DIR
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLIT_NAMES:
         table = real_table(data, getattr(splits, split), split)
@@ -101,9 +102,9 @@ def real_table(data: ImageSet, indices: Sequence[int] | np.ndarray, split: str) 
     )
 
 
-def read_classes(run_dir: str | Path) -> dict[str, Any]:
+def read_classes(run_dir: str | AnyPath) -> dict[str, Any]:
     """``real/classes.json`` as a dict (class_names, channels, groups, counts, skipped)."""
-    path = Path(run_dir) / REAL_DIR / CLASSES_FILE
+    path = as_path(run_dir) / REAL_DIR / CLASSES_FILE
     if not path.is_file():
         raise RunDirError(
             f"{path} is missing: the data stage has not finished in {run_dir}; "
@@ -112,13 +113,14 @@ def read_classes(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def read_real(run_dir: str | Path, split: str) -> ImageSet:
+def read_real(run_dir: str | AnyPath, split: str) -> ImageSet:
     """One split of the real data as an :class:`ImageSet` (ids and sources kept)."""
     meta = read_classes(run_dir)
     path = real_path(run_dir, split)
     if not path.is_file():
         raise RunDirError(f"{path} is missing; re-run the data stage on {run_dir}")
-    table = pq.read_table(path)
+    fs, where = fs_path(path)
+    table = pq.read_table(where, filesystem=fs)
     missing = [c for c in col.REAL_COLUMNS if c not in table.column_names and c != col.GROUP]
     if missing:
         raise RunDirError(
@@ -137,7 +139,7 @@ def read_real(run_dir: str | Path, split: str) -> ImageSet:
     )
 
 
-def read_real_splits(run_dir: str | Path) -> tuple[ImageSet, Splits]:
+def read_real_splits(run_dir: str | AnyPath) -> tuple[ImageSet, Splits]:
     """All real rows as one :class:`ImageSet` plus :class:`Splits` indexing into it.
 
     Rows are ordered train, pool, val, test, so ``splits.train`` is ``0..len(train)-1`` and so on.
@@ -165,7 +167,7 @@ def read_real_splits(run_dir: str | Path) -> tuple[ImageSet, Splits]:
 # Generic Parquet helpers ---------------------------------------------------------------------
 
 
-def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+def read_table(path: str | AnyPath, columns: Sequence[str] | None = None) -> pa.Table:
     """Read a Parquet file or folder (see :func:`~raysynth.data.parquet.require_parquet`) into one
     table.
 
@@ -178,17 +180,17 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Tab
     return pa.concat_tables(tables, promote_options="default")
 
 
-def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
+def write_table_atomic(table: pa.Table, path: str | AnyPath) -> AnyPath:
     """Write ``table`` to ``path`` via a hidden temporary file and ``os.replace``."""
-    path = Path(path)
+    path = as_path(path)
     with atomic_open(path, "wb") as fh:
         pq.write_table(table, fh, row_group_size=ROW_GROUP_SIZE)
     return path
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
+def write_json_atomic(obj: Any, path: str | AnyPath) -> AnyPath:
     """Write ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
+    path = as_path(path)
     with atomic_open(path, "w") as fh:
         json.dump(obj, fh, indent=2)
         fh.write("\n")

@@ -33,9 +33,10 @@ class ClassifierEmbedder:
         device: str | torch.device = "cpu",
         batch_size: int = 64,
     ) -> None:
-        from raysynth.train.checkpoint import MODEL_JSON, load_model
+        from raysynth.storage import as_path
+        from raysynth.train.checkpoint import MODEL_JSON, load_model, recover
 
-        folder = Path(folder)
+        folder = as_path(folder)  # local, or the run directory's RemotePath (read where it is)
         model = load_model(folder, device).eval()  # RunDirError when not a checkpoint
         if hasattr(model, "features"):
             self._features = model.features
@@ -46,7 +47,7 @@ class ClassifierEmbedder:
                 f"{folder} holds a {type(model).__name__}, which does not take images; "
                 "filter.embedder=classifier needs an image classifier or contrastive checkpoint"
             )
-        want = json.loads((folder / MODEL_JSON).read_text()).get("encoder", {}).get("in_channels")
+        want = json.loads((recover(folder) / MODEL_JSON).read_text()).get("encoder", {}).get("in_channels")
         if want is not None and want != channels:
             raise ConfigError(
                 f"the classifier in {folder} takes {want}-channel images but the filter was "

@@ -25,9 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
+from raysynth import columns as col
+from raysynth.data import to_tensor_array
 from raysynth.errors import ConfigError, RunDirError
 from raysynth.files import atomic_write_text, finite
+from raysynth.generate.table import iter_tables
 from raysynth.plan.allocation import (
     ClassMeasure,
     Measurements,
@@ -199,6 +203,27 @@ def run_loop(
 
 def _images(loop: Loop, images: ImagesFn, r: int) -> LabeledArrays | None:
     return images(r) if loop.measure is not None else None
+
+
+def accepted_images(root: Path, channels: int, size: int, before_round: int | None = None
+                    ) -> LabeledArrays:
+    """The accepted synthetic images (rounds ``< before_round`` when given) as training arrays,
+    in ``sample_id`` order: which Parquet part holds a row depends on how Ray Data happened to
+    batch the stream, so the parts' order would make the images drawn for training depend on
+    timing (DESIGN §2: nothing depends on order of arrival)."""
+    rows: list[tuple[str, int, bytes]] = []
+    for t in iter_tables(root, [col.SAMPLE_ID, col.LABEL, col.IMAGE, col.ACCEPTED, col.ROUND]):
+        keep = t.filter(t[col.ACCEPTED].fill_null(False))
+        if before_round is not None:
+            keep = keep.filter(pc.less(keep[col.ROUND], before_round))
+        ids, labels, pngs = (keep[c].to_pylist() for c in (col.SAMPLE_ID, col.LABEL, col.IMAGE))
+        rows.extend(zip(ids, labels, pngs))
+    if not rows:
+        empty = np.zeros((0, channels, size, size), np.float32)
+        return LabeledArrays(empty, np.zeros(0, np.int64))
+    rows.sort(key=lambda r: r[0])
+    x = to_tensor_array([r[2] for r in rows], channels)
+    return LabeledArrays(x, np.array([r[1] for r in rows], np.int64))
 
 
 def plan_of(policy: str, options: Any, budget: int, rounds: int, real: list[int],

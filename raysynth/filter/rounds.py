@@ -16,14 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
 from raysynth import columns as col
 from raysynth.config.schema import FilterConfig, Resources, SynthesisConfig
-from raysynth.data import to_tensor_array
 from raysynth.errors import ConfigError
 from raysynth.files import atomic_save_npz, cached
-from raysynth.filter.loop import Loop, plan_of, run_loop
+from raysynth.filter.loop import Loop, accepted_images, plan_of, run_loop
 from raysynth.filter.loop import summary as loop_summary
 from raysynth.filter.select import most_representative
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
@@ -32,9 +30,10 @@ from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.stage import generate
 from raysynth.generate.table import iter_tables
 from raysynth.plan.quotas import GroupLayout, group_quotas, plan_round, quotas
+from raysynth.progress import counter
 from raysynth.ray_data import iter_numpy, map_pool, read_parquet
 from raysynth.seeding import stable_seed
-from raysynth.train.arrays import LabeledArrays
+from raysynth.storage import AnyPath, spec_path
 
 log = logging.getLogger("raysynth.flows")
 
@@ -48,7 +47,7 @@ class RealTrain:
     ids_by_class: dict[int, list[str]]
     channels: int
     image_size: int
-    table: str  # the real train split's Parquet file
+    table: str | AnyPath  # the real train split's Parquet file (in the run directory)
     group_counts: dict[int, dict[str, int]] = field(default_factory=dict)  # class → group → n
     group_names: tuple[str, ...] = ()  # every group of the data (synthesis.per_group)
 
@@ -67,8 +66,8 @@ class Synthesis:
     synthesis: SynthesisConfig
     filter: FilterConfig
     seed: int
-    out: Path  # the synthetic table's folder
-    embeddings: Path  # the real train embeddings' cache file
+    out: AnyPath  # the synthetic table's folder
+    embeddings: AnyPath  # the real train embeddings' cache file
     device: str = "auto"  # the embedder's device
 
 
@@ -84,9 +83,9 @@ def real_embeddings(real: RealTrain, spec: EmbedderSpec, pool: Resources, path: 
             emb.extend(np.asarray(e, np.float32) for e in batch[col.EMBEDDING])
         return {"ids": np.array(ids), "emb": np.stack(emb)}
 
-    def read(p: Path) -> dict[str, np.ndarray]:
-        z = np.load(p, allow_pickle=False)
-        return {"ids": z["ids"], "emb": z["emb"]}
+    def read(p: AnyPath) -> dict[str, np.ndarray]:
+        with p.open("rb") as f, np.load(f, allow_pickle=False) as z:
+            return {"ids": z["ids"], "emb": z["emb"]}
 
     z = cached(path, compute, read, lambda p, v: atomic_save_npz(p, **v))
     return dict(zip(z["ids"].tolist(), z["emb"]))
@@ -168,7 +167,8 @@ def filter_stage(job: Synthesis, real: RealTrain, classifier_folder: Path | None
     if not f.enabled:
         nan = np.full(real.num_classes, np.nan)
         return (lambda ds: map_pool(ds, AcceptAll, ACCEPT_ALL_POOL, batch_size="default")), nan
-    espec = EmbedderSpec(f, str(classifier_folder or ""), real.channels, real.image_size, job.device)
+    espec = EmbedderSpec(f, spec_path(classifier_folder) if classifier_folder else "", real.channels,
+                         real.image_size, job.device)
     emb = real_embeddings(real, espec, f.pool, job.embeddings)
     tau = thresholds(f, real, emb, job.seed)
     first = first_real_ids(real.ids_by_class) if f.reference == "first_real" else None
@@ -191,33 +191,16 @@ def run_rounds(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: 
         rows = plan_round(job.synthesis, list(real.class_names), real.ids_by_class, counts,
                           job.seed, r, layout=layout)
         log.info("synthesis round %d: %d images for %d classes", r, len(rows), len(counts))
-        stats = generate(rows, gen_spec, job.out, job.synthesis, [stage], f"round-{r:03d}")
+        with counter(f"synthesis round {r}", len(rows), "images", log_every=len(rows)) as bar:
+            stats = generate(rows, gen_spec, job.out, job.synthesis, [stage], f"round-{r:03d}",
+                             on_written=lambda n: bar.update(n))
+            now, _ = accepted_per_class(job.out, real.num_classes, before_round=r + 1)
+            bar.update(stats.skipped, accepted=int((now - acc).sum()))
         generated += stats.generated
         rounds = r + 1
         if not job.filter.enabled:
             break
     return rounds, generated
-
-
-def accepted_images(root: Path, channels: int, size: int, before_round: int | None = None
-                    ) -> LabeledArrays:
-    """The accepted synthetic images (rounds ``< before_round`` when given) as training arrays,
-    in ``sample_id`` order: which Parquet part holds a row depends on how Ray Data happened to
-    batch the stream, so the parts' order would make the images drawn for training depend on
-    timing (DESIGN §2: nothing depends on order of arrival)."""
-    rows: list[tuple[str, int, bytes]] = []
-    for t in iter_tables(root, [col.SAMPLE_ID, col.LABEL, col.IMAGE, col.ACCEPTED, col.ROUND]):
-        keep = t.filter(t[col.ACCEPTED].fill_null(False))
-        if before_round is not None:
-            keep = keep.filter(pc.less(keep[col.ROUND], before_round))
-        ids, labels, pngs = (keep[c].to_pylist() for c in (col.SAMPLE_ID, col.LABEL, col.IMAGE))
-        rows.extend(zip(ids, labels, pngs))
-    if not rows:
-        empty = np.zeros((0, channels, size, size), np.float32)
-        return LabeledArrays(empty, np.zeros(0, np.int64))
-    rows.sort(key=lambda r: r[0])
-    x = to_tensor_array([r[2] for r in rows], channels)
-    return LabeledArrays(x, np.array([r[1] for r in rows], np.int64))
 
 
 def closed_loop(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: Any,

@@ -16,6 +16,7 @@ import numpy as np
 
 from raysynth import columns as col
 from raysynth.config.schema import FilterConfig
+from raysynth.storage import RemotePath
 
 
 @dataclass
@@ -23,7 +24,7 @@ class EmbedderSpec:
     """What an actor needs to build its embedder (small, picklable)."""
 
     filter: FilterConfig
-    classifier_folder: str = ""
+    classifier_folder: str | RemotePath = ""  # a RemotePath: in the run directory
     channels: int = 3
     image_size: int = 0
     device: str = "auto"

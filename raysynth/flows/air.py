@@ -44,6 +44,7 @@ from raysynth.pseudolabel.zero_shot import (
     pseudo_label,
 )
 from raysynth.rundir import RunDir
+from raysynth.storage import AnyPath
 
 log = logging.getLogger("raysynth.flows")
 
@@ -133,8 +134,9 @@ def embedded(run: RunDir, name: str, data: UnlabeledSet, spec: ZeroShotSpec, poo
             "has_truth": pl.true_labels is not None,
         }
 
-    def read(path: Path) -> dict[str, Any]:
-        return dict(np.load(path, allow_pickle=False))
+    def read(path: AnyPath) -> dict[str, Any]:
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
+            return dict(z)
 
     z = cached(run.air / f"{name}.npz", compute, read, lambda p, v: atomic_save_npz(p, **v))
     truth = z["true_labels"] if z["has_truth"] else None

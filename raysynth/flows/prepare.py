@@ -17,15 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from raysynth import progress as steps
 from raysynth.config.schema import RunConfig
 from raysynth.data import ImageSet, Splits, load_dataset, make_splits, to_tensor_array
 from raysynth.data.store import read_real_splits, real_exists, real_path, write_real
 from raysynth.files import cached
-from raysynth.filter.loop import Loop
-from raysynth.filter.rounds import RealTrain, Synthesis, accepted_images, synthesize
+from raysynth.filter.loop import Loop, accepted_images
+from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.rundir import RunDir
+from raysynth.rundir.names import ALLOCATION_JSONL
 from raysynth.seeding import stable_seed
+from raysynth.storage import AnyPath, as_path, spec_path
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import resolve_kind
 from raysynth.train.checkpoint import has_checkpoint
@@ -76,10 +79,10 @@ class RealData:
     def arrays_shape(self) -> tuple[int, ...]:
         return to_tensor_array(self.images.images[:1], self.channels).shape
 
-    def real_train(self, table: Path) -> RealTrain:
+    def real_train(self, table: AnyPath) -> RealTrain:
         """What the filter's rounds need of the train split (``table``: its Parquet file)."""
         return RealTrain(
-            tuple(self.class_names), self.ids_by_class(), self.channels, self.image_size, str(table),
+            tuple(self.class_names), self.ids_by_class(), self.channels, self.image_size, table,
             self.group_counts(), tuple(self.images.group_names),
         )
 
@@ -148,7 +151,7 @@ def train_end_to_end(
         "real": real, "synthetic": synthetic, "eval": evaluate, "groups": groups,
         "num_classes": num_classes, "encoder_cfg": enc, "cfg": cfg.end_to_end,
         "aug_kind": resolve_kind(cfg.encoder.augment, size), "seed": seed,
-        "save_dir": str(save_dir), "checkpoint_dir": str(checkpoint_dir),
+        "save_dir": spec_path(save_dir), "checkpoint_dir": spec_path(checkpoint_dir),
         "checkpoint_every": cfg.train.checkpoint_every,
         "threads": max(1, int(cfg.train.cpus_per_worker)), "mix_fraction": mix_fraction,
         "eval_contexts": (contexts or ([], []))[0], "class_names": (contexts or ([], []))[1],
@@ -172,14 +175,19 @@ def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path
         batch_size=g.pixel_batch_size,
         seed=cfg.seed,
     )
-    last = {"t": 0}
+    bars: list[steps.Counter] = []  # opened at the first step: a cached model trains none
 
     def progress(step: int, loss: float) -> None:
-        if step - last["t"] >= 500 or step == pcfg.train_steps:
-            last["t"] = step
-            log.info("pixel diffusion model: step %d/%d, loss %.4f", step, pcfg.train_steps, loss)
+        if not bars:
+            bars.append(steps.Counter("pixel model", pcfg.train_steps, "steps", log_every=500))
+        bars[0].update(1, loss=loss)
 
-    return load_or_train(run.generator, train.x, train.y, pcfg, real.class_names, progress)
+    try:
+        return load_or_train(run.generator, train.x, train.y, pcfg, real.class_names, progress,
+                             threads=cfg.train.driver_threads)
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def real_feature_gaussians(classifier_folder: Path, real: RealData) -> dict[str, np.ndarray]:
@@ -211,10 +219,10 @@ def generator_spec(
 ) -> GeneratorSpec:
     """Everything a generator actor needs to build its generator (small, picklable)."""
     g = cfg.synthesis.generator
-    pixel = str(prepare_pixel_generator(run, cfg, real)) if g.kind == "pixel" else ""
+    pixel = spec_path(prepare_pixel_generator(run, cfg, real)) if g.kind == "pixel" else ""
     fb = cfg.synthesis.feedback
-    guide = fb.classifier or (str(classifier) if classifier else "")
-    gaussians = real_feature_gaussians(Path(guide), real) if fb.criterion == "hardness" else None
+    guide = fb.classifier or (spec_path(classifier) if classifier else "")
+    gaussians = real_feature_gaussians(as_path(guide), real) if fb.criterion == "hardness" else None
     return GeneratorSpec(
         generator=g,
         feedback=fb,
@@ -222,7 +230,7 @@ def generator_spec(
         pixel_folder=pixel,
         classifier_folder=guide,
         gaussians=gaussians,
-        real_images=str(real_path(run.root, "train")),
+        real_images=spec_path(real_path(run.root, "train")),  # read where it is, on any node
         channels=real.channels,
         image_size=real.image_size,
     )
@@ -265,7 +273,7 @@ def synthesis_stage(
             cfg.synthesis, cfg.filter, cfg.seed, run.synthetic, run.real_embeddings,
             device=cfg.synthesis.generator.device,
         )
-        loop = replace(measurement(cfg, real), log=run.allocation)
+        loop = replace(measurement(cfg, real), log=run.root / ALLOCATION_JSONL)
         result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier,
                             loop)
         write_sample_grid(run.synthetic, run.samples_png, real.num_classes)
@@ -279,7 +287,7 @@ def synthesis_stage(
 
 def accepted_arrays(root: Path, real: RealData) -> LabeledArrays:
     """The accepted synthetic images as training arrays (decoded on the driver: few-shot scale),
-    in ``sample_id`` order (:func:`raysynth.filter.rounds.accepted_images`)."""
+    in ``sample_id`` order (:func:`raysynth.filter.loop.accepted_images`)."""
     return accepted_images(root, real.channels, real.image_size)
 
 

@@ -22,6 +22,7 @@ import torch
 
 from raysynth import devices
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
+from raysynth.storage import RemotePath
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -49,10 +50,10 @@ class GeneratorSpec:
     generator: GeneratorConfig
     feedback: FeedbackConfig
     class_names: list[str]
-    pixel_folder: str = ""
-    classifier_folder: str = ""
+    pixel_folder: str | RemotePath = ""  # a RemotePath: in the run directory on shared storage
+    classifier_folder: str | RemotePath = ""
     gaussians: dict[str, np.ndarray] | None = None
-    real_images: str = ""
+    real_images: str | RemotePath = ""
     channels: int = 3
     image_size: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -17,6 +17,7 @@ from raysynth.config.schema import GeneratorConfig
 from raysynth.errors import ConfigError
 from raysynth.generate import single_file
 from raysynth.generate.generators import DTYPES
+from raysynth.storage import as_path, local_folder
 
 KEY = "synthesis.generator"
 SCHEDULERS = {
@@ -134,7 +135,7 @@ def check_adapters(cfg: GeneratorConfig) -> None:
     then raises :class:`ConfigError` naming the adapter.
     """
     for i, entry in enumerate(cfg.lora):
-        path = Path(entry).expanduser()
+        path = as_path(entry)  # a local path, or an adapter in the run directory (s3://…)
         if path.is_dir():
             ok = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
         else:
@@ -189,7 +190,7 @@ def _load_adapters(pipe: Any, cfg: GeneratorConfig) -> None:
         return
     names = []
     for i, entry in enumerate(cfg.lora):
-        name, path = f"a{i}", Path(entry).expanduser()
+        name, path = f"a{i}", Path(local_folder(as_path(entry)))
         where = {"weight_name": path.name} if path.is_file() else {}
         folder = path.parent if path.is_file() else path
         try:

@@ -23,6 +23,7 @@ from raysynth.generate.generators import (
     png_bytes,
     resolve_device,
 )
+from raysynth.storage import AnyPath, as_path, local_folder
 
 # A pixel-model LoRA adapter is a peft folder (peft's CONFIG_NAME and SAFETENSORS_WEIGHTS_NAME).
 PIXEL_ADAPTER_CONFIG = "adapter_config.json"
@@ -43,7 +44,8 @@ class PixelGenerator:
         self.spec = spec
         self.device = resolve_device(g.device)
         self.dtype = DTYPES[g.dtype]
-        self.model = load_pixel_model(spec.pixel_folder, self.device, self.dtype)
+        # the run directory's RemotePath: copied once into a local folder for from_pretrained
+        self.model = load_pixel_model(local_folder(spec.pixel_folder), self.device, self.dtype)
         load_pixel_adapters(self.model.unet, g)
         self.feedback = build_feedback(spec, self.device)
         self.num_classes = len(spec.class_names)
@@ -52,7 +54,7 @@ class PixelGenerator:
         g = self.spec.generator
         return {
             "kind": "pixel",
-            "model": str(Path(self.spec.pixel_folder).name),
+            "model": as_path(self.spec.pixel_folder).name,
             "scheduler": "ddim",
             "scheduler_config": {
                 k: v for k, v in self.model.scheduler_config.items() if not k.startswith("_")
@@ -119,8 +121,8 @@ def check_pixel_adapters(cfg: GeneratorConfig) -> None:
         _pixel_adapter_folder(i, entry)
 
 
-def _pixel_adapter_folder(i: int, entry: str) -> Path:
-    folder = Path(entry).expanduser()
+def _pixel_adapter_folder(i: int, entry: str) -> AnyPath:
+    folder = as_path(entry)  # a local folder, or the AiR adapter in the run directory (s3://…)
     if not all((folder / f).is_file() for f in (PIXEL_ADAPTER_CONFIG, PIXEL_ADAPTER_WEIGHTS)):
         raise ConfigError(
             f"synthesis.generator.lora[{i}]={entry!r} is not a pixel-model LoRA adapter: pass a "
@@ -140,7 +142,7 @@ def _load_pixel_adapter(unet: torch.nn.Module, i: int, entry: str) -> str:
     from safetensors.torch import load_file
 
     key, name = f"synthesis.generator.lora[{i}]={entry!r}", f"a{i}"
-    folder = _pixel_adapter_folder(i, entry)
+    folder = Path(local_folder(_pixel_adapter_folder(i, entry)))
     try:
         config = LoraConfig.from_pretrained(str(folder))
         weights = load_file(str(folder / PIXEL_ADAPTER_WEIGHTS))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from raysynth.devices import resolve_device
+from raysynth.devices import resolve_device, threads_for, torch_threads
 from raysynth.errors import DataError, TrainingError
 from raysynth.generate.pixel import (
     FORMAT,
@@ -39,6 +39,7 @@ from raysynth.generate.pixel import (
     train_scheduler,
 )
 from raysynth.seeding import stable_hash, stable_seed
+from raysynth.storage import AnyPath, RemotePath, as_path, upload_dir
 
 # 1. training ---------------------------------------------------------------------------------------
 
@@ -74,6 +75,7 @@ def train_pixel_model(
     cfg: PixelDiffusionConfig,
     on_step: Callable[[int, float], None] | None = None,
     device: str | torch.device | None = None,
+    threads: int = 0,
 ) -> tuple[UNet2DModel, dict[str, Any]]:
     """Train the class-conditional model on ``x [N, C, H, W]`` in [0, 1] with labels ``y [N]``.
 
@@ -83,7 +85,19 @@ def train_pixel_model(
     generator seeded by ``cfg.seed``, and so does the initialisation (without touching the global
     RNG). ``on_step(step, loss)`` is called after every optimiser step. Returns the model (EMA
     weights when ``ema_decay`` > 0, eval mode, no grad) and the DDIM scheduler config for sampling.
+    It trains on ``threads`` torch threads (0: every core of this process), restored afterwards.
     """
+    with torch_threads(threads_for(threads)):
+        return _train(x, y, cfg, on_step, device)
+
+
+def _train(
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: PixelDiffusionConfig,
+    on_step: Callable[[int, float], None] | None,
+    device: str | torch.device | None,
+) -> tuple[UNet2DModel, dict[str, Any]]:
     x, y = _check_data(x, y, cfg)
     dev = resolve_device(device or "auto")
     with torch.random.fork_rng(devices=[]):
@@ -159,7 +173,7 @@ def cache_key(x: np.ndarray, y: np.ndarray, cfg: PixelDiffusionConfig) -> str:
     return stable_hash(FORMAT, x.shape, digest_x, digest_y, cfg_json)[:24]
 
 
-def _is_complete(folder: Path, key: str) -> bool:
+def _is_complete(folder: AnyPath, key: str) -> bool:
     meta = folder / META_FILE
     if not (meta.is_file() and (folder / UNET_DIR).is_dir() and (folder / SCHEDULER_DIR).is_dir()):
         return False
@@ -170,25 +184,32 @@ def _is_complete(folder: Path, key: str) -> bool:
 
 
 def load_or_train(
-    cache_root: str | Path,
+    cache_root: str | AnyPath,
     x: np.ndarray,
     y: np.ndarray,
     cfg: PixelDiffusionConfig,
     class_names: Sequence[str] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     device: str | torch.device | None = None,
-) -> Path:
+    threads: int = 0,
+) -> AnyPath:
     """The model folder ``<cache_root>/<cache_key(x, y, cfg)>``, trained and saved only if absent.
 
     Saving goes to a temporary folder renamed into place, so a killed run leaves no half-written
     model under the key; a leftover incomplete folder is replaced.
     """
-    root = Path(cache_root)
+    root = as_path(cache_root)
     key = cache_key(x, y, cfg)
     folder = root / key
     if _is_complete(folder, key):
         return folder
-    unet, sched_cfg = train_pixel_model(x, y, cfg, on_step=on_step, device=device)
+    unet, sched_cfg = train_pixel_model(x, y, cfg, on_step=on_step, device=device,
+                                         threads=threads)
+    if isinstance(root, RemotePath):  # the run directory on an object store: meta.json last
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pixel_model(Path(tmp), unet, sched_cfg, cfg, class_names, cache_key=key)
+            upload_dir(Path(tmp), folder, last=META_FILE)
+        return folder
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:

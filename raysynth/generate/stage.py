@@ -20,6 +20,7 @@ from raysynth.generate.actor import DiffusionGenerator, plan_table
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.table import PartWriter, existing_ids
 from raysynth.ray_data import from_tables, map_pool
+from raysynth.storage import as_path
 
 log = logging.getLogger("raysynth.generate")
 
@@ -56,14 +57,16 @@ def generate(
     stages: Sequence[Stage] = (),
     name: str = "round-000",
     generator: type = DiffusionGenerator,
+    on_written: Callable[[int], None] | None = None,
 ) -> GenerationStats:
     """Generate the rows whose ``sample_id`` is not in ``out_root`` yet; stream them through
     ``stages`` (e.g. embed + filter) and write them to ``out_root/name/``. Needs Ray connected.
 
     ``generator`` is the pool's callable class: :class:`DiffusionGenerator` or a subclass (the
-    benches stamp each batch as it leaves the generator)."""
+    benches stamp each batch as it leaves the generator); ``on_written(n)`` is called as each
+    part of ``n`` images is written (progress)."""
     t0 = time.perf_counter()
-    out_root = Path(out_root)
+    out_root = as_path(out_root)  # local or on the run directory's store
     done = existing_ids(out_root)
     todo = [r for r in rows if r[col.SAMPLE_ID] not in done]
     stats = GenerationStats(len(rows), len(rows) - len(todo), 0, 0.0)
@@ -79,7 +82,7 @@ def generate(
     ds = map_pool(ds, generator, pool, {"spec": spec})
     for stage in stages:
         ds = stage(ds)
-    write_synthetic(ds, out_root / name, writers=-(-pool.max_actors // 4))
+    write_synthetic(ds, out_root / name, writers=-(-pool.max_actors // 4), on_written=on_written)
     stats.generated = len(todo)
     stats.wall_s = time.perf_counter() - t0
     log.info(
@@ -92,7 +95,9 @@ def generate(
     return stats
 
 
-def write_synthetic(ds: Any, path: str | Path, writers: int = 1) -> int:
+def write_synthetic(
+    ds: Any, path: str | Path, writers: int = 1, on_written: Callable[[int], None] | None = None
+) -> int:
     """Stream the rows of ``ds`` into Parquet parts under ``path`` (synthetic schema); returns
     the rows written.
 
@@ -111,7 +116,13 @@ def write_synthetic(ds: Any, path: str | Path, writers: int = 1) -> int:
     """
     writer_pool = Resources(min_actors=max(1, writers), max_actors=max(1, writers), cpus_per_actor=0)
     ds = map_pool(
-        ds, PartWriter, writer_pool, {"path": str(path)}, "pyarrow", batch_size=None,
+        ds, PartWriter, writer_pool, {"path": as_path(path)}, "pyarrow", batch_size=None,
         on_driver_node=True,
     )
-    return sum(int(sum(b["rows"])) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+    written = 0
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        n = int(sum(b["rows"]))
+        written += n
+        if on_written is not None and n:
+            on_written(n)
+    return written

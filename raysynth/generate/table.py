@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -27,42 +26,46 @@ import pyarrow.parquet as pq
 from raysynth import columns as col
 from raysynth.data.parquet import list_parquet
 from raysynth.errors import RunDirError
-from raysynth.files import atomic_open
+from raysynth.files import atomic_open, move_aside
 from raysynth.generate.schema import conform
+from raysynth.storage import AnyPath, RemotePath, as_path, fs_path
 
 log = logging.getLogger("raysynth.generate")
 
 
-def parquet_files(root: str | Path, repair: bool = False) -> list[Path]:
+def parquet_files(root: str | AnyPath, repair: bool = False) -> list[AnyPath]:
     """Readable Parquet files under the folder ``root``, as
     :func:`raysynth.data.parquet.list_parquet` lists them (sorted, absolute; hidden temporary
     parts left out). A part with a corrupt footer is left out with a warning, and moved aside
     only with ``repair``; a read error raises :class:`RunDirError` (module docstring). Empty
     while ``root`` is not a folder."""
-    root = Path(root)
+    root = as_path(root)
     if not root.is_dir():
         return []
     good = []
-    for f in map(Path, list_parquet(root)[1]):
+    fs, names = list_parquet(root)
+    for f in (RemotePath(fs, n, root.scheme) if isinstance(root, RemotePath) else Path(n)
+              for n in names):
         problem = corrupt_footer(f)
         if problem is None:
             good.append(f)
         elif repair:
             log.warning("moving synthetic part %s aside: its footer is corrupt (%s); its rows are "
                         "made again", f, problem)
-            os.replace(f, f.with_suffix(".parquet.corrupt"))
+            move_aside(f, f.with_suffix(".parquet.corrupt"))
         else:
             log.warning("leaving out synthetic part %s: its footer is corrupt (%s); the next "
                         "`raysynth run --resume` moves it aside and makes its rows again", f, problem)
     return good
 
 
-def corrupt_footer(path: Path) -> str | None:
+def corrupt_footer(path: AnyPath) -> str | None:
     """Why the Parquet footer of ``path`` cannot be parsed, or None when it can. Raises
     :class:`RunDirError` when the file cannot be read at all (an I/O error is the storage's,
     not the file's: the file is not judged corrupt on it)."""
     try:
-        pq.ParquetFile(path).metadata  # noqa: B018 - parsing the footer validates the file
+        fs, where = fs_path(path)
+        pq.ParquetFile(where, filesystem=fs).metadata  # noqa: B018 - parsing validates the file
         return None
     except (pa.ArrowInvalid, OSError) as e:
         error = e
@@ -72,7 +75,7 @@ def corrupt_footer(path: Path) -> str | None:
     try:
         if isinstance(error, OSError) and error.errno is not None:
             raise error
-        with open(path, "rb") as fh:
+        with path.open("rb") as fh:
             while fh.read(1 << 20):
                 pass
     except OSError as e:
@@ -83,21 +86,26 @@ def corrupt_footer(path: Path) -> str | None:
     return f"{type(error).__name__}: {error}"
 
 
-def existing_ids(root: str | Path) -> set[str]:
+def existing_ids(root: str | AnyPath) -> set[str]:
     """``sample_id``s already written under ``root`` (reads only that column); the generate
     stage's read, which moves parts with a corrupt footer aside so their rows are made again."""
     ids: set[str] = set()
     for f in parquet_files(root, repair=True):
-        ids.update(pq.read_table(f, columns=[col.SAMPLE_ID])[col.SAMPLE_ID].to_pylist())
+        ids.update(_read(f, [col.SAMPLE_ID])[col.SAMPLE_ID].to_pylist())
     return ids
 
 
-def iter_tables(root: str | Path, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+def _read(path: AnyPath, columns: list[str] | None) -> pa.Table:
+    fs, where = fs_path(path)
+    return pq.read_table(where, columns=columns, filesystem=fs)
+
+
+def iter_tables(root: str | AnyPath, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
     """Stream the table file by file, first occurrence of each ``sample_id`` only."""
     seen: set[str] = set()
     for f in parquet_files(root):
         cols = None if columns is None else list(dict.fromkeys([col.SAMPLE_ID, *columns]))
-        t = pq.read_table(f, columns=cols)
+        t = _read(f, cols)
         ids = t[col.SAMPLE_ID].to_pylist()
         keep = [i not in seen and not seen.add(i) for i in ids]  # type: ignore[func-returns-value]
         if not all(keep):
@@ -105,7 +113,7 @@ def iter_tables(root: str | Path, columns: Sequence[str] | None = None) -> Itera
         yield t if columns is None or col.SAMPLE_ID in columns else t.drop([col.SAMPLE_ID])
 
 
-def read_table(root: str | Path, columns: Sequence[str] | None = None) -> pa.Table | None:
+def read_table(root: str | AnyPath, columns: Sequence[str] | None = None) -> pa.Table | None:
     """The whole (deduplicated) table, or None when nothing was written yet.
 
     Only for small tables or narrow column sets: the driver holds what it returns.
@@ -116,7 +124,7 @@ def read_table(root: str | Path, columns: Sequence[str] | None = None) -> pa.Tab
     return pa.concat_tables(parts, promote_options="default")
 
 
-def count_by(root: str | Path, column: str) -> dict:
+def count_by(root: str | AnyPath, column: str) -> dict:
     """Row counts per value of ``column`` (e.g. per label), reading only that column."""
     counts: dict = {}
     for t in iter_tables(root, [column]):
@@ -132,11 +140,12 @@ class PartWriter:
 
     The part's name is a hash of its ``sample_id``s, so a retried block overwrites its own part
     instead of adding a copy; the write goes to a hidden temporary file first and is renamed
-    into place (atomic on one filesystem), so readers never see a partial part.
+    into place (atomic on one filesystem; on an object store one whole-object put), so readers
+    never see a partial part.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | AnyPath) -> None:
+        self.path = as_path(path)  # a RemotePath keeps the filesystem it was opened with
         self.path.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, block: pa.Table) -> pa.Table:

@@ -84,8 +84,12 @@ class UnclipGenerator:
     def _read_images(self, ids: list[str]) -> dict[str, bytes]:
         import pyarrow.parquet as pq
 
+        from raysynth.storage import fs_path
+
+        fs, where = fs_path(self.real_images)  # local, or the run directory's store
         table = pq.read_table(
-            self.real_images,
+            where,
+            filesystem=fs,
             columns=[col.SAMPLE_ID, col.IMAGE],
             filters=[(col.SAMPLE_ID, "in", ids)],
         )

@@ -25,6 +25,7 @@ from raysynth.errors import RunDirError
 from raysynth.generate.table import iter_tables
 from raysynth.report.values import as_dict, class_name, finite, num
 from raysynth.rundir import SYNTHETIC
+from raysynth.storage import fs_path
 from raysynth.text import printable
 
 log = logging.getLogger("raysynth.report")
@@ -105,7 +106,8 @@ def _real_thumbs(root: Path, names: list[str], out: dict[str, list[Thumb]], k: i
     path = real_path(root, "train")
     if not path.is_file():
         return
-    for batch in pq.ParquetFile(path).iter_batches(
+    fs, where = fs_path(path)
+    for batch in pq.ParquetFile(where, filesystem=fs).iter_batches(
         1024, columns=[col.SAMPLE_ID, col.LABEL, col.IMAGE]
     ):
         ids, labels = batch.column(0).to_pylist(), batch.column(1).to_pylist()

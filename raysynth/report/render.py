@@ -25,6 +25,7 @@ from raysynth.report.html import build_html
 from raysynth.report.markdown import build_markdown
 from raysynth.report.values import as_dict
 from raysynth.rundir import REPORT_HTML, REPORT_JSON, REPORT_MD
+from raysynth.storage import as_path
 
 log = logging.getLogger("raysynth.report")
 
@@ -36,7 +37,7 @@ def render_report(
     run_dir: str | Path, *, per_class: int = THUMBS_PER_KIND, max_classes: int = MAX_CLASSES
 ) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` next to ``run_dir/report.json``; returns both paths."""
-    root = Path(run_dir)
+    root = as_path(run_dir)  # local, or the run directory's RemotePath
     src = root / REPORT_JSON
     if not src.is_file():
         raise RunDirError(f"{src} is missing; finish a run in {root} (raysynth run --resume) first")

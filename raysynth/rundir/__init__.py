@@ -22,9 +22,9 @@ from raysynth.config import RunConfig, dump_yaml, load_resolved, to_dict
 from raysynth.errors import RaysynthError, RunDirError
 from raysynth.files import atomic_write_json, atomic_write_text
 from raysynth.rundir import ledger
+from raysynth.rundir.log import ObjectLogHandler
 from raysynth.rundir.names import (  # noqa: F401 (the names every reader imports from here)
     AIR,
-    ALLOCATION_JSONL,
     CONFIG_YAML,
     FORMAT_VERSION,
     GENERATOR,
@@ -44,6 +44,7 @@ from raysynth.rundir.names import (  # noqa: F401 (the names every reader import
     TRAIN,
     TUNE,
 )
+from raysynth.storage import AnyPath, RemotePath, local_or_remote
 from raysynth.text import PrintableFilter
 
 log = logging.getLogger("raysynth.rundir")
@@ -60,102 +61,98 @@ def git_revision() -> str | None:
 
 
 class RunDir:
-    """A run directory on local disk."""
+    """A run directory: a local folder (``Path``) or a folder on a pyarrow filesystem
+    (``s3://bucket/run`` …: a ``raysynth.storage.RemotePath``); every path below is of that kind."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser().resolve()
+    def __init__(self, root: str | Path | RemotePath) -> None:
+        self.root: AnyPath = local_or_remote(root)
         self.cfg: RunConfig | None = None  # set by init; the stage ledger hashes it
 
     # Paths: every file and folder the run writes, by name ---------------------------------------
     @property
-    def config_path(self) -> Path:
+    def config_path(self) -> AnyPath:
         return self.root / CONFIG_YAML
 
     @property
-    def meta_path(self) -> Path:
+    def meta_path(self) -> AnyPath:
         return self.root / META_JSON
 
     @property
-    def report_path(self) -> Path:
+    def report_path(self) -> AnyPath:
         return self.root / REPORT_JSON
 
     @property
-    def report_md(self) -> Path:
+    def report_md(self) -> AnyPath:
         return self.root / REPORT_MD
 
     @property
-    def log_path(self) -> Path:
+    def log_path(self) -> AnyPath:
         return self.root / RUN_LOG
 
     @property
-    def synthesis_path(self) -> Path:
+    def synthesis_path(self) -> AnyPath:
         """The synthesis stage's summary (report.json's ``synthesis`` section)."""
         return self.root / SYNTHESIS_JSON
 
     @property
-    def real(self) -> Path:
+    def real(self) -> AnyPath:
         """``real/``: the real splits (written by ``raysynth.data.store``)."""
         return self.sub(REAL)
 
     @property
-    def real_embeddings(self) -> Path:
+    def real_embeddings(self) -> AnyPath:
         """The filter's embeddings of the real train images."""
         return self.real / "embeddings.npz"
 
     @property
-    def synthetic(self) -> Path:
+    def synthetic(self) -> AnyPath:
         """``synthetic/``: the synthetic table, one folder of Parquet parts per round."""
         return self.sub(SYNTHETIC)
 
     @property
-    def allocation(self) -> Path:
-        """The closed loop's record: one JSON line per round (measurements + decision)."""
-        return self.root / ALLOCATION_JSONL
-
-    @property
-    def samples_png(self) -> Path:
+    def samples_png(self) -> AnyPath:
         return self.root / SAMPLES_PNG
 
     @property
-    def generator(self) -> Path:
+    def generator(self) -> AnyPath:
         """``generator/``: the pixel model raysynth trains, cached by a hash of data and config."""
         return self.sub(GENERATOR)
 
     @property
-    def tune(self) -> Path:
+    def tune(self) -> AnyPath:
         """``tune/``: the weight search (trials, ledger, summary)."""
         return self.sub(TUNE)
 
     @property
-    def tune_summary(self) -> Path:
+    def tune_summary(self) -> AnyPath:
         return self.tune / "summary.json"
 
     @property
-    def train(self) -> Path:
+    def train(self) -> AnyPath:
         """``train/``: Ray Train's storage, the real-split classifier and the final models."""
         return self.sub(TRAIN)
 
     @property
-    def real_classifier(self) -> Path:
+    def real_classifier(self) -> AnyPath:
         return self.train / "real_classifier"
 
     @property
-    def air(self) -> Path:
+    def air(self) -> AnyPath:
         """``air/``: the AiR flow's embeddings, adapter, prompt and summary."""
         return self.sub(AIR)
 
-    def sub(self, name: str) -> Path:
+    def sub(self, name: str) -> AnyPath:
         """The folder ``name`` of the run (created)."""
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     @property
-    def marker_path(self) -> Path:
+    def marker_path(self) -> AnyPath:
         return self.root / MARKER
 
     @property
-    def stages_path(self) -> Path:
+    def stages_path(self) -> AnyPath:
         return self.root / STAGES_JSON
 
     # Lifecycle --------------------------------------------------------------------------------
@@ -280,7 +277,9 @@ class RunDir:
     def attach_log(self) -> logging.Handler:
         """Log raysynth's messages to ``run.log`` as well (returns the handler to detach)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.log_path)
+        handler: logging.Handler = (  # no appends on an object store: re-put whole
+            ObjectLogHandler(self.log_path) if isinstance(self.log_path, RemotePath)
+            else logging.FileHandler(self.log_path))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(PrintableFilter())  # a class or file name cannot forge a log line
         logger = logging.getLogger("raysynth")

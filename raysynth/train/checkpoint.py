@@ -11,6 +11,11 @@ renames only ``NAME.old`` is there, and every reader (:func:`recover`, called by
 :func:`load_model`, :func:`read_state`, :func:`restore_training` and :func:`has_checkpoint`)
 renames it back into place; after the second rename the new folder is complete and a leftover
 ``NAME.old`` is removed.
+
+On an object store (the run directory on ``s3://`` …: a ``RemotePath``), where a folder cannot be
+renamed, a checkpoint is written new then pointed at: its files go to ``NAME/v-<time>/`` (each a
+whole-object put), then ``NAME/CURRENT.json`` (one put) names that version and older versions are
+deleted; :func:`recover` follows the pointer, so every reader sees the old version or the new one.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, load_file, save
 
 from raysynth.errors import RunDirError
-from raysynth.files import atomic_write_bytes, atomic_write_text, fsync_dir
+from raysynth.files import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
+from raysynth.storage import AnyPath, RemotePath, as_path
 from raysynth.train.models import build_model
 
 log = logging.getLogger("raysynth.train")
@@ -38,6 +45,13 @@ MODEL_FILE = "model.safetensors"
 MODEL_JSON = "model.json"
 OPT_FILE = "optimizer.safetensors"
 STATE_JSON = "state.json"
+CURRENT_JSON = "CURRENT.json"  # an object store's pointer to the version in use
+
+
+def _tensors(path: AnyPath, device: str = "cpu") -> dict[str, torch.Tensor]:
+    if isinstance(path, RemotePath):
+        return {k: v.to(device) for k, v in load(path.read_bytes()).items()}
+    return load_file(str(path), device=device)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -50,15 +64,18 @@ def old_folder(folder: str | Path) -> Path:
     return folder.with_name(folder.name + ".old")
 
 
-def _complete(folder: Path) -> bool:
+def _complete(folder: AnyPath) -> bool:
     return (folder / MODEL_FILE).is_file() and (folder / MODEL_JSON).is_file()
 
 
-def recover(folder: str | Path) -> Path:
+def recover(folder: str | AnyPath) -> AnyPath:
     """Finish a replacement a kill interrupted: ``NAME.old`` renamed back when ``NAME`` is
     missing (killed between the two renames), removed when ``NAME`` is there (killed before the
-    clean-up). Returns ``folder``."""
-    folder = Path(folder)
+    clean-up). Returns ``folder`` — on an object store the version ``CURRENT.json`` names."""
+    folder = as_path(folder)
+    if isinstance(folder, RemotePath):
+        pointer = folder / CURRENT_JSON
+        return folder / json.loads(pointer.read_text())["version"] if pointer.is_file() else folder
     old = old_folder(folder)
     if not old.exists():
         return folder
@@ -76,20 +93,24 @@ def recover(folder: str | Path) -> Path:
     return folder
 
 
-def has_checkpoint(folder: str | Path) -> bool:
+def has_checkpoint(folder: str | AnyPath) -> bool:
     """``folder`` holds a complete checkpoint (after :func:`recover`)."""
     return _complete(recover(folder))
 
 
 def write_checkpoint(
-    folder: str | Path,
+    folder: str | AnyPath,
     model: torch.nn.Module,
     model_cfg: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
-) -> Path:
+) -> AnyPath:
     """Write a checkpoint folder crash-safely (module docstring): whole and fsynced in a temp
-    folder, then renamed into place; the previous one is readable until the new one is."""
+    folder, then renamed into place; the previous one is readable until the new one is. Returns
+    the folder that holds the files (on an object store, the new version)."""
+    folder = as_path(folder)
+    if isinstance(folder, RemotePath):
+        return _write_remote(folder, model, model_cfg, optimizer, state)
     folder = recover(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{folder.name}.tmp-"
@@ -114,8 +135,21 @@ def write_checkpoint(
     return folder
 
 
+def _write_remote(folder: RemotePath, model: torch.nn.Module, model_cfg: dict[str, Any],
+                  optimizer: torch.optim.Optimizer | None, state: dict[str, Any] | None
+                  ) -> RemotePath:
+    """Write-new-then-point (module docstring)."""
+    version = folder / f"v-{time.time_ns()}"
+    _write_files(version, model, model_cfg, optimizer, state)
+    older = [p for p in folder.iterdir() if p.name.startswith("v-") and p.name != version.name]
+    atomic_write_json(folder / CURRENT_JSON, {"version": version.name})
+    for p in older:
+        p.rmtree()
+    return version
+
+
 def _write_files(
-    tmp: Path,
+    tmp: AnyPath,
     model: torch.nn.Module,
     model_cfg: dict[str, Any],
     optimizer: torch.optim.Optimizer | None,
@@ -132,7 +166,7 @@ def _write_files(
         atomic_write_text(tmp / STATE_JSON, json.dumps(state))
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_model(folder: str | AnyPath, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model from ``model.json`` and load ``model.safetensors`` into it."""
     folder = recover(folder)
     if not (folder / MODEL_FILE).is_file() or not (folder / MODEL_JSON).is_file():
@@ -140,25 +174,25 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> torch.
             f"{folder} is not a raysynth checkpoint (needs {MODEL_FILE} and {MODEL_JSON})"
         )
     model = build_model(json.loads((folder / MODEL_JSON).read_text()))
-    model.load_state_dict(load_file(str(folder / MODEL_FILE), device=str(device)))
+    model.load_state_dict(_tensors(folder / MODEL_FILE, device=str(device)))
     return model.to(device)
 
 
-def read_state(folder: str | Path) -> dict[str, Any] | None:
+def read_state(folder: str | AnyPath) -> dict[str, Any] | None:
     """``state.json`` of a checkpoint folder (after :func:`recover`), None when there is none."""
     path = recover(folder) / STATE_JSON
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def restore_training(
-    folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    folder: str | AnyPath, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Load model and optimizer state from a checkpoint folder; returns its ``state.json``."""
     folder = recover(folder)
-    _unwrap(model).load_state_dict(load_file(str(folder / MODEL_FILE)))
+    _unwrap(model).load_state_dict(_tensors(folder / MODEL_FILE))
     state = read_state(folder) or {}
     if (folder / OPT_FILE).is_file():
-        _load_optimizer(optimizer, load_file(str(folder / OPT_FILE)), state["param_groups"])
+        _load_optimizer(optimizer, _tensors(folder / OPT_FILE), state["param_groups"])
     return state
 
 

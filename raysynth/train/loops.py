@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,7 +142,7 @@ def end_to_end_loop(config: dict[str, Any]) -> None:
     if session.rank == 0:
         net = model.module if hasattr(model, "module") else model
         if config.get("save_dir"):
-            write_checkpoint(Path(config["save_dir"]), net, model_cfg)
+            write_checkpoint(config["save_dir"], net, model_cfg)  # a local or remote folder
         ev: LabeledArrays = config["eval"]
         with torch.no_grad():
             logits = net.eval()(torch.from_numpy(ev.x).to(dev))

@@ -6,6 +6,7 @@ The test split is only ever passed here for the final report; the search uses va
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from raysynth.config.schema import RunConfig
 from raysynth.files import cached
 from raysynth.seeding import stable_seed
+from raysynth.storage import path as storage_path
 from raysynth.train.arrays import ProtocolData, sample_per_class
 from raysynth.train.augment import resolve_kind
 from raysynth.train.loops import contrastive_run_loop
@@ -102,12 +104,14 @@ def evaluate(
     save_models: bool = False,
     resumable: bool = False,
     threads: int = 0,
+    on_run: Callable[[], None] | None = None,
 ) -> ProtocolResult:
     """Run the protocol for one method (and one weight vector for UniCon).
 
     Each encoder run is one Ray Train run named ``{name}-r{r}`` under ``storage``. With
     ``resumable`` the runs checkpoint to ``storage/{name}-r{r}/ckpt`` and resume from there;
     with ``save_models`` the final encoder is written to ``storage/{name}-r{r}/model``.
+    ``on_run()`` is called after each encoder run (progress).
     """
     accs: list[float] = []
     nlls: list[float] = []
@@ -116,18 +120,20 @@ def evaluate(
     aug = resolve_kind(cfg.encoder.augment, data.image_size)
     for r in range(cfg.protocol.n_contr):
         run_seed = stable_seed(seed, method, r)
-        run_dir = Path(storage) / f"{name}-r{r}"
+        run_dir = storage_path(storage) / f"{name}-r{r}"
         loop_cfg = _loop_config(data, method, weights, cfg, run_seed, mcfg, aug, threads)
         if resumable:
-            loop_cfg["checkpoint_dir"] = str(run_dir / "ckpt")
+            loop_cfg["checkpoint_dir"] = run_dir / "ckpt"  # a Path, or a RemotePath with its fs
             loop_cfg["checkpoint_every"] = cfg.train.checkpoint_every
         if save_models:
-            loop_cfg["save_dir"] = str(run_dir / "model")
+            loop_cfg["save_dir"] = run_dir / "model"
         done = run_dir / "result.json" if resumable else None
         metrics = _encoder_run(loop_cfg, cfg, f"{name}-r{r}", storage, done)
         accs.extend(metrics["accs"])
         nlls.extend(metrics.get("nlls", []))  # absent from results written by older versions
         groups.extend(metrics["group_accs"])
+        if on_run is not None:
+            on_run()
     return ProtocolResult(accs, groups, nlls)
 
 

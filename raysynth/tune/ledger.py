@@ -15,10 +15,13 @@ import logging
 import os
 import shutil
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from raysynth.files import atomic_write_text
+from raysynth.storage import AnyPath, RemotePath, local_or_remote
 from raysynth.tune.tuner import METRIC
 
 log = logging.getLogger("raysynth.tune")
@@ -35,10 +38,10 @@ def weights_from(config: dict[str, Any], num_classes: int) -> list[float]:
     return [float(config[k]) for k in weight_keys(num_classes)]
 
 
-def read_ledger(path: str | Path) -> list[dict[str, Any]]:
+def read_ledger(path: str | AnyPath) -> list[dict[str, Any]]:
     """The finished trials recorded in ``path``, in completion order (a line torn by a kill while
     it was being written is ignored; a trial recorded twice counts once)."""
-    path = Path(path)
+    path = local_or_remote(path)
     if not path.is_file():
         return []
     rows, seen = [], set()
@@ -53,22 +56,32 @@ def read_ledger(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def relative_dir(folder: str | Path, tune_root: str | Path) -> str:
-    """``folder`` as the ledger stores it: relative to the tune root when it lies inside it."""
+def relative_dir(folder: str | Path, tune_root: str | AnyPath) -> str:
+    """``folder`` as the ledger stores it: relative to the tune root when it lies inside it
+    (on an object store ``folder`` is Tune's path on the store's filesystem)."""
+    if isinstance(tune_root, RemotePath):
+        folder, root = PurePosixPath(str(folder)), PurePosixPath(tune_root.path)
+        return str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder)
     folder, root = Path(folder).resolve(), Path(tune_root).resolve()
     return str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder)
 
 
-def confined_dir(entry: Any, tune_root: str | Path) -> Path | None:
+def confined_dir(entry: Any, tune_root: str | AnyPath) -> AnyPath | None:
     """The trial folder a ledger entry names, resolved under ``tune_root``; None (with a warning)
     when it is not a string or resolves outside the root — an absolute path elsewhere (a ledger
     copied from another run directory, or tampered), ``..`` components or a symlink out."""
-    root = Path(tune_root).resolve()
+    root = local_or_remote(tune_root)
     if not isinstance(entry, str) or not entry:
         log.warning("ignoring a ledger entry without a trial folder: %r", entry)
         return None
-    folder = (root / entry).resolve()  # an absolute entry replaces the root here
-    if folder == root or not folder.is_relative_to(root):
+    if isinstance(root, RemotePath):  # no symlinks on a store: a plain relative path, no ..
+        rel = PurePosixPath(entry)
+        inside = not rel.is_absolute() and ".." not in rel.parts and rel.parts != ()
+        folder: AnyPath = root / entry if inside else root
+    else:
+        folder = (root / entry).resolve()  # an absolute entry replaces the root here
+        inside = folder != root and folder.is_relative_to(root)
+    if not inside:
         log.warning(
             "ignoring the ledger's trial folder %r: it lies outside this run's tune folder %s "
             "(a ledger copied from another run directory, or edited); nothing is written there",
@@ -78,11 +91,11 @@ def confined_dir(entry: Any, tune_root: str | Path) -> Path | None:
     return folder
 
 
-def ledger_callback(path: Path, num_classes: int):
+def ledger_callback(path: AnyPath, num_classes: int):
     """The Tune callback appending each result to the ledger ``path`` (in the tune root)."""
     from ray.tune import Callback
 
-    root = Path(path).parent
+    root = path.parent
 
     class TrialLedger(Callback):
         """Appends each trial's result to the ledger when the driver receives it."""
@@ -102,15 +115,24 @@ def ledger_callback(path: Path, num_classes: int):
                 "dir": relative_dir(trial.path, root),
                 "result": json.loads(json.dumps(result, default=str)),
             }
-            with open(path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            _append(path, json.dumps(row) + "\n")
 
     return TrialLedger()
 
 
-def _has_result(path: Path) -> bool:
+def _append(path: AnyPath, line: str) -> None:
+    """One line more, durably: appended and fsynced on a local disk; on an object store (no
+    appends) the whole ledger put again — a reader sees the old ledger or the new one."""
+    if isinstance(path, RemotePath):
+        atomic_write_text(path, (path.read_text() if path.is_file() else "") + line)
+        return
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _has_result(path: AnyPath) -> bool:
     """``path`` (a trial's ``result.json``) ends in a whole result line with the metric."""
     try:
         last = path.read_text().strip().splitlines()[-1]
@@ -119,7 +141,7 @@ def _has_result(path: Path) -> bool:
         return False
 
 
-def restore_trial_results(rows: list[dict[str, Any]], tune_root: str | Path) -> int:
+def restore_trial_results(rows: list[dict[str, Any]], tune_root: str | AnyPath) -> int:
     """Write ``result.json`` from the ledger for every recorded trial whose folder under
     ``tune_root`` lacks it (the driver was killed between the ledger line and the copy of the
     trial's logs, :func:`trial_logs_callback`); returns how many were written. Only folders
@@ -146,9 +168,16 @@ def trial_logs_callback():
         and again when the loggers have closed its files."""
 
         def _copy(self, trial) -> None:
-            local, dest = Path(trial.local_path), Path(trial.path)
-            if local.is_dir() and local != dest:
-                shutil.copytree(local, dest, dirs_exist_ok=True)
+            local, fs = Path(trial.local_path), trial.storage.storage_filesystem
+            if not local.is_dir():
+                return
+            if isinstance(fs, pafs.LocalFileSystem) or fs is None:
+                if local != Path(trial.path):
+                    shutil.copytree(local, trial.path, dirs_exist_ok=True)
+                return
+            # the run directory on an object store: each file one whole-object put
+            pafs.copy_files(str(local), trial.path, source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=fs)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if METRIC in result:

@@ -27,6 +27,7 @@ import numpy as np
 
 from raysynth.config.schema import RunConfig
 from raysynth.seeding import stable_seed
+from raysynth.storage import local_or_remote
 from raysynth.train.arrays import ProtocolData
 from raysynth.train.protocol import evaluate
 from raysynth.tune.ledger import (
@@ -157,7 +158,7 @@ def build_tuner(
     from ray import tune
 
     done = done or []
-    root = Path(tune_root).resolve()
+    root = local_or_remote(tune_root)
     return make_tuner(
         tune.with_parameters(_trial, data=data, cfg=cfg),
         cfg,
@@ -177,7 +178,7 @@ def search_weights(
 ) -> SearchResult:
     """Run (or resume) the weight search; needs a connected Ray instance."""
     t0 = time.perf_counter()
-    ledger = Path(tune_root).resolve() / LEDGER
+    ledger = local_or_remote(tune_root) / LEDGER
     ledger.parent.mkdir(parents=True, exist_ok=True)
     if not resume:
         ledger.unlink(missing_ok=True)

@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[2] / "raysynth"
 
 # Lowest first; a module may import its own layer or a lower one.
 LAYERS = [
-    {"columns", "errors", "seeding", "devices", "files", "text", "config", "rundir", "ray_data",
-     "presets", "__init__"},
+    {"columns", "errors", "seeding", "devices", "files", "storage", "text", "config", "rundir", "ray_data",
+     "presets", "progress", "__init__"},
     {"data"},
     {"plan", "train", "mix"},
     {"generate", "filter", "tune", "pseudolabel"},

@@ -27,6 +27,13 @@ OUTPUTS = {
 ORDER = list(OUTPUTS)
 
 
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path):
+    """A folder for the test's run directories: on the local disk, and on an S3 server (moto's,
+    on loopback) — every rule of the run directory holds on both."""
+    return tmp_path if request.param == "local" else request.getfixturevalue("s3_root")
+
+
 def cfg(**sets):
     """The digits preset on three classes with ``sets`` changed (and nothing else: a budget set
     here is only the key, not its overrides)."""
@@ -61,8 +68,8 @@ def kept_and_moved(root):
 # --- what is a run --------------------------------------------------------------------------
 
 
-def test_marker_is_written_before_config_and_meta(tmp_path, monkeypatch):
-    out = tmp_path / "run"
+def test_marker_is_written_before_config_and_meta(where, monkeypatch):
+    out = where / "run"
 
     def broken(_cfg):
         raise OSError("disk full")
@@ -77,9 +84,11 @@ def test_marker_is_written_before_config_and_meta(tmp_path, monkeypatch):
         RunDir(out).init(cfg())
 
 
-@pytest.mark.parametrize("what", ["source tree", "unrelated files", "a file"])
-def test_a_folder_that_is_neither_empty_nor_a_run_is_refused(tmp_path, what):
-    out = tmp_path / "out"
+@pytest.mark.parametrize("where,what", [("local", "source tree"), ("local", "unrelated files"),
+                                        ("local", "a file"), ("s3", "unrelated files"),
+                                        ("s3", "a file")], indirect=["where"])
+def test_a_folder_that_is_neither_empty_nor_a_run_is_refused(where, what):
+    out = where / "out"
     if what == "a file":
         out.write_text("not a folder")
     else:
@@ -89,22 +98,22 @@ def test_a_folder_that_is_neither_empty_nor_a_run_is_refused(tmp_path, what):
         for n in names:
             (out / n).parent.mkdir(parents=True, exist_ok=True)
             (out / n).write_text("mine")
-    before = snapshot(tmp_path)
+    before = snapshot(where)
     for resume in (False, True):
         with pytest.raises(RunDirError, match="is not empty and is not a raysynth run"):
             RunDir(out).init(cfg(), resume=resume)
-    assert snapshot(tmp_path) == before  # nothing written, nothing changed
+    assert snapshot(where) == before  # nothing written, nothing changed
 
 
-def test_an_empty_folder_becomes_a_run(tmp_path):
-    (tmp_path / "out").mkdir()
-    RunDir(tmp_path / "out").init(cfg())
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+def test_an_empty_folder_becomes_a_run(where):
+    (where / "out").mkdir()
+    RunDir(where / "out").init(cfg())
+    assert {p.name for p in (where / "out").iterdir()} == {
         MARKER, "stages.json", "config.yaml", "meta.json"}
 
 
-def test_a_run_is_refused_without_resume_even_when_meta_json_is_gone(tmp_path):
-    out = tmp_path / "run"
+def test_a_run_is_refused_without_resume_even_when_meta_json_is_gone(where):
+    out = where / "run"
     finished_run(out)
     (out / "meta.json").unlink()
     before = snapshot(out)
@@ -113,9 +122,9 @@ def test_a_run_is_refused_without_resume_even_when_meta_json_is_gone(tmp_path):
     assert snapshot(out) == before
 
 
-def test_meta_json_deleted_then_a_new_k_redoes_every_stage(tmp_path):
+def test_meta_json_deleted_then_a_new_k_redoes_every_stage(where):
     """The issue's case: before, config.yaml was overwritten and every old result reused."""
-    out = tmp_path / "run"
+    out = where / "run"
     finished_run(out)
     old_config = (out / "config.yaml").read_text()
     (out / "meta.json").unlink()
@@ -129,8 +138,8 @@ def test_meta_json_deleted_then_a_new_k_redoes_every_stage(tmp_path):
     assert json.loads((out / "meta.json").read_text())["format"] == rundir_mod.FORMAT_VERSION
 
 
-def test_another_format_is_refused(tmp_path):
-    out = tmp_path / "run"
+def test_another_format_is_refused(where):
+    out = where / "run"
     finished_run(out)
     (out / MARKER).write_text(json.dumps({"raysynth_run": True, "format": 99}))
     with pytest.raises(RunDirError, match="format 99"):
@@ -157,9 +166,15 @@ CHANGES = [
 ]
 
 
-@pytest.mark.parametrize("sets,kept", CHANGES, ids=[",".join(s) or "same" for s, _ in CHANGES])
-def test_a_changed_section_sets_aside_exactly_the_stages_downstream(tmp_path, sets, kept):
-    out = tmp_path / "run"
+# On S3 a few of them: the section logic is the same, the moves are what differs.
+S3_CHANGES = ({"mix.fraction": 0.25}, {"synthesis.per_class": 3}, {"seed": 5})
+CASES = [(w, s, k) for w in ("local", "s3") for s, k in CHANGES if w == "local" or s in S3_CHANGES]
+
+
+@pytest.mark.parametrize("where,sets,kept", CASES, indirect=["where"],
+                         ids=[f"{w}-{','.join(s) or 'same'}" for w, s, _ in CASES])
+def test_a_changed_section_sets_aside_exactly_the_stages_downstream(where, sets, kept):
+    out = where / "run"
     finished_run(out)
     untouched = {n: (out / OUTPUTS[n]).stat().st_mtime_ns for n in kept}
     run = RunDir(out)
@@ -175,8 +190,8 @@ def test_a_changed_section_sets_aside_exactly_the_stages_downstream(tmp_path, se
     assert sorted(json.loads((out / "stages.json").read_text())) == sorted(ORDER)
 
 
-def test_resume_without_changes_keeps_everything_and_moves_nothing(tmp_path):
-    out = tmp_path / "run"
+def test_resume_without_changes_keeps_everything_and_moves_nothing(where):
+    out = where / "run"
     finished_run(out)
     before = snapshot(out)
     run = RunDir(out)
@@ -186,18 +201,18 @@ def test_resume_without_changes_keeps_everything_and_moves_nothing(tmp_path):
     assert snapshot(out) == before and not (out / "stale").exists()
 
 
-def test_outputs_without_a_record_are_never_reused(tmp_path):
+def test_outputs_without_a_record_are_never_reused(where):
     """stages.json deleted (or a stage's output dropped in by hand): its outputs are set aside."""
-    out = tmp_path / "run"
+    out = where / "run"
     finished_run(out)
     (out / "stages.json").unlink()
     RunDir(out).init(cfg(), resume=True)
     assert kept_and_moved(out) == ([], ORDER)
 
 
-def test_a_stage_checks_itself_when_it_runs(tmp_path):
+def test_a_stage_checks_itself_when_it_runs(where):
     """The check is in RunDir.stage, so a stage reached without a sweep is still checked."""
-    out = tmp_path / "run"
+    out = where / "run"
     finished_run(out)
     run = RunDir(out)
     run.cfg = cfg(**{"tune.num_samples": 9})  # as if init had not swept
@@ -208,16 +223,17 @@ def test_a_stage_checks_itself_when_it_runs(tmp_path):
     assert (out / "synthesis.json").is_file()
 
 
-def test_the_study_refuses_any_change(tmp_path):
-    out = tmp_path / "run"
+def test_the_study_refuses_any_change(where):
+    out = where / "run"
     finished_run(out)
     with pytest.raises(RunDirError, match=r"config differs .*keys: data\.k"):
         RunDir(out).init(cfg(**{"data.k": 4}), resume=True, allow_changes=False)
 
 
-def test_a_run_from_before_the_marker_is_adopted_only_with_its_own_config(tmp_path):
+@pytest.mark.parametrize("where", ["local"], indirect=True)  # no run on S3 predates the marker
+def test_a_run_from_before_the_marker_is_adopted_only_with_its_own_config(where):
     for sets, kept in (({}, ORDER), ({"tune.num_samples": 9}, [])):
-        out = tmp_path / f"legacy-{len(sets)}"
+        out = where / f"legacy-{len(sets)}"
         finished_run(out)
         (out / MARKER).unlink()
         (out / "stages.json").unlink()

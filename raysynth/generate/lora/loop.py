@@ -23,6 +23,7 @@ from raysynth.generate.lora.model import AdapterState
 from raysynth.generate.lora.spec import FORMAT, KEY, RESULT_FILE, LoraTrainSpec
 from raysynth.generate.lora.tasks import LoraTask, build_pixel_task, build_sd_task
 from raysynth.seeding import stable_seed
+from raysynth.storage import AnyPath, RemotePath, as_path, upload_dir
 
 
 def draw_batch(
@@ -111,10 +112,18 @@ def _finite(loss: float, task: LoraTask, step: int, spec: LoraTrainSpec) -> floa
     return loss
 
 
-def save_adapter(task: LoraTask, folder: str | Path, info: dict[str, Any]) -> Path:
+def save_adapter(task: LoraTask, folder: str | AnyPath, info: dict[str, Any]) -> AnyPath:
     """Write the adapter files and ``air_lora.json`` (``info`` + the task's own) to ``folder``,
     atomically: a temporary folder renamed into place, replacing an older result."""
-    out = Path(folder)
+    out = as_path(folder)
+    if isinstance(out, RemotePath):  # the run directory on an object store: the result file last
+        with tempfile.TemporaryDirectory() as tmp:
+            task.save(Path(tmp))
+            meta = {"format": FORMAT, "kind": task.kind, **task.info, **info}
+            (Path(tmp) / RESULT_FILE).write_text(json.dumps(meta, indent=2, default=str))
+            (out / RESULT_FILE).unlink(missing_ok=True)
+            upload_dir(Path(tmp), out, last=RESULT_FILE)
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

@@ -17,6 +17,8 @@ from raysynth.errors import ConfigError
 from raysynth.generate.lora.loop import checkpoint_config, lora_train_loop
 from raysynth.generate.lora.spec import KEY, PIXEL_SPEC, LoraResult, LoraTrainSpec
 from raysynth.generate.lora.tasks import check_labels, pixel_arrays
+from raysynth.storage import as_path, local_or_remote, spec_path
+from raysynth.train.checkpoint import recover
 
 
 def _check_checkpoint(checkpoint_dir: Path, expected: dict[str, Any], steps: int) -> None:
@@ -48,10 +50,10 @@ def _run(
 ) -> LoraResult:
     from raysynth.train.session import run_trainer
 
-    out = Path(config["out_dir"]).expanduser().resolve()
-    ckpt = Path(checkpoint_dir) if checkpoint_dir else out.with_name(f"{out.name}-checkpoint")
-    _check_checkpoint(ckpt, checkpoint_config(config), config["spec"].steps)
-    config = {**config, "out_dir": str(out), "checkpoint_dir": str(ckpt)}
+    out = local_or_remote(config["out_dir"])  # local, or in the run directory on s3://…
+    ckpt = as_path(checkpoint_dir) if checkpoint_dir else out.with_name(f"{out.name}-checkpoint")
+    _check_checkpoint(recover(ckpt), checkpoint_config(config), config["spec"].steps)
+    config = {**config, "out_dir": spec_path(out), "checkpoint_dir": spec_path(ckpt)}
     metrics = run_trainer(
         lora_train_loop,
         config,

@@ -1,0 +1,70 @@
+"""The folder a cluster test submits as the job's working_dir: the raysynth package of this
+checkout, the tiny models of tests/tiny_models.py and a small image folder, and the recipe.
+
+With no shared disk, this is how a worker node gets the tiny models and the data today: Ray uploads
+the working_dir to the GCS and every node unpacks its own copy, which is the cwd of the job's
+driver and of every actor, trial and Train worker, so the recipe names them by relative paths
+(``./models/sd``) that resolve on every node. (A model store in the bucket is issue #14's work.)
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tiny_models import png, save_clip, save_sd
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = ("blue", "green", "red")
+
+# A text-to-image UniCon recipe on tiny models: feedback guidance from the real-split classifier,
+# the CLIP filter, a 2-trial weight search, and every Ray Train run on 2 workers.
+TEXT2IMAGE = {
+    "preset": "cluster-t2i",
+    "data": {"source": "imagefolder", "path": "./data/images", "image_size": 16, "k": 6,
+             "pool_per_class": 4, "val_per_class": 2, "test_per_class": 3},
+    "synthesis": {
+        "quota": "fixed", "per_class": 2, "prompt": "{class}",
+        "pool": {"batch_size": 3, "cpus_per_actor": 0.5, "gpus_per_actor": 1.0},
+        "generator": {"kind": "text2image", "model": "./models/sd", "num_steps": 2,
+                      "image_size": 16},
+        "feedback": {"criterion": "entropy", "scale": 0.05, "every": 1},
+    },
+    "filter": {"enabled": True, "embedder": "open_clip", "clip_model": "local-dir:./models/clip",
+               "clip_pretrained": "", "max_rounds": 1, "pairs": 4,
+               "pool": {"batch_size": 8, "cpus_per_actor": 0.5}},
+    "encoder": {"arch": "small_cnn", "width": 4, "feat_dim": 8, "proj_dim": 8, "epochs": 2,
+                "batch_size": 8},
+    "classifier": {"hidden": 8, "epochs": 3, "per_class": 4, "batch_size": 8},
+    "protocol": {"n_contr": 1, "n_classif": 1},
+    "tune": {"num_samples": 2, "n_initial_points": 1, "max_concurrent": 2, "warm_start": False},
+    "train": {"num_workers": 2, "cpus_per_worker": 1.0, "checkpoint_every": 1},
+}
+
+
+def _images(root: Path, per_class: int = 15) -> None:
+    """Noisy 16×16 images whose dominant colour is their class."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 90, (16, 16, 3), dtype=np.uint8)
+            img[..., 2 - c] += 150
+            (root / name / f"{i}.png").write_bytes(png(img))
+
+
+def make_job_dir(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    shutil.copytree(REPO / "raysynth", folder / "raysynth",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    save_sd(folder / "models" / "sd")
+    save_clip(folder / "models" / "clip", seed=3)
+    _images(folder / "data" / "images")
+    write_recipe(folder, "t2i.yaml", TEXT2IMAGE)
+    return folder
+
+
+def write_recipe(folder: Path, name: str, recipe: dict) -> None:
+    (folder / name).write_text(yaml.safe_dump(recipe))
