@@ -126,7 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from raysynth.flows import flow
     from raysynth.flows.run import check
 
-    check(cfg)  # a missing model fails here, before Ray starts or anything is written
+    # a missing model fails here, before Ray starts or anything is written (--dry-run: listed)
+    models = check(cfg, dry_run=args.dry_run)
     if not args.dry_run:
         from raysynth.flows.run import run_flow
         from raysynth.rundir import RunDir
@@ -142,6 +143,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from raysynth.data import load_dataset, make_splits
 
     print(dump_yaml(cfg))
+    for line in models:
+        print(printable(line))
+    if cfg.data.path and "://" not in cfg.data.path and not Path(cfg.data.path).exists():
+        print(f"data: {printable(cfg.data.path)} is not on this machine; not checked")
+        return 0
     images = load_dataset(cfg.data)
     splits = make_splits(images, cfg.data, cfg.seed)
     flow(cfg.flow).check(cfg, images.num_classes)

@@ -206,16 +206,40 @@ def generator_spec(
         real_images=str(real_path(run.root, "train")),
         channels=real.channels,
         image_size=real.image_size,
+        model_ref=publish_model(run, g),
+        gpus=cfg.synthesis.pool.gpus_per_actor,
+        batch_size=cfg.synthesis.pool.batch_size,
     )
 
 
-def check_models(cfg: RunConfig) -> None:
-    """Fail before any actor starts when a model, scheduler or adapter cannot be used."""
-    g = cfg.synthesis.generator
+def publish_model(run: RunDir, g: Any) -> Any:
+    """The driver resolves the latent generator's model once (cache, else download) and puts one
+    copy in the model store every node syncs from, before any actor starts (None: pixel)."""
+    if g.kind not in ("text2image", "unclip"):
+        return None
+    from raysynth.generate.model_source import resolve_model
+    from raysynth.generate.model_store import publish
+
+    store = g.model_store or str(run.models)
+    ref = publish(g.model, resolve_model(g.model), store)
+    log.info("model %s (revision %s) in the model store %s", g.model, ref.revision, store)
+    return ref
+
+
+def check_models(cfg: RunConfig, dry_run: bool = False) -> list[str]:
+    """Fail before any actor starts when a model, scheduler or adapter cannot be used; returns
+    one line per model saying where it comes from ("cached", "will be downloaded (size)", ...).
+    ``dry_run``: a model that cannot be reached is reported, not an error."""
+    from raysynth.generate.model_source import model_status
+
+    g, lines = cfg.synthesis.generator, []
     if g.kind in ("text2image", "unclip"):
         from raysynth.generate import loading
 
-        loading.check_model_available(g)
+        status = model_status(g.model)
+        lines.append(status.line("generator"))
+        if status.usable or not dry_run:
+            loading.check_model_available(g)
         loading.check_scheduler(g.scheduler)
         loading.check_adapters(g)
     elif g.kind == "pixel":
@@ -223,9 +247,13 @@ def check_models(cfg: RunConfig) -> None:
 
         check_pixel_adapters(g)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
-        from raysynth.filter.clip_weights import check_clip_available
+        from raysynth.filter.clip_weights import check_clip_available, clip_status
 
-        check_clip_available(cfg.filter.clip_model, cfg.filter.clip_pretrained)
+        clip = clip_status(cfg.filter.clip_model, cfg.filter.clip_pretrained)
+        lines.append(clip.line("embedder"))
+        if clip.usable or not dry_run:
+            check_clip_available(cfg.filter.clip_model, cfg.filter.clip_pretrained)
+    return lines
 
 
 def synthesis_stage(
@@ -240,7 +268,7 @@ def synthesis_stage(
     def compute() -> dict[str, Any]:
         job = Synthesis(
             cfg.synthesis, cfg.filter, cfg.seed, run.synthetic, run.real_embeddings,
-            device=cfg.synthesis.generator.device,
+            device=cfg.filter.device,
         )
         result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier)
         write_sample_grid(run.synthetic, run.samples_png, real.num_classes)

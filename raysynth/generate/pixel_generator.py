@@ -41,7 +41,7 @@ class PixelGenerator:
                 f"synthesis.generator.scheduler={g.scheduler}: the pixel model samples with ddim"
             )
         self.spec = spec
-        self.device = resolve_device(g.device)
+        self.device = resolve_device(g.device, spec.gpus)
         self.dtype = DTYPES[g.dtype]
         self.model = load_pixel_model(spec.pixel_folder, self.device, self.dtype)
         load_pixel_adapters(self.model.unet, g)

@@ -138,6 +138,8 @@ class RunDir:
         """``air/``: the AiR flow's embeddings, adapter, prompt and summary."""
         return self.sub(AIR)
 
+    models = property(lambda self: self.root / "models", doc="the default model store (models/)")
+
     def sub(self, name: str) -> Path:
         """The folder ``name`` of the run (created)."""
         path = self.root / name
