@@ -100,6 +100,7 @@ def _add_bench_parser(sub: Any) -> None:
     bench.add_argument("--out", help="JSON file (default bench-NAME.json)")
     bench.add_argument("--concurrency", type=int, default=2, help="tune: parallel trials")
     bench.add_argument("--evals", type=int, default=16, help="tune: evaluations per searcher")
+    bench.add_argument("--smoke", action="store_true", help="gpu: tiny sizes on the CPU (CI)")
 
 
 def _connect_ray(address: str | None, quiet: bool = True) -> None:
@@ -188,8 +189,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter")
-NEEDS_RAY = ("tune", "synthesis", "filter")
+BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter", "gpu")
+NEEDS_RAY = ("tune", "synthesis", "filter", "gpu")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -200,6 +201,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.name in NEEDS_RAY:
         _connect_ray(None)
     kwargs = {"concurrency": args.concurrency, "evals": args.evals} if args.name == "tune" else {}
+    if args.name == "gpu":
+        kwargs = {"smoke": args.smoke}
     module.run(out=out, **kwargs)  # each bench prints its JSON and writes it to `out`
     return 0
 

@@ -213,31 +213,21 @@ def generator_spec(
 
 
 def publish_model(run: RunDir, g: Any) -> Any:
-    """The driver resolves the latent generator's model once (cache, else download) and puts one
-    copy in the model store every node syncs from, before any actor starts (None: pixel)."""
-    if g.kind not in ("text2image", "unclip"):
-        return None
-    from raysynth.generate.model_source import resolve_model
-    from raysynth.generate.model_store import publish
-
-    store = g.model_store or str(run.models)
-    ref = publish(g.model, resolve_model(g.model), store)
-    log.info("model %s (revision %s) in the model store %s", g.model, ref.revision, store)
-    return ref
+    """The model resolved once, copied to the model store (default ``run.models``); None: pixel."""
+    from raysynth.generate.model_store import publish_model as publish
+    return publish(g, str(run.models))
 
 
 def check_models(cfg: RunConfig, dry_run: bool = False) -> list[str]:
     """Fail before any actor starts when a model, scheduler or adapter cannot be used; returns
-    one line per model saying where it comes from ("cached", "will be downloaded (size)", ...).
-    ``dry_run``: a model that cannot be reached is reported, not an error."""
+    one line per model ("cached", "will be downloaded (size)", ...; ``dry_run``: not an error)."""
     from raysynth.generate.model_source import model_status
 
     g, lines = cfg.synthesis.generator, []
     if g.kind in ("text2image", "unclip"):
         from raysynth.generate import loading
 
-        status = model_status(g.model)
-        lines.append(status.line("generator"))
+        lines.append((status := model_status(g.model)).line("generator"))
         if status.usable or not dry_run:
             loading.check_model_available(g)
         loading.check_scheduler(g.scheduler)
@@ -249,8 +239,7 @@ def check_models(cfg: RunConfig, dry_run: bool = False) -> list[str]:
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
         from raysynth.filter.clip_weights import check_clip_available, clip_status
 
-        clip = clip_status(cfg.filter.clip_model, cfg.filter.clip_pretrained)
-        lines.append(clip.line("embedder"))
+        lines.append((clip := clip_status(cfg.filter.clip_model, cfg.filter.clip_pretrained)).line("embedder"))
         if clip.usable or not dry_run:
             check_clip_available(cfg.filter.clip_model, cfg.filter.clip_pretrained)
     return lines

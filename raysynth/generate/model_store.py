@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from raysynth.errors import ConfigError
+
+log = logging.getLogger("raysynth.generate")
 
 MANIFEST = "manifest.json"
 COMPLETE = ".raysynth-complete"
@@ -114,6 +118,19 @@ def publish(model: str, folder: Path, store: str) -> ModelRef:
             os.replace(target, dest)
         except OSError:  # another driver published the same revision meanwhile
             shutil.rmtree(target, ignore_errors=True)
+    return ref
+
+
+def publish_model(g: Any, default_store: str) -> ModelRef | None:
+    """The model of generator config ``g`` resolved on this (the driver's) machine and published
+    to ``g.model_store`` (``default_store`` when empty); None for the pixel model."""
+    if g.kind not in ("text2image", "unclip"):
+        return None
+    from raysynth.generate.model_source import resolve_model
+
+    store = g.model_store or default_store
+    ref = publish(g.model, resolve_model(g.model), store)
+    log.info("model %s (revision %s) in the model store %s", g.model, ref.revision, store)
     return ref
 
 

@@ -8,18 +8,11 @@ These are also the model-loading tests the lowest-versions CI step runs (.ci/run
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import one_thread  # noqa: F401
-from tiny_models import scheduler as _scheduler
-from tiny_models import text_encoder as _text_encoder
-from tiny_models import tokenizer as _tokenizer
-from tiny_models import unet as _unet
-from tiny_models import vae as _vae
+from tiny_models import hub_cached_sd, one_thread  # noqa: F401
 
 from raysynth.config import build_config
 from raysynth.config.schema import GeneratorConfig
@@ -50,30 +43,8 @@ def use_hf_home(monkeypatch, home: Path, offline: bool = True) -> None:
 
 @pytest.fixture(scope="module")
 def driver_cache(tmp_path_factory):
-    """A float32 tiny SD pipeline in a Hugging Face cache layout, as ``hf download`` leaves it:
-    blobs, a snapshot of symlinks, refs/main."""
-    from diffusers import StableDiffusionPipeline
-
     home = tmp_path_factory.mktemp("driver-hf")
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(
-        vae=_vae(), text_encoder=_text_encoder(), tokenizer=_tokenizer(), unet=_unet(),
-        scheduler=_scheduler(), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    repo = home / "hub" / f"models--{HUB_ID.replace('/', '--')}"
-    saved = home / "saved"
-    pipe.save_pretrained(saved)
-    snapshot = repo / "snapshots" / COMMIT
-    for path in sorted(p for p in saved.rglob("*") if p.is_file()):
-        rel = path.relative_to(saved)
-        blob = repo / "blobs" / f"{abs(hash(str(rel))):x}"
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(path, blob)
-        (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
-        (snapshot / rel).symlink_to(os.path.relpath(blob, (snapshot / rel).parent))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
+    hub_cached_sd(home, HUB_ID, COMMIT)
     return home
 
 
