@@ -2,11 +2,10 @@
 empty, through the model store: each "node" is a worker with its own HF_HOME (runtime_env), all
 offline (HF_HUB_OFFLINE=1), as nodes that share no disk with the driver. Each builds the product's
 generator from the driver's spec — copying the store once, then nothing — and loads the pipeline
-(saved in float32) in the configured float16 / bfloat16."""
+(saved in float32) in the configured bfloat16."""
 
 from __future__ import annotations
 
-import pytest
 from tiny_models import hub_cached_sd
 
 from raysynth.config.schema import FeedbackConfig, GeneratorConfig
@@ -16,15 +15,13 @@ HUB_ID = "raysynth-tests/tiny-sd-nodes"
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_a_driver_cached_model_reaches_workers_with_empty_caches(
-    ray_local, tmp_path, monkeypatch, dtype
-):
+def test_a_driver_cached_model_reaches_workers_with_empty_caches(ray_local, tmp_path, monkeypatch):
     import huggingface_hub.constants as c
 
     from raysynth.generate.model_source import resolve_model
     from raysynth.generate.model_store import publish
 
+    dtype = "bfloat16"  # float16 loads are tested in tests/unit/test_model_store.py
     driver = tmp_path / "driver-hf"
     hub_cached_sd(driver, HUB_ID, COMMIT)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(driver / "hub"))
