@@ -142,6 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"report: {out / REPORT_HTML}")
         return 0
     from raysynth.data import load_dataset, make_splits
+    from raysynth.data.split_files import describe_splits
 
     print(dump_yaml(cfg))
     for line in models:
@@ -149,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.data.path and "://" not in cfg.data.path and not Path(cfg.data.path).exists():
         print(f"data: {printable(cfg.data.path)} is not on this machine; not checked")
         return 0
+    print("\n".join(printable(line) for line in describe_splits(cfg.data)))
     images = load_dataset(cfg.data)
     splits = make_splits(images, cfg.data, cfg.seed)
     flow(cfg.flow).check(cfg, images.num_classes)
@@ -162,6 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {name}: {sum(counts[name])} images, per class {counts[name]}")
     if splits.groups:
         print(f"  long-tail groups: {splits.groups}")
+    if images.group_names:
+        print(f"  groups (contexts): {', '.join(map(printable, images.group_names))}")
     return 0
 
 

@@ -15,7 +15,7 @@ import torch
 
 from raysynth.config.schema import GeneratorConfig
 from raysynth.errors import ConfigError
-from raysynth.generate import model_source
+from raysynth.generate import model_source, single_file
 from raysynth.generate.generators import DTYPES
 from raysynth.generate.model_store import ModelRef, local_copy
 
@@ -27,6 +27,7 @@ SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
     "euler_ancestral": "EulerAncestralDiscreteScheduler",
     "dpm_solver": "DPMSolverMultistepScheduler",
+    "edm_euler": "EDMEulerScheduler",  # CosXL's sampler (generate/single_file.py)
 }
 SDXL = "StableDiffusionXLPipeline"
 PIPELINES = {
@@ -57,6 +58,11 @@ def check_model_available(cfg: GeneratorConfig, folder: str | Path | None = None
     parsed ``model_index.json``. Raises :class:`ConfigError` saying what to pass."""
     if not cfg.model:
         raise ConfigError(f"{KEY}.model is empty; pass a Hugging Face id or a local folder")
+    if single_file.is_single_file(cfg.model):
+        info = single_file.check_single_file(cfg)
+        _check_pipeline_class(cfg, info.get("_class_name", ""))
+        check_scheduler(cfg.scheduler)
+        return info
     if folder is not None:
         index = Path(folder) / "model_index.json"
         if not index.is_file():
@@ -152,7 +158,8 @@ def load_pipeline(
     if name == "StableDiffusionPipeline" and not cfg.safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        pipe = cls.from_pretrained(where, **kwargs)
+        pipe = (single_file.load_single_file(cfg, name, kwargs)
+                if single_file.is_single_file(cfg.model) else cls.from_pretrained(where, **kwargs))
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{KEY}.model={cfg.model!r} could not be loaded: {exc}") from exc
     check_dtype(pipe, DTYPES[cfg.dtype], cfg.model)
@@ -162,7 +169,9 @@ def load_pipeline(
             f"{KEY}.safety_checker=true but {cfg.model!r} ships no safety checker; set it to "
             "false or use a model folder that has one (safety_checker/ + feature_extractor/)"
         )
-    pipe.scheduler = check_scheduler(cfg.scheduler).from_config(pipe.scheduler.config)
+    pipe.scheduler = check_scheduler(cfg.scheduler).from_config(
+        pipe.scheduler.config, **single_file.scheduler_kwargs(cfg)
+    )
     _load_adapters(pipe, cfg)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)

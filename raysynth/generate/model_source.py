@@ -108,6 +108,13 @@ def download_size(siblings: list[tuple[str, int | None]]) -> int:
 
 def model_status(model: str) -> ModelStatus:
     """Whether ``model`` can be loaded here, without downloading anything."""
+    from raysynth.generate.single_file import is_single_file
+
+    if is_single_file(model):  # one checkpoint file (its component configs: single_file.py)
+        path = Path(model).expanduser()
+        if path.is_file():
+            return ModelStatus(model, LOCAL, size=path.stat().st_size, detail=str(path))
+        return ModelStatus(model, UNREACHABLE, detail="no such file on this machine")
     if is_local_path(model):
         folder = Path(model).expanduser()
         if (folder / INDEX).is_file():

@@ -124,8 +124,10 @@ def publish(model: str, folder: Path, store: str) -> ModelRef:
 def publish_model(g: Any, default_store: str) -> ModelRef | None:
     """The model of generator config ``g`` resolved on this (the driver's) machine and published
     to ``g.model_store`` (``default_store`` when empty); None for the pixel model."""
-    if g.kind not in ("text2image", "unclip"):
-        return None
+    from raysynth.generate.single_file import is_single_file
+
+    if g.kind not in ("text2image", "unclip") or is_single_file(g.model):
+        return None  # a single-file checkpoint is read from its path (a volume every node mounts)
     from raysynth.generate.model_source import resolve_model
 
     store = g.model_store or default_store

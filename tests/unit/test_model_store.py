@@ -138,7 +138,7 @@ def test_every_recipe_dry_runs_offline_with_an_empty_cache(tmp_path, monkeypatch
         assert main(["run", "--dry-run", "--config", str(path)]) == 0, name
         out = capsys.readouterr().out
         model = build_config(config_file=path).synthesis.generator.model
-        assert f"generator {model}: cannot be reached offline" in out, name
+        assert f"generator {model}: cannot be reached" in out, name  # offline, or no such file
         assert "ViT-B-32/openai: cannot be reached offline" in out or "unclip" in model, name
         assert "is not on this machine; not checked" in out, name
     with pytest.raises(ConfigError, match="cannot be loaded offline"):
