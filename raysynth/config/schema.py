@@ -287,9 +287,21 @@ class GeneratorConfig:
     pixel_train_steps: int = 1500
     pixel_channels: tuple[int, ...] = (32, 64)
     pixel_batch_size: int = 64
+    # Where the driver puts the one copy of the model every node syncs from: a folder or a
+    # pyarrow.fs URI (s3://, gs://) all nodes can read; "" = the run directory's models/.
+    model_store: str = ""
+    # GPU memory and speed (DESIGN §1): auto = slicing for SDXL or batches >= 8, tiling for SDXL.
+    vae_slicing: str = "auto"  # auto | on | off
+    vae_tiling: str = "auto"  # auto | on | off
+    attention: str = "sdpa"  # sdpa (torch scaled_dot_product_attention) | default (the model's)
+    compile: bool = False  # torch.compile the UNet (minutes of warm-up per actor)
+    channels_last: bool = False  # UNet and VAE in channels-last memory format
 
     def __post_init__(self) -> None:
         g = "synthesis.generator"
+        for key in ("vae_slicing", "vae_tiling"):
+            _check_choice(getattr(self, key), f"{g}.{key}", ("auto", "on", "off"))
+        _check_choice(self.attention, f"{g}.attention", ("sdpa", "default"))
         _check_choice(self.kind, f"{g}.kind", ("pixel", "text2image", "unclip"))
         if self.kind != "pixel":
             _check(bool(self.model), f"{g}.model", f"{g}.kind={self.kind} needs a model id or path")
@@ -388,12 +400,16 @@ class FilterConfig:
     reference: str = "conditioning"
     pairs: int = 100  # z real–real pairs per class (all pairs when fewer)
     max_rounds: int = 3  # regeneration rounds for rejected images
+    # the embedder's device, chosen in each embedder actor (independent of the generator's):
+    # auto = the GPU filter.pool.gpus_per_actor gives it, else the CPU
+    device: str = "auto"  # auto | cpu | cuda
     # the embedder actors (they sit beside the generator pool, hence half a CPU each)
     pool: Resources = field(default_factory=lambda: Resources(batch_size=64, cpus_per_actor=0.5))
 
     def __post_init__(self) -> None:
         _check_choice(self.embedder, "filter.embedder", ("auto", "classifier", "open_clip"))
         _check_choice(self.threshold, "filter.threshold", ("pairs", "fixed"))
+        _check_choice(self.device, "filter.device", ("auto", "cpu", "cuda"))
         _check_choice(self.reference, "filter.reference", ("conditioning", "first_real"))
         _check(
             -1 <= self.fixed_threshold <= 1, "filter.fixed_threshold", "must be a cosine in [-1, 1]"

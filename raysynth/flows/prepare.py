@@ -232,30 +232,65 @@ def generator_spec(
         real_images=spec_path(real_path(run.root, "train")),  # read where it is, on any node
         channels=real.channels,
         image_size=real.image_size,
+        model_ref=publish_model(run, g),
+        gpus=cfg.synthesis.pool.gpus_per_actor,
+        batch_size=cfg.synthesis.pool.batch_size,
     )
 
 
-def check_models(cfg: RunConfig) -> None:
-    """Fail before any actor starts when a model, scheduler or adapter cannot be used."""
-    g = cfg.synthesis.generator
+def publish_model(run: RunDir, g: Any) -> Any:
+    """The model resolved once, copied to the model store (default ``run.models``); None: pixel."""
+    from raysynth.generate.model_store import publish_model as publish
+    return publish(g, str(run.models))
+
+
+def encoder_weights_status(arch: str, name: str) -> str:
+    """The dry run's line for the encoder's ImageNet weights (torch's hub cache; nothing fetched)."""
+    import os
+
+    import torch
+
+    from raysynth.train.architectures import resolve_weights
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(resolve_weights(arch, name).url)
+    offline = any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE",
+                                                                   "RAYSYNTH_OFFLINE"))
+    state = "cached" if path.is_file() else "cannot be reached offline" if offline else (
+        "will be downloaded")
+    return f"encoder weights {arch}/{name}: {state}: {path}"
+
+
+def check_models(cfg: RunConfig, dry_run: bool = False) -> list[str]:
+    """Fail before any actor starts when a model, scheduler or adapter cannot be used; returns
+    one line per model ("cached", "will be downloaded (size)", ...; ``dry_run``: not an error)."""
+    from raysynth.generate.model_source import model_status
+
+    g, lines = cfg.synthesis.generator, []
     if g.kind in ("text2image", "unclip"):
         from raysynth.generate import loading
 
-        loading.check_model_available(g)
+        lines.append((status := model_status(g.model)).line("generator"))
+        if status.usable or not dry_run:
+            loading.check_model_available(g)
         loading.check_scheduler(g.scheduler)
         loading.check_adapters(g)
     elif g.kind == "pixel":
         from raysynth.generate.pixel_generator import check_pixel_adapters
 
         check_pixel_adapters(g)
-    if cfg.encoder.pretrained:
+    if cfg.encoder.pretrained and dry_run:  # said, not downloaded
+        lines.append(encoder_weights_status(cfg.encoder.arch, cfg.encoder.pretrained))
+    elif cfg.encoder.pretrained:
         from raysynth.train.architectures import check_pretrained
 
         check_pretrained(cfg.encoder.arch, cfg.encoder.pretrained)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
-        from raysynth.filter.clip_weights import check_clip_available
+        from raysynth.filter.clip_weights import check_clip_available, clip_status
 
-        check_clip_available(cfg.filter.clip_model, cfg.filter.clip_pretrained)
+        lines.append((clip := clip_status(cfg.filter.clip_model, cfg.filter.clip_pretrained)).line("embedder"))
+        if clip.usable or not dry_run:
+            check_clip_available(cfg.filter.clip_model, cfg.filter.clip_pretrained)
+    return lines
 
 
 def synthesis_stage(
@@ -270,7 +305,7 @@ def synthesis_stage(
     def compute() -> dict[str, Any]:
         job = Synthesis(
             cfg.synthesis, cfg.filter, cfg.seed, run.synthetic, run.real_embeddings,
-            device=cfg.synthesis.generator.device,
+            device=cfg.filter.device,
         )
         result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier)
         write_sample_grid(run.synthetic, run.samples_png, real.num_classes)

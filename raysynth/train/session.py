@@ -175,6 +175,19 @@ def _local_device() -> torch.device:
     return resolve_device("auto")
 
 
+def workers(scaling: ScalingConfig) -> int:
+    """``train.num_workers``, except that ``use_gpu`` with ``num_workers=0`` on a driver without
+    a usable GPU (the CPU head of every cluster/ config) trains on one Ray Train worker, which
+    Ray places on a GPU node, instead of on the driver's CPU. (Not a config error: inside Tune
+    trials, which hold their own GPU, ``num_workers=0`` is what keeps training in the trial.)"""
+    from raysynth.devices import cuda_available
+
+    if scaling.use_gpu and scaling.num_workers == 0 and not cuda_available():
+        log.info("train.use_gpu with num_workers=0 and no GPU on the driver: one GPU worker")
+        return 1
+    return scaling.num_workers
+
+
 def run_trainer(
     loop: Callable[[dict], None],
     loop_config: dict[str, Any],
@@ -224,7 +237,7 @@ def _fit(
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=RayScaling(
-            num_workers=scaling.num_workers,
+            num_workers=workers(scaling),
             use_gpu=scaling.use_gpu,
             resources_per_worker={"CPU": scaling.cpus_per_worker},
         ),
