@@ -182,7 +182,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter")
+BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter", "learn")
 NEEDS_RAY = ("tune", "synthesis", "filter")
 
 

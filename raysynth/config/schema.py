@@ -162,8 +162,15 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 2  # Train worker failures retried from the last checkpoint
     checkpoint_every: int = 20  # epochs between checkpoints (resume granularity)
+    # the end-to-end classifier reads its tables as Ray Datasets (TorchTrainer datasets=) instead
+    # of arrays decoded on the driver: always | never | auto (when real train + accepted
+    # synthetic rows exceed stream_above)
+    stream: str = "auto"
+    stream_above: int = 20_000
 
     def __post_init__(self) -> None:
+        _check_choice(self.stream, "train.stream", ("auto", "always", "never"))
+        _check(self.stream_above >= 0, "train.stream_above", "must be >= 0")
         _check(self.num_workers >= 0, "train.num_workers", "must be >= 0 (0 = in-process)")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
         _check(self.max_failures >= 0, "train.max_failures", "must be >= 0")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from raysynth.config.schema import ScalingConfig
-from raysynth.errors import TrainingError
+from raysynth.errors import RaysynthError, TrainingError
 from raysynth.train.checkpoint import read_state, restore_training, write_checkpoint
 
 log = logging.getLogger("raysynth.train")
@@ -48,6 +48,16 @@ class TrainSession:
             self.world_size = ctx.get_world_size()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every = checkpoint_every
+
+    def dataset(self, name: str) -> Any:
+        """This worker's shard of the dataset ``name`` given to :func:`run_trainer` (None when
+        no such dataset was given)."""
+        if self._local is not None:
+            return self._local.get("datasets", {}).get(name)
+        try:
+            return self._train.get_dataset_shard(name)
+        except (KeyError, AssertionError):  # local mode asserts, a worker group raises
+            return None
 
     @property
     def device(self) -> torch.device:
@@ -166,8 +176,14 @@ def run_trainer(
     scaling: ScalingConfig,
     name: str,
     storage_path: str | Path,
+    datasets: dict[str, Any] | None = None,
+    split: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run ``loop`` under a Ray Train ``TorchTrainer``; returns the last reported metrics.
+
+    ``datasets`` (Ray Datasets) go to ``TorchTrainer(datasets=...)``; those named in ``split``
+    are split into equal shards across the workers (DDP steps stay in lockstep), the others are
+    read whole by every worker; a loop gets its shard from :meth:`TrainSession.dataset`.
 
     Workers' failures are retried ``scaling.max_failures`` times, each retry resuming from the
     last checkpoint. ``num_workers=0`` runs in-process (Ray Train local mode); inside a Ray
@@ -175,20 +191,22 @@ def run_trainer(
     the same session semantics (the trial is then the unit of retry).
     """
     if scaling.num_workers == 0 and _in_tune_trial():
-        box: dict[str, Any] = {"metrics": {}}
+        box: dict[str, Any] = {"metrics": {}, "datasets": dict(datasets or {})}
         token = _IN_PROCESS.set(box)
         try:
             loop(loop_config)
         finally:
             _IN_PROCESS.reset(token)
         return dict(box["metrics"])
-    from ray.train import FailureConfig, RunConfig
+    from ray.train import DataConfig, FailureConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=[n for n in split if n in (datasets or {})]),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=RayScaling(
             num_workers=scaling.num_workers,
@@ -203,8 +221,8 @@ def run_trainer(
     )
     try:
         result = trainer.fit()
-    except Exception as e:  # Ray wraps worker errors; surface a TrainingError unchanged
-        cause = _find_cause(e, TrainingError)
+    except Exception as e:  # Ray wraps worker errors; surface ours (bad data, NaN) unchanged
+        cause = _find_cause(e, RaysynthError)
         if cause is not None:
             raise cause from e
         raise
