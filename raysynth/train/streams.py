@@ -40,7 +40,7 @@ class DecodeBatch:
                 f"{self.what}: the image of row {bad} cannot be decoded (damaged PNG); "
                 "remove the row or regenerate it, then resume — the rows already written stay"
             ) from None
-        return torch.from_numpy(x), torch.as_tensor(np.asarray(batch[col.LABEL], np.int64))
+        return torch.from_numpy(x), torch.from_numpy(np.array(batch[col.LABEL], np.int64))
 
 
 def _first_unreadable(pngs: list, channels: int, size: int, ids: np.ndarray) -> str:
