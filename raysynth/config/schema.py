@@ -48,7 +48,7 @@ class Resources:
 class DataConfig:
     """Where the real images come from and how they are split (per class)."""
 
-    source: str = "digits"  # digits | imagefolder | parquet
+    source: str = "digits"  # digits | imagefolder | parquet | generated (stress data, no download)
     path: str | None = None  # folder (imagefolder) or file/folder (parquet)
     classes: tuple[str, ...] = ()  # subset of class names; empty = all
     image_size: int = 0  # resize (square) on load; 0 keeps the source size
@@ -60,9 +60,11 @@ class DataConfig:
     imbalance_factor: float = 1.0  # > 1: long-tailed train split, n_max / n_min
     many_threshold: int = 0  # long tail: classes with > this many train images are "many"
     few_threshold: int = 0  # long tail: classes with < this many are "few"; 0 = auto (thirds)
+    generated_classes: int = 100  # source generated: classes of pattern images (data/generated.py)
 
     def __post_init__(self) -> None:
-        _check_choice(self.source, "data.source", ("digits", "imagefolder", "parquet"))
+        _check_choice(self.source, "data.source", ("digits", "imagefolder", "parquet", "generated"))
+        _check(self.generated_classes >= 1, "data.generated_classes", "must be >= 1")
         if self.source in ("imagefolder", "parquet"):
             _check(bool(self.path), "data.path", f"data.source={self.source} needs a path")
         for key in ("k", "pool_per_class", "val_per_class", "test_per_class"):

@@ -17,7 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysynth import columns as col
+from raysynth.config.schema import DataConfig
 from raysynth.data.images import encode_png
+from raysynth.data.imageset import ImageSet
 from raysynth.files import atomic_open
 
 ROWS_PER_FILE = 4096
@@ -88,3 +90,22 @@ def _write_part(path: Path, y: np.ndarray, start: int, size: int, channels: int,
 def _pngs(images: np.ndarray) -> Iterator[bytes]:
     for im in images:
         yield encode_png(im)
+
+
+def generated_set(cfg: DataConfig, seed: int = 0) -> ImageSet:
+    """``data.source: generated``: ``data.generated_classes`` classes of
+    ``k + pool_per_class + val_per_class + test_per_class`` images each, ``data.image_size``
+    (32 when 0) pixels, ``data.channels`` (3 when 0); the splits then make the train split
+    long-tailed (``data.imbalance_factor``). The same images on every call."""
+    per_class = cfg.k + cfg.pool_per_class + cfg.val_per_class + cfg.test_per_class
+    size, channels = cfg.image_size or 32, cfg.channels or 3
+    labels = np.repeat(np.arange(cfg.generated_classes), per_class)
+    images: list[bytes] = []
+    for start in range(0, len(labels), ROWS_PER_FILE):
+        part = pattern_images(labels[start : start + ROWS_PER_FILE], size, channels, seed + start)
+        images.extend(_pngs(part))
+    return ImageSet(
+        images=images, labels=labels.astype(np.int64),
+        class_names=[f"pattern-{c:03d}" for c in range(cfg.generated_classes)],
+        sources=[f"generated:{i}" for i in range(len(labels))], channels=channels,
+    )
