@@ -105,9 +105,8 @@ def classify_runs(
 def end_to_end_loop(config: dict[str, Any]) -> None:
     """End-to-end classifier on real ∪ synthetic; reports per-group accuracy on ``eval``.
 
-    Keys: ``real``, ``synthetic``, ``eval`` (:class:`LabeledArrays`) — or ``stream``
-    (:class:`StreamSpec`) with the datasets ``real`` (split across workers), ``synthetic`` and
-    ``eval`` given to the trainer —, ``groups``, ``num_classes``,
+    Keys: ``real``, ``synthetic``, ``eval`` (:class:`LabeledArrays`) or ``stream`` (:class:`
+    StreamSpec`: the trainer's datasets of those names), ``groups``, ``num_classes``,
     ``encoder_cfg`` (model JSON of the encoder), ``cfg`` (EndToEndConfig), ``aug_kind``,
     ``seed``, optional ``checkpoint_dir`` / ``checkpoint_every``, ``save_dir``, ``threads``.
     """

@@ -180,10 +180,8 @@ def run_trainer(
     split: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run ``loop`` under a Ray Train ``TorchTrainer``; returns the last reported metrics.
-
-    ``datasets`` (Ray Datasets) go to ``TorchTrainer(datasets=...)``; those named in ``split``
-    are split into equal shards across the workers (DDP steps stay in lockstep), the others are
-    read whole by every worker; a loop gets its shard from :meth:`TrainSession.dataset`.
+    ``datasets`` go to ``TorchTrainer(datasets=...)``, those in ``split`` in equal shards (DDP
+    stays in lockstep), the others whole to every worker (:meth:`TrainSession.dataset`).
 
     Workers' failures are retried ``scaling.max_failures`` times, each retry resuming from the
     last checkpoint. ``num_workers=0`` runs in-process (Ray Train local mode); inside a Ray

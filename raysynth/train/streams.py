@@ -3,8 +3,8 @@ with Ray Data's ``iter_torch_batches``).
 
 PNG bytes are decoded in the iterator's ``collate_fn``, which Ray Data runs on its prefetch
 thread, so decoding the next batch overlaps the current step (measured by ``raysynth bench
-learn``). The real split is one pass per epoch in a seeded, locally shuffled order; the
-synthetic table is drawn as an endless stream of shuffled passes, ``n`` rows per batch.
+learn``). The datasets arrive shuffled anew on every pass (``ray_data.shuffled``); the real split
+is one pass per epoch, the synthetic table an endless stream of passes, ``n`` rows per batch.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from raysynth import columns as col
 from raysynth.data.images import UnreadableImageError, to_tensor_array
 from raysynth.errors import DataError
 
-SHUFFLE_BUFFER = 2048  # rows a worker shuffles locally (blocks arrive in a random order too)
 COLUMNS = (col.SAMPLE_ID, col.LABEL, col.IMAGE)
 
 
@@ -55,10 +54,10 @@ def _first_unreadable(pngs: list, channels: int, size: int, ids: np.ndarray) -> 
 def batches(
     shard: Any, batch_size: int, decode: DecodeBatch, seed: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One pass over ``shard`` in ``batch_size`` batches, shuffled locally with ``seed``."""
+    """One pass over ``shard`` in ``batch_size`` batches (``seed``: the order of a shard that
+    shuffles locally; Ray's shards arrive shuffled already)."""
     it = shard.iter_torch_batches(
-        batch_size=batch_size, collate_fn=decode, local_shuffle_buffer_size=SHUFFLE_BUFFER,
-        local_shuffle_seed=seed, prefetch_batches=2,
+        batch_size=batch_size, collate_fn=decode, local_shuffle_seed=seed, prefetch_batches=2,
     )
     for x, y in it:
         yield x.to(device), y.to(device)
