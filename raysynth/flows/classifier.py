@@ -48,7 +48,7 @@ def run(job: Job) -> dict[str, Any] | None:
         data = (real.arrays("train"), accepted_arrays(job.run.synthetic, real),
                 real.arrays("test"))
     job.report["classifier"] = compare(*data, real.splits.groups, real.num_classes, job.cfg,
-                                       job.run.train)
+                                       job.run.train, real.contexts("test"))
     return None
 
 
@@ -77,6 +77,7 @@ class ClassifierData:
     test: Inputs
     groups: dict[str, list[int]]
     num_classes: int
+    contexts: tuple[list[str], list[str]] | None = None  # test rows' groups, class names
 
 
 def compare(
@@ -87,21 +88,24 @@ def compare(
     num_classes: int,
     cfg: RunConfig,
     storage: Path,
+    contexts: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, Any]:
     """Real-only against real ∪ synthetic, the same classifier and protocol (arrays, or
     :class:`ImageTable` s streamed into the Train workers)."""
     empty = empty_like(real_train)
     real_only = classifier_runs(
-        ClassifierData(real_train, empty, test, groups, num_classes), cfg, storage, "real_only"
+        ClassifierData(real_train, empty, test, groups, num_classes, contexts), cfg, storage,
+        "real_only",
     )
     mix = cfg.mix.fraction if cfg.mix.enabled else 0.0
     with_syn = classifier_runs(
-        ClassifierData(real_train, synthetic, test, groups, num_classes), cfg, storage,
+        ClassifierData(real_train, synthetic, test, groups, num_classes, contexts), cfg, storage,
         "with_synthetic", mix_fraction=mix,
     )
     for name, res in (("real only", real_only), ("with synthetic", with_syn)):
         log.info("final classifier, %s: %s", name,
-                 ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()))
+                 ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()
+                           if not k.startswith("group:")))
     return {"real_only": real_only, "with_synthetic": with_syn}
 
 
@@ -126,7 +130,7 @@ def classifier_runs(
             return train_end_to_end(
                 cfg, d.real, d.synthetic, d.test, d.groups, d.num_classes,
                 stable_seed(cfg.seed, name, r), folder / "model", folder / "ckpt", storage,
-                f"{name}-r{r}", mix_fraction,
+                f"{name}-r{r}", mix_fraction, d.contexts,
             )
 
         runs.append(cached(folder / "result.json", train))

@@ -26,14 +26,16 @@ def train_end_to_end(
     cfg: RunConfig, real: Inputs, synthetic: Inputs, evaluate: Inputs,
     groups: dict[str, list[int]], num_classes: int, seed: int, save_dir: Path,
     checkpoint_dir: Path, storage: Path, name: str, mix_fraction: float = 0.0,
-    timing: bool = False,
+    contexts: tuple[list[str], list[str]] | None = None, timing: bool = False,
 ) -> dict[str, float]:
     """One end-to-end classifier (Ray Train, ``train.*`` workers) on real ∪ synthetic, scored on
-    ``evaluate`` per class group; the model is written to ``save_dir``. Arrays go to the workers
+    ``evaluate`` per class group (and per class × context: ``contexts`` = (each eval row's group,
+    class names); arrays only); the model is written to ``save_dir``. Arrays go to the workers
     in the loop's config; :class:`ImageTable` s are streamed (``TorchTrainer(datasets=...)``,
     the real rows split across the workers, decoded there)."""
     channels, size = _shape(real)
-    enc = encoder_config(cfg.encoder.arch, channels, size, cfg.encoder.width, cfg.encoder.feat_dim)
+    enc = encoder_config(cfg.encoder.arch, channels, size, cfg.encoder.width, cfg.encoder.feat_dim,
+                         cfg.encoder.pretrained)
     loop_cfg = {
         "groups": groups, "num_classes": num_classes, "encoder_cfg": enc, "cfg": cfg.end_to_end,
         "aug_kind": resolve_kind(cfg.encoder.augment, size), "seed": seed,
@@ -41,6 +43,7 @@ def train_end_to_end(
         "checkpoint_every": cfg.train.checkpoint_every,
         "threads": max(1, int(cfg.train.cpus_per_worker)), "mix_fraction": mix_fraction,
         "timing": timing,
+        "eval_contexts": (contexts or ([], []))[0], "class_names": (contexts or ([], []))[1],
     }
     if isinstance(real, LabeledArrays):
         loop_cfg.update(real=real, synthetic=synthetic, eval=evaluate)

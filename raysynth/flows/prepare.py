@@ -10,6 +10,7 @@ aside outputs computed under other values of the config sections the step depend
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,22 @@ class RealData:
     def real_train(self, table: Path) -> RealTrain:
         """What the filter's rounds need of the train split (``table``: its Parquet file)."""
         return RealTrain(
-            tuple(self.class_names), self.ids_by_class(), self.channels, self.image_size, str(table)
+            tuple(self.class_names), self.ids_by_class(), self.channels, self.image_size, str(table),
+            self.group_counts(), tuple(self.images.group_names),
         )
+
+    def contexts(self, split: str) -> tuple[list[str], list[str]] | None:
+        """Each row's group in ``split`` and the class names; None when the data has no groups."""
+        groups = [self.images.group[i] for i in getattr(self.splits, split)]
+        return (groups, self.class_names) if any(groups) else None
+
+    def group_counts(self) -> dict[int, dict[str, int]]:
+        """Train images per class and group (context); {} when the data has no groups."""
+        out: dict[int, Counter] = {}
+        for i in self.splits.train:
+            if self.images.group[i]:
+                out.setdefault(int(self.images.labels[i]), Counter())[self.images.group[i]] += 1
+        return {c: dict(sorted(n.items())) for c, n in sorted(out.items())}
 
 
 def prepare_real(run: RunDir, cfg: RunConfig) -> RealData:
@@ -198,6 +213,10 @@ def check_models(cfg: RunConfig) -> None:
         from raysynth.generate.pixel_generator import check_pixel_adapters
 
         check_pixel_adapters(g)
+    if cfg.encoder.pretrained:
+        from raysynth.train.architectures import check_pretrained
+
+        check_pretrained(cfg.encoder.arch, cfg.encoder.pretrained)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
         from raysynth.filter.clip_weights import check_clip_available
 

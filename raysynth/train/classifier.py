@@ -3,7 +3,7 @@ feedback-guidance paper (real/synthetic share per mini-batch, balanced softmax).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -17,6 +17,7 @@ from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import augment
 from raysynth.train.epochs import train_epochs
 from raysynth.train.models import ImageClassifier, MLPClassifier, build_encoder
+from raysynth.train.optim import build_optimizer, lr_at
 
 
 def fit_mlp(
@@ -57,6 +58,27 @@ def group_accuracy(
     for name, classes in groups.items():
         mask = torch.isin(labels, torch.as_tensor(classes, device=labels.device))
         out[name] = accuracy(logits[mask], labels[mask])
+    return out
+
+
+GROUP_KEY = "group:"  # metric keys of (class, context) groups ("group:cat in autumn"; report/groups.py)
+
+
+def context_group_accuracy(
+    pred: np.ndarray, labels: np.ndarray, contexts: Sequence[str], class_names: Sequence[str]
+) -> dict[str, float]:
+    """Accuracy of every (class, context) group among the evaluated rows (rows of context ""
+    left out), ``worst_group`` (the lowest: NICO++'s metric) and ``mean_group`` (their mean);
+    {} when no row has a context."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    ctx = np.asarray(list(contexts), dtype=object)
+    out: dict[str, float] = {}
+    for c, g in sorted({(int(y), str(g)) for y, g in zip(labels, ctx) if g}):
+        mask = (labels == c) & (ctx == g)
+        out[f"{GROUP_KEY}{class_names[c]} in {g}"] = float((pred[mask] == c).mean())
+    if out:
+        vals = list(out.values())
+        out["worst_group"], out["mean_group"] = min(vals), float(np.mean(vals))
     return out
 
 
@@ -112,9 +134,7 @@ def fit_end_to_end(
     """
     torch.manual_seed(seed)
     model = model or ImageClassifier(build_encoder(encoder_cfg), num_classes).to(device)
-    optimizer = optimizer or torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    optimizer = optimizer or end_to_end_optimizer(model, cfg)
     share = cfg.synthetic_share if len(synthetic) else 0.0
     lp = None
     if cfg.balanced_softmax:
@@ -122,9 +142,19 @@ def fit_end_to_end(
     rows = tuple(torch.from_numpy(a).to(device) for a in (real.x, real.y, synthetic.x, synthetic.y))
     n_syn = round(cfg.batch_size * share)
     batch = (cfg.batch_size - n_syn, n_syn)
-    losses = partial(_batch_losses, model, rows, batch, lp, aug_kind, mix_fraction)
-    train_epochs(model, optimizer, range(start_epoch, cfg.epochs), seed, len(real), losses, on_epoch)
+    losses = partial(_batch_losses, model, rows, batch, lp, (aug_kind, cfg.label_smoothing),
+                     mix_fraction)
+    schedule = partial(lr_at, total=cfg.epochs, base_lr=cfg.lr, schedule=cfg.schedule,
+                       warmup=cfg.warmup_epochs)
+    train_epochs(model, optimizer, range(start_epoch, cfg.epochs), seed, len(real), losses, on_epoch,
+                 schedule)
     return model.eval()
+
+
+def end_to_end_optimizer(model: torch.nn.Module, cfg: EndToEndConfig) -> torch.optim.Optimizer:
+    """The optimiser ``end_to_end.optimizer`` names, with its momentum / Nesterov / decay."""
+    return build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay,
+                           cfg.momentum, cfg.nesterov)
 
 
 def _batch_losses(
@@ -132,13 +162,14 @@ def _batch_losses(
     rows: tuple[torch.Tensor, ...],
     batch: tuple[int, int],
     log_prior: torch.Tensor | None,
-    aug_kind: str,
+    aug: tuple[str, float],
     mix_fraction: float,
     perm: torch.Tensor,
     gen: torch.Generator,
 ) -> Iterator[torch.Tensor]:
     """The cross-entropy of each batch: ``batch[0]`` real rows in ``perm`` order (a share of them
-    mixed), ``batch[1]`` synthetic rows drawn at random; ``log_prior`` added for balanced softmax."""
+    mixed), ``batch[1]`` synthetic rows drawn at random; ``log_prior`` added for balanced softmax;
+    ``aug``: the augmentation kind and the label smoothing."""
     xr, yr, xs, ys = rows
     n_real, n_syn = batch
     for i in range(0, len(yr), n_real):
@@ -149,15 +180,16 @@ def _batch_losses(
         if n_syn:
             s = torch.randint(len(ys), (n_syn,), generator=gen).to(yr.device)
             x, y = torch.cat([x, xs[s]]), torch.cat([y, ys[s]])
-        yield batch_loss(model, x, y, aug_kind, gen, log_prior)
+        yield batch_loss(model, x, y, aug, gen, log_prior)
 
 
 def batch_loss(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, aug_kind: str,
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, aug: tuple[str, float],
     gen: torch.Generator, log_prior: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Cross-entropy of one augmented batch, ``log_prior`` added to the logits when given."""
-    logits = model(augment(x, aug_kind, gen))
+    """Cross-entropy of one batch augmented by ``aug[0]`` with label smoothing ``aug[1]``,
+    ``log_prior`` added to the logits when given (balanced softmax)."""
+    logits = model(augment(x, aug[0], gen))
     if log_prior is not None:
         logits = logits + log_prior
-    return F.cross_entropy(logits, y)
+    return F.cross_entropy(logits, y, label_smoothing=aug[1])

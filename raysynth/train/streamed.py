@@ -4,7 +4,8 @@ The same batches as :func:`raysynth.train.classifier.fit_end_to_end`, read from 
 instead of arrays: each mini-batch is the next ``B − round(B·share)`` rows of the worker's real
 shard (one pass per epoch) followed by ``round(B·share)`` rows of the synthetic stream; balanced
 softmax adds the log of the batches' class prior, computed from the tables' per-class counts;
-DiffCoRe-Mix mixes a share of the real rows with a synthetic image of their class drawn from the
+the optimiser's rate follows ``end_to_end.schedule`` per epoch and the loss
+``end_to_end.label_smoothing``; DiffCoRe-Mix mixes a share of the real rows with a synthetic image of their class drawn from the
 batch's synthetic rows. Each epoch's randomness comes from ``(seed, epoch)`` alone, so a resumed
 run repeats what an uninterrupted one does.
 """
@@ -22,6 +23,7 @@ from raysynth.config.schema import EndToEndConfig
 from raysynth.mix.mixing import mix_batch
 from raysynth.train.classifier import batch_loss, counts_prior, group_accuracy, log_prior
 from raysynth.train.epochs import optimizer_step
+from raysynth.train.optim import lr_at
 from raysynth.train.streams import DecodeBatch, batches, endless
 
 
@@ -63,7 +65,10 @@ def fit_streamed(
     n_syn = round(cfg.batch_size * share)
     n_real = cfg.batch_size - n_syn
     real_decode, syn_decode = spec.decoder("the real train split"), spec.decoder("synthetic")
+    aug = (aug_kind, cfg.label_smoothing)
     for epoch in epochs:
+        for group in optimizer.param_groups:  # the schedule of train/optim.py, as fit_end_to_end
+            group["lr"] = lr_at(epoch, cfg.epochs, cfg.lr, cfg.schedule, cfg.warmup_epochs)
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         draws = None
         if n_syn:
@@ -76,7 +81,7 @@ def fit_streamed(
                 if mix_fraction:
                     x, _ = mix_batch(x, y, xs, ys, mix_fraction, gen)
                 x, y = torch.cat([x, xs]), torch.cat([y, ys])
-            total += optimizer_step(optimizer, batch_loss(model, x, y, aug_kind, gen, lp))
+            total += optimizer_step(optimizer, batch_loss(model, x, y, aug, gen, lp))
             steps += 1
         if on_epoch is not None:
             on_epoch(epoch, total / max(steps, 1), model, optimizer)
