@@ -20,6 +20,7 @@ from raysynth.flows.job import Job
 from raysynth.flows.prepare import accepted_arrays, synthetic_inputs
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays
+from raysynth.train.protocol import class_groups, fold_class_groups
 
 log = logging.getLogger("raysynth.flows")
 
@@ -91,8 +92,10 @@ def compare(
     contexts: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, Any]:
     """Real-only against real ∪ synthetic, the same classifier and protocol (arrays, or
-    :class:`ImageTable` s streamed into the Train workers)."""
+    :class:`ImageTable` s streamed into the Train workers); per group and, in ``per_class``, per
+    class."""
     empty = empty_like(real_train)
+    groups = {**groups, **class_groups(num_classes)}
     real_only = classifier_runs(
         ClassifierData(real_train, empty, test, groups, num_classes, contexts), cfg, storage,
         "real_only",
@@ -105,7 +108,7 @@ def compare(
     for name, res in (("real only", real_only), ("with synthetic", with_syn)):
         log.info("final classifier, %s: %s", name,
                  ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()
-                           if not k.startswith("group:")))
+                           if k != "per_class" and not k.startswith("group:")))
     return {"real_only": real_only, "with_synthetic": with_syn}
 
 
@@ -134,8 +137,8 @@ def classifier_runs(
             )
 
         runs.append(cached(folder / "result.json", train))
-    return {
-        k: {"mean": float(np.nanmean([m[k] for m in runs])),
-            "std": float(np.nanstd([m[k] for m in runs])), "runs": len(runs)}
+    return fold_class_groups({
+        k: {"mean": float(np.nanmean([m.get(k, np.nan) for m in runs])),
+            "std": float(np.nanstd([m.get(k, np.nan) for m in runs])), "runs": len(runs)}
         for k in runs[0]
-    }
+    })
