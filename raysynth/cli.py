@@ -231,7 +231,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter", "gpu")
+BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter", "gpu", "learn")
 NEEDS_RAY = ("tune", "synthesis", "filter", "gpu")
 
 

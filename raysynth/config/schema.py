@@ -73,7 +73,7 @@ class SplitFilesConfig:
 class DataConfig:
     """Where the real images come from and how they are split (per class)."""
 
-    source: str = "digits"  # digits | imagefolder | parquet
+    source: str = "digits"  # digits | imagefolder | parquet | generated (stress data, no download)
     path: str | None = None  # folder (imagefolder) or file/folder (parquet)
     classes: tuple[str, ...] = ()  # subset of class names; empty = all
     image_size: int = 0  # resize (square) on load; 0 keeps the source size
@@ -89,9 +89,11 @@ class DataConfig:
     # (ImageFolder <class>/<context>/…: the first sub-folder of the class folder)
     group: str = ""
     split_files: SplitFilesConfig = field(default_factory=SplitFilesConfig)
+    generated_classes: int = 100  # source generated: classes of pattern images (data/generated.py)
 
     def __post_init__(self) -> None:
-        _check_choice(self.source, "data.source", ("digits", "imagefolder", "parquet"))
+        _check_choice(self.source, "data.source", ("digits", "imagefolder", "parquet", "generated"))
+        _check(self.generated_classes >= 1, "data.generated_classes", "must be >= 1")
         _check_choice(self.group, "data.group", ("", "folder"))
         _check(self.group != "folder" or self.source == "imagefolder", "data.group",
                "folder reads <class>/<context>/ folders; it needs data.source=imagefolder")
@@ -227,8 +229,15 @@ class ScalingConfig:
     checkpoint_every: int = 20  # epochs between checkpoints (resume granularity)
     # torch threads of the training the driver runs itself (num_workers=0, the pixel model)
     driver_threads: int = 0  # 0 = every core the driver may run on
+    # the end-to-end classifier reads its tables as Ray Datasets (TorchTrainer datasets=) instead
+    # of arrays decoded on the driver: always | never | auto (when real train + accepted
+    # synthetic rows exceed stream_above)
+    stream: str = "auto"
+    stream_above: int = 20_000
 
     def __post_init__(self) -> None:
+        _check_choice(self.stream, "train.stream", ("auto", "always", "never"))
+        _check(self.stream_above >= 0, "train.stream_above", "must be >= 0")
         _check(self.num_workers >= 0, "train.num_workers", "must be >= 0 (0 = in-process)")
         _check(self.driver_threads >= 0, "train.driver_threads", "must be >= 0 (0 = every core)")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")

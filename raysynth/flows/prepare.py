@@ -22,18 +22,16 @@ from raysynth import progress as steps
 from raysynth.config.schema import RunConfig
 from raysynth.data import ImageSet, Splits, load_dataset, make_splits, to_tensor_array
 from raysynth.data.store import read_real_splits, real_exists, real_path, write_real
+from raysynth.data.tables import ImageTable
 from raysynth.files import cached
 from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
+from raysynth.flows.end_to_end import accepted_table, train_end_to_end
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.table import iter_tables
 from raysynth.rundir import RunDir
 from raysynth.storage import AnyPath, as_path, spec_path
 from raysynth.train.arrays import LabeledArrays
-from raysynth.train.augment import resolve_kind
 from raysynth.train.checkpoint import has_checkpoint
-from raysynth.train.loops import end_to_end_loop
-from raysynth.train.models import encoder_config
-from raysynth.train.session import run_trainer
 
 log = logging.getLogger("raysynth.flows")
 
@@ -130,32 +128,6 @@ def train_real_classifier(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     )
     log.info("real-split classifier: validation accuracy %.3f", metrics.get("overall", float("nan")))
     return folder
-
-
-def train_end_to_end(
-    cfg: RunConfig, real: LabeledArrays, synthetic: LabeledArrays, evaluate: LabeledArrays,
-    groups: dict[str, list[int]], num_classes: int, seed: int, save_dir: Path,
-    checkpoint_dir: Path, storage: Path, name: str, mix_fraction: float = 0.0,
-    contexts: tuple[list[str], list[str]] | None = None,
-) -> dict[str, float]:
-    """One end-to-end classifier (Ray Train, ``train.*`` workers) on real ∪ synthetic, scored on
-    ``evaluate`` per class group (and per class × context: ``contexts`` = (each eval row's group,
-    class names)); the model is written to ``save_dir``."""
-    size = int(real.x.shape[-1])
-    enc = encoder_config(
-        cfg.encoder.arch, int(real.x.shape[1]), size, cfg.encoder.width, cfg.encoder.feat_dim,
-        cfg.encoder.pretrained,
-    )
-    loop_cfg = {
-        "real": real, "synthetic": synthetic, "eval": evaluate, "groups": groups,
-        "num_classes": num_classes, "encoder_cfg": enc, "cfg": cfg.end_to_end,
-        "aug_kind": resolve_kind(cfg.encoder.augment, size), "seed": seed,
-        "save_dir": spec_path(save_dir), "checkpoint_dir": spec_path(checkpoint_dir),
-        "checkpoint_every": cfg.train.checkpoint_every,
-        "threads": max(1, int(cfg.train.cpus_per_worker)), "mix_fraction": mix_fraction,
-        "eval_contexts": (contexts or ([], []))[0], "class_names": (contexts or ([], []))[1],
-    }
-    return run_trainer(end_to_end_loop, loop_cfg, cfg.train, name, storage)
 
 
 def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
@@ -334,10 +306,13 @@ def accepted_arrays(root: Path, real: RealData) -> LabeledArrays:
     return LabeledArrays(x, np.array([r[1] for r in rows], np.int64))
 
 
-def synthetic_inputs(job: Any) -> tuple[dict[str, Any], LabeledArrays]:
+def synthetic_inputs(
+    job: Any, decode: bool = True
+) -> tuple[dict[str, Any], LabeledArrays | ImageTable]:
     """The ``generator`` and ``synthesis`` stages of the unicon and classifier flows: the
     real-split classifier when the filter or the guidance needs it, the generator, the synthesis
-    stage; returns its summary (also put in ``job.report``) and the accepted images as arrays."""
+    stage; returns its summary (also put in ``job.report``) and the accepted images as arrays
+    (``decode``) or as a streamable table."""
     run, cfg, real = job.run, job.cfg, job.real
     job.stage("generator")
     classifier = train_real_classifier(run, cfg, real) if needs_classifier(cfg, real) else None
@@ -345,4 +320,7 @@ def synthetic_inputs(job: Any) -> tuple[dict[str, Any], LabeledArrays]:
     job.stage("synthesis")
     synthesis = synthesis_stage(run, cfg, real, spec, classifier)
     job.report["synthesis"] = synthesis
+    if not decode:
+        return synthesis, accepted_table(run.synthetic, real.num_classes, real.channels,
+                                         real.image_size)
     return synthesis, accepted_arrays(run.synthetic, real)

@@ -23,7 +23,7 @@ import torch
 
 from raysynth.config.schema import ScalingConfig
 from raysynth.devices import threads_for, torch_threads
-from raysynth.errors import TrainingError
+from raysynth.errors import RaysynthError, TrainingError
 from raysynth.progress import verbose
 from raysynth.storage import RemotePath, ray_storage
 from raysynth.storage import path as storage_path
@@ -58,6 +58,16 @@ class TrainSession:
             where = None
         self.checkpoint_dir = where
         self.checkpoint_every = checkpoint_every
+
+    def dataset(self, name: str) -> Any:
+        """This worker's shard of the dataset ``name`` given to :func:`run_trainer` (None when
+        no such dataset was given)."""
+        if self._local is not None:
+            return self._local.get("datasets", {}).get(name)
+        try:
+            return self._train.get_dataset_shard(name)
+        except (KeyError, AssertionError):  # local mode asserts, a worker group raises
+            return None
 
     @property
     def device(self) -> torch.device:
@@ -194,8 +204,12 @@ def run_trainer(
     scaling: ScalingConfig,
     name: str,
     storage_path: str | Path | RemotePath,
+    datasets: dict[str, Any] | None = None,
+    split: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run ``loop`` under a Ray Train ``TorchTrainer``; returns the last reported metrics.
+    ``datasets`` go to ``TorchTrainer(datasets=...)``, those in ``split`` in equal shards (DDP
+    stays in lockstep), the others whole to every worker (:meth:`TrainSession.dataset`).
 
     Workers' failures are retried ``scaling.max_failures`` times, each retry resuming from the
     last checkpoint. ``num_workers=0`` runs in-process (Ray Train local mode); inside a Ray
@@ -205,7 +219,7 @@ def run_trainer(
     thread count is restored afterwards.
     """
     if scaling.num_workers == 0 and _in_tune_trial():
-        box: dict[str, Any] = {"metrics": {}}
+        box: dict[str, Any] = {"metrics": {}, "datasets": dict(datasets or {})}
         token = _IN_PROCESS.set(box)
         try:
             with torch_threads(loop_config.get("threads") or torch.get_num_threads()):
@@ -216,8 +230,9 @@ def run_trainer(
     if scaling.num_workers == 0:  # the loop runs in the driver: on the driver's cores, restored
         threads = threads_for(scaling.driver_threads)
         with torch_threads(threads):
-            return _fit(loop, {**loop_config, "threads": threads}, scaling, name, storage_path)
-    return _fit(loop, loop_config, scaling, name, storage_path)
+            return _fit(loop, {**loop_config, "threads": threads}, scaling, name, storage_path,
+                        datasets, split)
+    return _fit(loop, loop_config, scaling, name, storage_path, datasets, split)
 
 
 def _fit(
@@ -225,9 +240,11 @@ def _fit(
     loop_config: dict[str, Any],
     scaling: ScalingConfig,
     name: str,
-    storage_path: str | Path,
+    storage_path: str | Path | RemotePath,
+    datasets: dict[str, Any] | None = None,
+    split: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    from ray.train import FailureConfig, LoggingConfig, RunConfig
+    from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -235,6 +252,8 @@ def _fit(
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=[n for n in split if n in (datasets or {})]),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=RayScaling(
             num_workers=workers(scaling),
@@ -251,8 +270,8 @@ def _fit(
     )
     try:
         result = trainer.fit()
-    except Exception as e:  # Ray wraps worker errors; surface a TrainingError unchanged
-        cause = _find_cause(e, TrainingError)
+    except Exception as e:  # Ray wraps worker errors; surface ours (bad data, NaN) unchanged
+        cause = _find_cause(e, RaysynthError)
         if cause is not None:
             raise cause from e
         raise
