@@ -5,15 +5,16 @@ run it (not root, no ``unshare``, no moto)."""
 from __future__ import annotations
 
 import pytest
-from harness import can_run, start_cluster, stop_cluster
+from harness import can_run, shared_storage, start_cluster, stop_cluster
 
 
 @pytest.fixture(scope="session")
-def cluster():
+def cluster(request):
     why = can_run()
     if why:
         pytest.skip(why)
-    c = start_cluster()
+    s3 = shared_storage(request.getfixturevalue("s3_server"))
+    c = start_cluster(s3)
     try:
         yield c
     finally:

@@ -31,7 +31,8 @@ DIGITS = ["--preset", "digits", "--set", "budget=smoke", "--set", "data.classes=
           "--set", "synthesis.generator.num_steps=8", "--set", "filter.enabled=false",
           "--set", "tune.num_samples=2", "--set", "tune.max_concurrent=2",
           "--set", "encoder.epochs=4", "--set", "encoder.width=8",
-          "--set", "classifier.epochs=10", "--set", "train.num_workers=2"]
+          "--set", "classifier.epochs=10", "--set", "train.num_workers=2",
+          "--set", "train.max_failures=0"]
 
 
 @pytest.fixture(scope="module")
