@@ -282,7 +282,7 @@ def _alive_nodes(url: str, token: str) -> int:
     return sum(row.get("state") == "ALIVE" for row in rows)
 
 
-def _wait_for_nodes(cluster: Cluster, retries: int = 2) -> None:
+def _wait_for_nodes(cluster: Cluster, retries: int = 4) -> None:
     """Until the head and every worker are alive in the state API; a worker whose `ray start`
     exited is started again (``retries`` times each)."""
     n = 1 + len(cluster.workers)
