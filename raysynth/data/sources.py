@@ -21,6 +21,7 @@ from raysynth.data.imagefiles import image_files
 from raysynth.data.images import encode_png
 from raysynth.data.imageset import ImageSet
 from raysynth.errors import DataError
+from raysynth.storage import AnyPath, as_path
 
 
 def load_dataset(cfg: DataConfig) -> ImageSet:
@@ -68,7 +69,7 @@ def _load_digits(cfg: DataConfig) -> ImageSet:
 
 def _load_imagefolder(cfg: DataConfig) -> ImageSet:
     """``root/<class>/**/<image>``: class = sub-folder name (sorted), files by extension."""
-    root = Path(str(cfg.path)).expanduser().absolute()
+    root = as_path(str(cfg.path))  # a local folder or a URI (s3://…) read through pyarrow
     if not root.exists():
         raise DataError(f"data.path {root} does not exist; point it at a folder of class folders")
     if not root.is_dir():
@@ -81,7 +82,7 @@ def _load_imagefolder(cfg: DataConfig) -> ImageSet:
             "or use data.source=parquet for a table of images"
         )
     names = select_classes(sorted(folders), cfg.classes)
-    files: list[Path] = []
+    files: list[AnyPath] = []
     labels: list[int] = []
     for label, name in enumerate(names):
         found = image_files(folders[name])

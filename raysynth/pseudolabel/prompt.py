@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from raysynth.errors import ConfigError, RunDirError
+from raysynth.files import atomic_write_bytes, atomic_write_text
+from raysynth.storage import as_path
 
 CONTEXT_FILE = "context.safetensors"
 PROMPT_JSON = "prompt.json"
@@ -148,11 +150,11 @@ def save_context(
 ) -> Path:
     """Write ``context.safetensors`` (``ctx: [n_ctx, width]`` float32) and ``prompt.json``
     (format, model, class names, settings, per-iteration history) to ``folder``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    folder = Path(folder)
+    folder = as_path(folder)  # local, or the run directory's store (each file one put)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({"ctx": ctx.detach().float().cpu().contiguous()}, str(folder / CONTEXT_FILE))
+    atomic_write_bytes(folder / CONTEXT_FILE, save({"ctx": ctx.detach().float().cpu().contiguous()}))
     meta = {
         "format": FORMAT,
         "model": model_name,
@@ -162,15 +164,15 @@ def save_context(
         "config": dataclasses.asdict(cfg),
         "history": [{k: float(v) for k, v in h.items()} for h in history],
     }
-    (folder / PROMPT_JSON).write_text(json.dumps(meta, indent=2, allow_nan=True))
+    atomic_write_text(folder / PROMPT_JSON, json.dumps(meta, indent=2, allow_nan=True))
     return folder
 
 
 def load_context(folder: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     """``(ctx, meta)`` from a folder written by :func:`save_context`."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    folder = Path(folder)
+    folder = as_path(folder)
     if not (folder / CONTEXT_FILE).is_file() or not (folder / PROMPT_JSON).is_file():
         raise RunDirError(
             f"{folder} has no {CONTEXT_FILE} and {PROMPT_JSON}; give a folder written by "
@@ -179,7 +181,7 @@ def load_context(folder: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     meta = json.loads((folder / PROMPT_JSON).read_text())
     if meta.get("format") != FORMAT:
         raise RunDirError(f"{folder / PROMPT_JSON} is not a {FORMAT} file ({meta.get('format')!r})")
-    return load_file(str(folder / CONTEXT_FILE))["ctx"], meta
+    return load((folder / CONTEXT_FILE).read_bytes())["ctx"], meta
 
 
 __all__ = [

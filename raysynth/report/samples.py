@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from raysynth import columns as col
+from raysynth.files import atomic_open
 from raysynth.generate.table import iter_tables
 
 
@@ -65,7 +66,8 @@ def write_sample_grid(root: Path, out: Path, num_classes: int, per_class: int = 
         for j, img in enumerate(imgs):
             grid[c * (h + 1) : c * (h + 1) + h, j * (w + 1) : j * (w + 1) + w] = img
     scale = max(1, 64 // max(h, w))
-    Image.fromarray(grid).resize(
-        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
-    ).save(out)
+    with atomic_open(out, "wb") as f:  # a local file or one object in the run directory's store
+        Image.fromarray(grid).resize(
+            (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+        ).save(f, format="PNG")
     return out

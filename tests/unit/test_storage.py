@@ -130,3 +130,50 @@ def test_a_checkpoint_on_s3_is_replaced_only_when_its_pointer_moves(s3_root):
     assert state["epoch"] == 1 and torch.equal(next(fresh.parameters()), next(models[1].parameters()))
     # the current version and the killed writer's orphan; the epoch-0 version was deleted
     assert len([p for p in folder.iterdir() if p.name.startswith("v-")]) == 2
+
+
+def test_data_path_may_be_an_s3_imagefolder_or_parquet(s3_root):
+    """data.path as a URI: an ImageFolder and a Parquet table in the bucket load as they would
+    from a local folder (the driver reads them; the data stage writes real/ to the run
+    directory, from where every node reads)."""
+    import io
+
+    from PIL import Image
+
+    from raysynth.config import build_config, replace
+    from raysynth.data import load_dataset
+    from raysynth.data.store import read_table, real_table, write_table_atomic
+
+    def png(v: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("L", (8, 8), v).save(buf, format="PNG")
+        return buf.getvalue()
+
+    for cls, vals in (("a", (10, 20)), ("b", (200,))):
+        for v in vals:
+            (s3_root / "imgs" / cls / f"{v}.png").write_bytes(png(v))
+    (s3_root / "imgs" / "a" / ".hidden.png").write_bytes(png(0))
+    cfg = replace(build_config("digits"), **{"data.source": "imagefolder",
+                                            "data.path": str(s3_root / "imgs"),
+                                            "data.classes": [], "data.image_size": 8,
+                                            "data.channels": 1})
+    images = load_dataset(cfg.data)
+    assert images.class_names == ["a", "b"] and images.labels.tolist() == [0, 0, 1]
+    write_table_atomic(real_table(images, [0, 1, 2], "train"), s3_root / "t" / "x.parquet")
+    assert read_table(str(s3_root / "t")).num_rows == 3  # a Parquet folder by URI
+
+
+def test_the_tune_ledger_on_s3_appends_whole_and_stays_confined(s3_root):
+    import json
+
+    from raysynth.tune.ledger import _append, confined_dir, read_ledger, relative_dir
+
+    ledger = s3_root / "tune" / "trials.jsonl"
+    for i in range(2):
+        _append(ledger, json.dumps({"trial_id": f"t{i}", "dir": f"search/t{i}"}) + "\n")
+    assert [r["trial_id"] for r in read_ledger(ledger)] == ["t0", "t1"]
+    root = s3_root / "tune"
+    assert relative_dir(f"{root.path}/search/t0", root) == "search/t0"
+    assert confined_dir("search/t0", root) == root / "search" / "t0"
+    for bad in ("../other-run/tune/x", "/etc", "", None):
+        assert confined_dir(bad, root) is None
