@@ -140,8 +140,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"report: {out / REPORT_HTML}")
         return 0
     from raysynth.data import load_dataset, make_splits
+    from raysynth.data.split_files import describe_splits
 
     print(dump_yaml(cfg))
+    print("\n".join(printable(line) for line in describe_splits(cfg.data)))
     images = load_dataset(cfg.data)
     splits = make_splits(images, cfg.data, cfg.seed)
     flow(cfg.flow).check(cfg, images.num_classes)
@@ -155,6 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {name}: {sum(counts[name])} images, per class {counts[name]}")
     if splits.groups:
         print(f"  long-tail groups: {splits.groups}")
+    if images.group_names:
+        print(f"  groups (contexts): {', '.join(map(printable, images.group_names))}")
     return 0
 
 

@@ -6,6 +6,8 @@ CLASS_NAME = "class_name"
 IMAGE = "image"  # PNG bytes, never decoded arrays
 SPLIT = "split"
 SOURCE = "source"  # where a real image came from (file path or dataset index)
+GROUP = "group"  # a real image's group (context, NICO++), "" when the data has none
+PATH = "path"  # an input Parquet row's file path, matched against published split lists
 
 # Synthetic rows (provenance)
 PROMPT = "prompt"
@@ -27,4 +29,4 @@ OWN_PROB = "own_prob"  # probability of the row's own class (AiR's most represen
 EMBEDDING = "embedding"
 PROBS = "probs"
 
-REAL_COLUMNS = (SAMPLE_ID, LABEL, CLASS_NAME, IMAGE, SPLIT, SOURCE)
+REAL_COLUMNS = (SAMPLE_ID, LABEL, CLASS_NAME, IMAGE, SPLIT, SOURCE, GROUP)

@@ -45,6 +45,31 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class SplitFilesConfig:
+    """A benchmark's published split lists, read instead of carving (``data/split_files.py``).
+    File names are absolute or relative to ``data.path``."""
+
+    format: str = ""  # "" carve the splits | path_label (ImageNet-LT) | flowers102 | csv (NICO++)
+    train: str = ""  # path_label: one "<relative path> <label>" file per split
+    val: str = ""
+    test: str = ""
+    setid: str = "setid.mat"  # flowers102: the official split ...
+    labels: str = "imagelabels.mat"  # ... and the labels
+    metadata: str = ""  # csv: filename,y[,a],split (SubpopBench's NICO++ metadata)
+    names: str = ""  # class names, one per line (line i = label i); "" = labels as names
+    group_names: str = ""  # csv: context names, one per line (line i = group id i)
+    sample_k: bool = False  # few-shot: draw data.k per class from the train list (else all of it)
+
+    def __post_init__(self) -> None:
+        f = "data.split_files"
+        _check_choice(self.format, f"{f}.format", ("", "path_label", "flowers102", "csv"))
+        if self.format == "path_label":
+            _check(bool(self.train), f"{f}.train", "format path_label needs the train list")
+        if self.format == "csv":
+            _check(bool(self.metadata), f"{f}.metadata", "format csv needs the metadata file")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the real images come from and how they are split (per class)."""
 
@@ -60,9 +85,21 @@ class DataConfig:
     imbalance_factor: float = 1.0  # > 1: long-tailed train split, n_max / n_min
     many_threshold: int = 0  # long tail: classes with > this many train images are "many"
     few_threshold: int = 0  # long tail: classes with < this many are "few"; 0 = auto (thirds)
+    # the per-image group (context): "" none (or the split files' group column) | folder
+    # (ImageFolder <class>/<context>/…: the first sub-folder of the class folder)
+    group: str = ""
+    split_files: SplitFilesConfig = field(default_factory=SplitFilesConfig)
 
     def __post_init__(self) -> None:
         _check_choice(self.source, "data.source", ("digits", "imagefolder", "parquet"))
+        _check_choice(self.group, "data.group", ("", "folder"))
+        _check(self.group != "folder" or self.source == "imagefolder", "data.group",
+               "folder reads <class>/<context>/ folders; it needs data.source=imagefolder")
+        if self.split_files.format:
+            _check(self.source != "digits", "data.split_files.format",
+                   "split files list image files; use data.source=imagefolder or parquet")
+            _check(self.imbalance_factor == 1.0, "data.imbalance_factor",
+                   "the split files give the train list (its tail included); leave it at 1")
         if self.source in ("imagefolder", "parquet"):
             _check(bool(self.path), "data.path", f"data.source={self.source} needs a path")
         for key in ("k", "pool_per_class", "val_per_class", "test_per_class"):
@@ -73,11 +110,21 @@ class DataConfig:
         _check(self.imbalance_factor >= 1.0, "data.imbalance_factor", "must be >= 1")
 
 
+ARCHS = ("auto", "small_cnn", "resnet18", "resnet34", "resnet50", "resnext50_32x4d",
+         "preact_resnet34")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Contrastive encoder (METHODS §1 protocol: Adam 1e-3, wd 1e-4, batch 32, tau 0.07)."""
 
-    arch: str = "auto"  # auto | small_cnn | resnet18 (auto: small_cnn for <= 32 px)
+    # auto (small_cnn for <= 32 px, else resnet18) | small_cnn | resnet18 | resnet34 | resnet50 |
+    # resnext50_32x4d | preact_resnet34 (torchvision's ResNets; PreAct-ResNet34 as DiffuseMix ran it)
+    arch: str = "auto"
+    # torchvision weight enum member of the arch (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT); "" =
+    # random init. Downloaded by the driver when online (cached under TORCH_HOME), checked at
+    # --dry-run.
+    pretrained: str = ""
     width: int = 32  # base channels of the small CNN
     feat_dim: int = 128  # encoder output (the frozen embedding)
     proj_dim: int = 64  # projection head output (the contrastive space)
@@ -89,7 +136,9 @@ class EncoderConfig:
     augment: str = "auto"  # auto | small | photo | none
 
     def __post_init__(self) -> None:
-        _check_choice(self.arch, "encoder.arch", ("auto", "small_cnn", "resnet18"))
+        _check_choice(self.arch, "encoder.arch", ARCHS)
+        _check(not self.pretrained or self.arch in ARCHS[2:6], "encoder.pretrained",
+               f"ImageNet weights exist for {', '.join(ARCHS[2:6])}, not arch={self.arch}")
         _check_choice(self.augment, "encoder.augment", ("auto", "small", "photo", "none"))
         for key in ("width", "feat_dim", "proj_dim", "epochs", "batch_size"):
             _check(getattr(self, key) >= 1, f"encoder.{key}", "must be >= 1")
@@ -129,8 +178,22 @@ class EndToEndConfig:
     weight_decay: float = 5e-4
     synthetic_share: float = 0.5  # fraction of each mini-batch drawn from synthetic rows
     balanced_softmax: bool = True
+    optimizer: str = "adam"  # adam | sgd (train/optim.py)
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    schedule: str = "constant"  # constant | cosine (to 0 over the epochs after warm-up)
+    warmup_epochs: int = 0  # linear warm-up from lr/warmup to lr
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_choice(self.optimizer, "end_to_end.optimizer", ("adam", "sgd"))
+        _check_choice(self.schedule, "end_to_end.schedule", ("constant", "cosine"))
+        _check(0 <= self.momentum < 1, "end_to_end.momentum", "must be in [0, 1)")
+        _check(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+               "end_to_end.nesterov", "needs optimizer=sgd with momentum > 0")
+        _check(0 <= self.warmup_epochs < self.epochs, "end_to_end.warmup_epochs",
+               "must be in [0, end_to_end.epochs)")
+        _check(0 <= self.label_smoothing < 1, "end_to_end.label_smoothing", "must be in [0, 1)")
         for key in ("epochs", "batch_size"):
             _check(getattr(self, key) >= 1, f"end_to_end.{key}", "must be >= 1")
         _check(self.lr > 0, "end_to_end.lr", "must be > 0")
@@ -199,10 +262,15 @@ class GeneratorConfig:
     """Which diffusion model makes the images, and how it samples (DESIGN §1, METHODS §2–3)."""
 
     kind: str = "pixel"  # pixel (trained on the real split) | text2image | unclip
-    model: str = ""  # Hugging Face id or local folder (text2image, unclip)
+    model: str = ""  # Hugging Face id or local folder (text2image, unclip), or a .safetensors file
+    # single file (text2image): the diffusers pipeline (folder or cached id) whose component
+    # configs fit it, e.g. stabilityai/stable-diffusion-xl-base-1.0 for CosXL
+    single_file_config: str = ""
+    prediction_type: str = ""  # "" = the model's | epsilon | v_prediction (edm_euler: v)
     dtype: str = "float32"  # float32 | float16 | bfloat16
     device: str = "auto"  # auto (cuda when the actor has a GPU) | cpu | cuda
-    scheduler: str = "ddim"  # ddim | ddpm | pndm | euler | euler_ancestral | dpm_solver
+    # ddim | ddpm | pndm | euler | euler_ancestral | dpm_solver | edm_euler (CosXL's EDM sampler)
+    scheduler: str = "ddim"
     num_steps: int = 30
     guidance_scale: float = 3.0  # classifier-free guidance (1 + γ in DiffCoRe-Mix terms)
     eta: float = 0.0  # DDIM η: 0 deterministic DDIM, 1 ancestral (DDPM-like) sampling
@@ -227,8 +295,9 @@ class GeneratorConfig:
         _check_choice(
             self.scheduler,
             f"{g}.scheduler",
-            ("ddim", "ddpm", "pndm", "euler", "euler_ancestral", "dpm_solver"),
+            ("ddim", "ddpm", "pndm", "euler", "euler_ancestral", "dpm_solver", "edm_euler"),
         )
+        _check_choice(self.prediction_type, f"{g}.prediction_type", ("", "epsilon", "v_prediction"))
         _check(self.num_steps >= 1, f"{g}.num_steps", "must be >= 1")
         _check(self.guidance_scale >= 0, f"{g}.guidance_scale", "must be >= 0")
         _check(0 <= self.eta <= 1, f"{g}.eta", "must be in [0, 1]")
@@ -274,6 +343,8 @@ class SynthesisConfig:
     prompt: str = "a photo of {class}"  # placeholders: {class}, {context}
     negative_prompt: str = ""
     context: str = ""  # dataset context, e.g. "Flowers" or "in the snow"
+    # quotas per class × group (data.group / split-file groups), each group's name as {context}
+    per_group: bool = False
     pool: Resources = field(default_factory=Resources)  # the generator actors
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
@@ -286,6 +357,9 @@ class SynthesisConfig:
         _check(self.per_class_fraction >= 0, "synthesis.per_class_fraction", "must be >= 0")
         if self.quota == "top_up":
             _check(self.top_up_to >= 1, "synthesis.top_up_to", "quota=top_up needs top_up_to >= 1")
+        _check(not self.per_group or "{context}" in self.prompt, "synthesis.per_group",
+               "fills {context} with each group; put {context} in synthesis.prompt "
+               "(e.g. \"{class} in {context}\")")
         self.pool.check("synthesis.pool")
 
 
@@ -365,6 +439,8 @@ class AirConfig:
     iterations: int = 10  # prompt-learning iterations, pseudo-labels refreshed after each
     steps_per_iteration: int = 50  # full-batch SGD steps on the context per iteration
     learning_rate: float = 2e-3
+    schedule: str = "constant"  # constant | cosine (over iterations × steps_per_iteration)
+    warmup_steps: int = 0  # linear warm-up of the prompt learning rate (optimiser steps)
     search: bool = False  # search λ and β with Ray Tune (tune.num_samples trials, on val)
 
     def __post_init__(self) -> None:
@@ -380,6 +456,8 @@ class AirConfig:
         _check(self.lam >= 0, "air.lam", "must be >= 0")
         _check(self.beta >= 0, "air.beta", "must be >= 0")
         _check(self.learning_rate > 0, "air.learning_rate", "must be > 0")
+        _check_choice(self.schedule, "air.schedule", ("constant", "cosine"))
+        _check(self.warmup_steps >= 0, "air.warmup_steps", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ class ParquetRow(NamedTuple):
     image: bytes | None
     label: int | None
     name: str | None
+    path: str | None = None  # the ``path`` column, or the image struct's ``path`` (split files)
 
 
 def read_image_rows(
@@ -40,7 +41,7 @@ def read_image_rows(
         present = pq.read_schema(f, filesystem=fs).names
         if not accepts(set(present)):
             raise DataError(f"{f} has columns {', '.join(present)}; {needs}")
-        wanted = [c for c in (col.IMAGE, col.LABEL, col.CLASS_NAME) if c in present]
+        wanted = [c for c in (col.IMAGE, col.LABEL, col.CLASS_NAME, col.PATH) if c in present]
         table = pq.read_table(f, columns=wanted, filesystem=fs)
         n = table.num_rows
         columns.append(set(present))
@@ -49,8 +50,20 @@ def read_image_rows(
         names = (
             table.column(col.CLASS_NAME).to_pylist() if col.CLASS_NAME in present else [None] * n
         )
-        rows += [ParquetRow(f"{f}:{i}", images[i], labels[i], names[i]) for i in range(n)]
+        paths = _path_column(table, present)
+        rows += [
+            ParquetRow(f"{f}:{i}", images[i], labels[i], names[i], paths[i]) for i in range(n)
+        ]
     return rows, columns
+
+
+def _path_column(table: pa.Table, present: list[str]) -> list[str | None]:
+    if col.PATH in present:
+        return table.column(col.PATH).to_pylist()
+    image = table.column(col.IMAGE)
+    if pa.types.is_struct(image.type) and image.type.get_field_index("path") >= 0:
+        return image.combine_chunks().field("path").to_pylist()
+    return [None] * table.num_rows
 
 
 def _image_column(column: pa.ChunkedArray, file: str) -> list[bytes | None]:

@@ -26,7 +26,11 @@ from raysynth.storage import AnyPath, as_path
 
 def load_dataset(cfg: DataConfig) -> ImageSet:
     """Load the dataset ``cfg.source`` names, restricted to ``cfg.classes`` when given."""
-    if cfg.source == "digits":
+    if cfg.split_files.format:  # the benchmark's published lists (data/split_files.py)
+        from raysynth.data.split_files import listed_class_names, load_listed
+
+        data = load_listed(cfg, select_classes(listed_class_names(cfg), cfg.classes))
+    elif cfg.source == "digits":
         data = _load_digits(cfg)
     elif cfg.source == "imagefolder":
         data = _load_imagefolder(cfg)
@@ -84,10 +88,12 @@ def _load_imagefolder(cfg: DataConfig) -> ImageSet:
     names = select_classes(sorted(folders), cfg.classes)
     files: list[AnyPath] = []
     labels: list[int] = []
+    groups: list[str] = []
     for label, name in enumerate(names):
         found = image_files(folders[name])
         files += found
         labels += [label] * len(found)
+        groups += [folder_group(folders[name], f) if cfg.group else "" for f in found]
     channels = cfg.channels or 3
     pngs, skipped = convert_images(
         [str(f) for f in files], lambda i: files[i].read_bytes(), channels, cfg.image_size
@@ -101,9 +107,16 @@ def _load_imagefolder(cfg: DataConfig) -> ImageSet:
         sources=[str(files[i]) for i in keep],
         skipped=skipped,
         channels=channels,
+        group=[groups[i] for i in keep],
     )
     _check_no_empty_class(data, folders={n: folders[n] for n in names})
     return data
+
+
+def folder_group(class_folder: Path, file: Path) -> str:
+    """``<class>/<context>/…/image``: the context folder ("" for an image directly in the class)."""
+    parts = file.relative_to(class_folder).parts
+    return parts[0] if len(parts) > 1 else ""
 
 
 # 3. Parquet (DESIGN §1 schema) ---------------------------------------------------------------

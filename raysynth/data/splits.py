@@ -110,6 +110,8 @@ def make_splits(data: ImageSet, cfg: DataConfig, seed: int) -> Splits:
     Images of a class beyond what the splits need are left out. A class with too few images is a
     :class:`DataError` that lists every such class with what it has and needs.
     """
+    if any(data.split):  # published split lists (data.split_files)
+        return listed_splits(data, cfg, seed)
     num = data.num_classes
     train_n = train_counts(num, cfg)
     sizes = (cfg.test_per_class, cfg.val_per_class, cfg.pool_per_class)
@@ -146,3 +148,40 @@ def make_splits(data: ImageSet, cfg: DataConfig, seed: int) -> Splits:
         else {}
     )
     return Splits(**arrays, groups=groups)
+
+
+# Published split lists (data.split_files) ------------------------------------------------------
+
+
+def listed_splits(data: ImageSet, cfg: DataConfig, seed: int) -> Splits:
+    """Val and test exactly as listed; pool and train from the listed train images of each class,
+    shuffled as above: pool the first ``pool_per_class``, train the next ``k`` with
+    ``split_files.sample_k`` (few-shot, a prefix for a smaller k) or all the rest. Long-tail groups
+    when ``many_threshold`` / ``few_threshold`` are set (ImageNet-LT: 100 / 20)."""
+    assigned = np.asarray(data.split)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLIT_NAMES}
+    short = []
+    for c, name in enumerate(data.class_names):
+        mine = data.labels == c
+        for split in ("val", "test"):
+            parts[split].append(np.flatnonzero(mine & (assigned == split)))
+        listed = np.flatnonzero(mine & (assigned == "train"))
+        need = cfg.pool_per_class + (cfg.k if cfg.split_files.sample_k else 0)
+        if len(listed) < max(need, 1):
+            short.append(f"class {name!r} has {len(listed)} listed train images but needs "
+                         f"{max(need, 1)}")
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+        order = listed[rng.permutation(len(listed))]
+        end = cfg.pool_per_class + cfg.k if cfg.split_files.sample_k else len(order)
+        parts["pool"].append(order[: cfg.pool_per_class])
+        parts["train"].append(np.sort(order[cfg.pool_per_class : end]))
+    if short:
+        raise DataError("too few listed train images: " + "; ".join(short) + ". Lower data.k or "
+                        "data.pool_per_class, or leave those classes out with data.classes")
+    splits = Splits(**{s: np.concatenate(p) if p else np.zeros(0, np.int64)
+                       for s, p in parts.items()})
+    if cfg.many_threshold or cfg.few_threshold:
+        counts = splits.counts(data.labels, data.num_classes)["train"]
+        splits.groups = long_tail_groups(counts, cfg.many_threshold, cfg.few_threshold)
+    return splits

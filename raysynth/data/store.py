@@ -42,6 +42,7 @@ REAL_SCHEMA = pa.schema(
         pa.field(col.IMAGE, pa.binary(), nullable=False),
         pa.field(col.SPLIT, pa.string(), nullable=False),
         pa.field(col.SOURCE, pa.string(), nullable=False),
+        pa.field(col.GROUP, pa.string(), nullable=False),  # "" when the data has no groups
     ]
 )
 
@@ -95,6 +96,7 @@ def real_table(data: ImageSet, indices: Sequence[int] | np.ndarray, split: str) 
             pa.array([data.images[i] for i in idx], pa.binary()),
             pa.array([split] * len(idx), pa.string()),
             pa.array([data.sources[i] for i in idx], pa.string()),
+            pa.array([data.group[i] for i in idx], pa.string()),
         ],
         schema=REAL_SCHEMA,
     )
@@ -119,7 +121,7 @@ def read_real(run_dir: str | AnyPath, split: str) -> ImageSet:
         raise RunDirError(f"{path} is missing; re-run the data stage on {run_dir}")
     fs, where = fs_path(path)
     table = pq.read_table(where, filesystem=fs)
-    missing = [c for c in col.REAL_COLUMNS if c not in table.column_names]
+    missing = [c for c in col.REAL_COLUMNS if c not in table.column_names and c != col.GROUP]
     if missing:
         raise RunDirError(
             f"{path} lacks columns {', '.join(missing)} (has {', '.join(table.column_names)}); "
@@ -133,6 +135,7 @@ def read_real(run_dir: str | AnyPath, split: str) -> ImageSet:
         skipped=[(s, r) for s, r in meta.get("skipped", [])],
         channels=int(meta["channels"]),
         sample_ids=table.column(col.SAMPLE_ID).to_pylist(),
+        group=table.column(col.GROUP).to_pylist() if col.GROUP in table.column_names else [],
     )
 
 
@@ -151,6 +154,7 @@ def read_real_splits(run_dir: str | AnyPath) -> tuple[ImageSet, Splits]:
         skipped=first.skipped,
         channels=first.channels,
         sample_ids=[i for p in parts for i in p.sample_ids],
+        group=[g for p in parts for g in p.group],
     )
     bounds = np.cumsum([0] + [len(p) for p in parts])
     ranges = {

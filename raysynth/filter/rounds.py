@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from raysynth.filter.threshold import class_thresholds
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.stage import generate
 from raysynth.generate.table import iter_tables
-from raysynth.plan.quotas import plan_round, quotas
+from raysynth.plan.quotas import GroupLayout, group_quotas, plan_round, quotas
 from raysynth.ray_data import iter_numpy, map_pool, read_parquet
 from raysynth.seeding import stable_seed
 from raysynth.storage import AnyPath, spec_path
@@ -44,6 +44,8 @@ class RealTrain:
     channels: int
     image_size: int
     table: str | AnyPath  # the real train split's Parquet file (in the run directory)
+    group_counts: dict[int, dict[str, int]] = field(default_factory=dict)  # class → group → n
+    group_names: tuple[str, ...] = ()  # every group of the data (synthesis.per_group)
 
     @property
     def num_classes(self) -> int:
@@ -170,7 +172,7 @@ def filter_stage(job: Synthesis, real: RealTrain, classifier_folder: Path | None
 
 
 def run_rounds(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: Any,
-               want: np.ndarray) -> tuple[int, int]:
+               want: np.ndarray, layout: GroupLayout | None = None) -> tuple[int, int]:
     """Generate round after round until every class has ``want`` accepted images (or the last
     round); returns the rounds run and the images this call generated (a resumed run skips the
     ones already written)."""
@@ -182,7 +184,7 @@ def run_rounds(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: 
             break
         counts = {c: int(n) for c, n in enumerate(deficit) if n > 0}
         rows = plan_round(job.synthesis, list(real.class_names), real.ids_by_class, counts,
-                          job.seed, r)
+                          job.seed, r, layout=layout)
         log.info("synthesis round %d: %d images for %d classes", r, len(rows), len(counts))
         stats = generate(rows, gen_spec, job.out, job.synthesis, [stage], f"round-{r:03d}")
         generated += stats.generated
@@ -197,10 +199,13 @@ def synthesize(
 ) -> dict[str, Any]:
     """Run the rounds; returns the ``synthesis`` section of report.json."""
     t0 = time.perf_counter()
-    quota = quotas(job.synthesis, real.counts())
+    layout = (group_quotas(job.synthesis, real.group_counts, real.group_names, real.num_classes)
+              if job.synthesis.per_group else None)
+    quota = ({c: sum(n for _, n in g) for c, g in layout.items()} if layout
+             else quotas(job.synthesis, real.counts()))
     stage, tau = filter_stage(job, real, classifier_folder)
     want = np.array([quota.get(c, 0) for c in range(real.num_classes)])
-    rounds, generated = run_rounds(job, real, gen_spec, stage, want)
+    rounds, generated = run_rounds(job, real, gen_spec, stage, want, layout)
     acc, rej = accepted_per_class(job.out, real.num_classes)
     unfilled = np.maximum(want - acc, 0)
     if unfilled.any():
@@ -215,6 +220,7 @@ def synthesize(
         "rounds": rounds,
         "representative": most_representative_ids(job.out, list(real.class_names)),
         "wall_s": time.perf_counter() - t0,
+        "per_group": {real.class_names[c]: dict(g) for c, g in layout.items()} if layout else None,
         "per_class": {
             real.class_names[c]: {
                 "quota": int(want[c]),

@@ -236,7 +236,7 @@ def prompt_config(cfg: RunConfig) -> Any:
     return PromptConfig(
         n_ctx=a.n_ctx, seed=cfg.seed, iterations=a.iterations, steps=a.steps_per_iteration,
         lr=a.learning_rate, temperature=a.temperature, proto_temperature=a.temperature,
-        lam=a.lam, beta=a.beta, top_k=a.top_k,
+        lam=a.lam, beta=a.beta, top_k=a.top_k, schedule=a.schedule, warmup_steps=a.warmup_steps,
     )
 
 

@@ -36,7 +36,7 @@ def run(job: Job) -> dict[str, Any] | None:
     real = job.real
     data = (real.arrays("train"), synthetic, real.arrays("test"), real.splits.groups,
             real.num_classes)
-    job.report["classifier"] = compare(*data, job.cfg, job.run.train)
+    job.report["classifier"] = compare(*data, job.cfg, job.run.train, real.contexts("test"))
     return None
 
 
@@ -49,6 +49,7 @@ class ClassifierData:
     test: LabeledArrays
     groups: dict[str, list[int]]
     num_classes: int
+    contexts: tuple[list[str], list[str]] | None = None  # test rows' groups, class names
 
 
 def compare(
@@ -59,20 +60,23 @@ def compare(
     num_classes: int,
     cfg: RunConfig,
     storage: Path,
+    contexts: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, Any]:
     """Real-only against real ∪ synthetic, the same classifier and protocol."""
     empty = LabeledArrays.empty_like(real_train)
     real_only = classifier_runs(
-        ClassifierData(real_train, empty, test, groups, num_classes), cfg, storage, "real_only"
+        ClassifierData(real_train, empty, test, groups, num_classes, contexts), cfg, storage,
+        "real_only",
     )
     mix = cfg.mix.fraction if cfg.mix.enabled else 0.0
     with_syn = classifier_runs(
-        ClassifierData(real_train, synthetic, test, groups, num_classes), cfg, storage,
+        ClassifierData(real_train, synthetic, test, groups, num_classes, contexts), cfg, storage,
         "with_synthetic", mix_fraction=mix,
     )
     for name, res in (("real only", real_only), ("with synthetic", with_syn)):
         log.info("final classifier, %s: %s", name,
-                 ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()))
+                 ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()
+                           if not k.startswith("group:")))
     return {"real_only": real_only, "with_synthetic": with_syn}
 
 
@@ -90,7 +94,7 @@ def classifier_runs(
             return train_end_to_end(
                 cfg, d.real, d.synthetic, d.test, d.groups, d.num_classes,
                 stable_seed(cfg.seed, name, r), folder / "model", folder / "ckpt", storage,
-                f"{name}-r{r}", mix_fraction,
+                f"{name}-r{r}", mix_fraction, d.contexts,
             )
 
         runs.append(cached(folder / "result.json", train))

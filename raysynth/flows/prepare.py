@@ -10,6 +10,7 @@ aside outputs computed under other values of the config sections the step depend
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,22 @@ class RealData:
     def real_train(self, table: AnyPath) -> RealTrain:
         """What the filter's rounds need of the train split (``table``: its Parquet file)."""
         return RealTrain(
-            tuple(self.class_names), self.ids_by_class(), self.channels, self.image_size, table
+            tuple(self.class_names), self.ids_by_class(), self.channels, self.image_size, table,
+            self.group_counts(), tuple(self.images.group_names),
         )
+
+    def contexts(self, split: str) -> tuple[list[str], list[str]] | None:
+        """Each row's group in ``split`` and the class names; None when the data has no groups."""
+        groups = [self.images.group[i] for i in getattr(self.splits, split)]
+        return (groups, self.class_names) if any(groups) else None
+
+    def group_counts(self) -> dict[int, dict[str, int]]:
+        """Train images per class and group (context); {} when the data has no groups."""
+        out: dict[int, Counter] = {}
+        for i in self.splits.train:
+            if self.images.group[i]:
+                out.setdefault(int(self.images.labels[i]), Counter())[self.images.group[i]] += 1
+        return {c: dict(sorted(n.items())) for c, n in sorted(out.items())}
 
 
 def prepare_real(run: RunDir, cfg: RunConfig) -> RealData:
@@ -120,12 +135,15 @@ def train_end_to_end(
     cfg: RunConfig, real: LabeledArrays, synthetic: LabeledArrays, evaluate: LabeledArrays,
     groups: dict[str, list[int]], num_classes: int, seed: int, save_dir: Path,
     checkpoint_dir: Path, storage: Path, name: str, mix_fraction: float = 0.0,
+    contexts: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, float]:
     """One end-to-end classifier (Ray Train, ``train.*`` workers) on real ∪ synthetic, scored on
-    ``evaluate`` per class group; the model is written to ``save_dir``."""
+    ``evaluate`` per class group (and per class × context: ``contexts`` = (each eval row's group,
+    class names)); the model is written to ``save_dir``."""
     size = int(real.x.shape[-1])
     enc = encoder_config(
-        cfg.encoder.arch, int(real.x.shape[1]), size, cfg.encoder.width, cfg.encoder.feat_dim
+        cfg.encoder.arch, int(real.x.shape[1]), size, cfg.encoder.width, cfg.encoder.feat_dim,
+        cfg.encoder.pretrained,
     )
     loop_cfg = {
         "real": real, "synthetic": synthetic, "eval": evaluate, "groups": groups,
@@ -134,6 +152,7 @@ def train_end_to_end(
         "save_dir": spec_path(save_dir), "checkpoint_dir": spec_path(checkpoint_dir),
         "checkpoint_every": cfg.train.checkpoint_every,
         "threads": max(1, int(cfg.train.cpus_per_worker)), "mix_fraction": mix_fraction,
+        "eval_contexts": (contexts or ([], []))[0], "class_names": (contexts or ([], []))[1],
     }
     return run_trainer(end_to_end_loop, loop_cfg, cfg.train, name, storage)
 
@@ -223,6 +242,10 @@ def check_models(cfg: RunConfig) -> None:
         from raysynth.generate.pixel_generator import check_pixel_adapters
 
         check_pixel_adapters(g)
+    if cfg.encoder.pretrained:
+        from raysynth.train.architectures import check_pretrained
+
+        check_pretrained(cfg.encoder.arch, cfg.encoder.pretrained)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
         from raysynth.filter.clip_weights import check_clip_available
 

@@ -15,6 +15,7 @@ import torch
 
 from raysynth.config.schema import GeneratorConfig
 from raysynth.errors import ConfigError
+from raysynth.generate import single_file
 from raysynth.generate.generators import DTYPES
 from raysynth.storage import as_path, local_folder
 
@@ -26,6 +27,7 @@ SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
     "euler_ancestral": "EulerAncestralDiscreteScheduler",
     "dpm_solver": "DPMSolverMultistepScheduler",
+    "edm_euler": "EDMEulerScheduler",  # CosXL's sampler (generate/single_file.py)
 }
 SDXL = "StableDiffusionXLPipeline"
 PIPELINES = {
@@ -67,6 +69,11 @@ def check_model_available(cfg: GeneratorConfig) -> dict[str, Any]:
     model = cfg.model
     if not model:
         raise ConfigError(f"{KEY}.model is empty; pass a Hugging Face id or a local folder")
+    if single_file.is_single_file(model):
+        info = single_file.check_single_file(cfg)
+        _check_pipeline_class(cfg, info.get("_class_name", ""))
+        check_scheduler(cfg.scheduler)
+        return info
     if _is_local_path(model):
         index = Path(model).expanduser() / "model_index.json"
         if not index.is_file():
@@ -158,9 +165,10 @@ def load_pipeline(cfg: GeneratorConfig, device: torch.device) -> Any:
     if name == "StableDiffusionPipeline" and not cfg.safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        pipe = cls.from_pretrained(
+        pipe = (single_file.load_single_file(cfg, name, kwargs)
+                if single_file.is_single_file(cfg.model) else cls.from_pretrained(
             str(Path(cfg.model).expanduser()) if _is_local_path(cfg.model) else cfg.model, **kwargs
-        )
+        ))
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{KEY}.model={cfg.model!r} could not be loaded: {exc}") from exc
     has_checker = getattr(pipe, "safety_checker", None) is not None
@@ -169,7 +177,9 @@ def load_pipeline(cfg: GeneratorConfig, device: torch.device) -> Any:
             f"{KEY}.safety_checker=true but {cfg.model!r} ships no safety checker; set it to "
             "false or use a model folder that has one (safety_checker/ + feature_extractor/)"
         )
-    pipe.scheduler = check_scheduler(cfg.scheduler).from_config(pipe.scheduler.config)
+    pipe.scheduler = check_scheduler(cfg.scheduler).from_config(
+        pipe.scheduler.config, **single_file.scheduler_kwargs(cfg)
+    )
     _load_adapters(pipe, cfg)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

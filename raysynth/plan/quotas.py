@@ -4,7 +4,10 @@
 - :func:`quotas_fraction_of_k` — a fraction of each class's real count, at least one (UniCon: k/2);
 - :func:`quotas_top_up` — up to a target count per class (feedback guidance balances ImageNet-LT to
   1,300 per class);
-- :func:`quotas` picks one from ``synthesis.quota``; :func:`plan_round` plans a round's rows.
+- :func:`quotas` picks one from ``synthesis.quota``; :func:`plan_round` plans a round's rows;
+- :func:`group_quotas` applies the same rule to every class × group (``synthesis.per_group``: the
+  feedback paper tops each NICO++ class × context group up, empty groups included), giving each
+  class its groups' quotas in group order (a :data:`GroupLayout`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from raysynth.config.schema import SynthesisConfig
-from raysynth.errors import ConfigError
+from raysynth.errors import ConfigError, DataError
 from raysynth.plan.rows import make_plan
 
 
@@ -55,6 +58,30 @@ def quotas(cfg: SynthesisConfig, train_counts: Sequence[int]) -> dict[int, int]:
     return quotas_fraction_of_k(list(train_counts), cfg.per_class_fraction)
 
 
+GroupLayout = dict[int, list[tuple[str, int]]]
+"""Per class, ``(group, images)`` in group order: the class's rows ``0..n-1`` are laid out group
+after group, and a row's group fills ``{context}`` in its prompt."""
+
+
+def group_quotas(
+    cfg: SynthesisConfig, group_counts: Mapping[int, Mapping[str, int]], groups: Sequence[str],
+    num_classes: int,
+) -> GroupLayout:
+    """The quota rule of ``cfg`` applied to each (class, group)'s real count; every group of
+    ``groups`` gets a quota in every class, those with no real image included."""
+    if not groups:
+        raise DataError(
+            "synthesis.per_group=true but the real data has no groups; read them from "
+            "<class>/<context>/ folders (data.group=folder) or from split files with a group column"
+        )
+    layout: GroupLayout = {}
+    for c in range(num_classes):
+        mine = group_counts.get(c, {})
+        per = quotas(cfg, [int(mine.get(g, 0)) for g in groups])
+        layout[c] = [(g, per[i]) for i, g in enumerate(groups)]
+    return layout
+
+
 def plan_round(
     cfg: SynthesisConfig,
     class_names: list[str],
@@ -63,8 +90,11 @@ def plan_round(
     run_seed: int,
     round_: int,
     start_index: dict[int, int] | None = None,
+    layout: GroupLayout | None = None,
 ) -> list[dict[str, Any]]:
-    """Plan rows for one round (round 0: the quota; later rounds: replacements)."""
+    """Plan rows for one round (round 0: the quota; later rounds: replacements). With a group
+    ``layout`` a row's group (by its index) fills ``{context}``; the synthetic table does not keep
+    the group, so a later round's replacements of a class are laid out from its first group."""
     return make_plan(
         class_names,
         real_ids_by_class,
@@ -75,4 +105,5 @@ def plan_round(
         negative_prompt=cfg.negative_prompt,
         context=cfg.context,
         start_index=start_index,
+        groups=layout,
     )

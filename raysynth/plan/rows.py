@@ -99,8 +99,14 @@ def make_plan(
     negative_prompt: str = "",
     context: str = "",
     start_index: Mapping[int, int] | None = None,
+    groups: Mapping[int, Sequence[tuple[str, int]]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per image to synthesize, classes in label order, indices ascending.
+
+    With ``groups`` (per class, ``(group, n)`` in order) row ``index`` of a class belongs to the
+    group whose range holds it (the first ``n_0`` indices to the first group, …; indices beyond
+    the last range to the last group) and its group fills ``{context}`` (``{class} in {context}``:
+    one prompt per class × group); the row's seed and id are those of (class, index) as before.
 
     Class ``c`` gets indices ``start_index[c] .. start_index[c] + quotas[c] - 1`` (start 0 unless
     given: a top-up in a later call continues where the earlier one stopped). ``cond_id`` is one of
@@ -123,13 +129,25 @@ def make_plan(
                 f"class {name!r} (label {label}) has no real images to condition on; "
                 "give it real training images or set its quota to 0"
             )
-        prompt = format_prompt(prompt_template, name, context)
-        negative = format_prompt(negative_prompt, name, context)
         first = int(start_index.get(label, 0))
+        layout = list(groups.get(label, ())) if groups else []
         for index in range(first, first + quota):
+            ctx = group_of(layout, index) if layout else context
+            prompts = (format_prompt(prompt_template, name, ctx),
+                       format_prompt(negative_prompt, name, ctx))
             pick = stable_seed("cond", run_seed, name, index, round) % len(real_ids)
-            rows.append(_row(run_seed, label, name, index, round, (prompt, negative), real_ids[pick]))
+            rows.append(_row(run_seed, label, name, index, round, prompts, real_ids[pick]))
     return rows
+
+
+def group_of(layout: Sequence[tuple[str, int]], index: int) -> str:
+    """The group whose index range (laid out group after group) holds ``index``."""
+    end = 0
+    for group, n in layout:
+        end += n
+        if index < end:
+            return group
+    return layout[-1][0]
 
 
 def _row(

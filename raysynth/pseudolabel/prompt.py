@@ -47,8 +47,13 @@ class PromptConfig:
     lam: float = 1.0
     beta: float = 1.0
     top_k: int = 16  # real images per class trained on; 0 = every image
+    schedule: str = "constant"  # constant | cosine over all iterations × steps (train/optim.py)
+    warmup_steps: int = 0  # linear warm-up over the first optimiser steps
 
     def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine") or self.warmup_steps < 0:
+            raise ConfigError(f"prompt learning schedule {self.schedule!r} / warm-up "
+                              f"{self.warmup_steps}: choose constant or cosine, warm-up >= 0")
         checks = {
             "n_ctx": self.n_ctx >= 1,
             "init_std": self.init_std > 0,

@@ -36,6 +36,7 @@ from raysynth.pseudolabel.prompt import PromptConfig, PromptData, PromptResult
 from raysynth.pseudolabel.prompt_encoder import PromptTextEncoder, unit_rows
 from raysynth.pseudolabel.top_k import top_k_per_class
 from raysynth.pseudolabel.zero_shot import label_accuracy
+from raysynth.train.optim import lr_at, set_lr
 
 log = logging.getLogger("raysynth.air")
 
@@ -74,7 +75,7 @@ def train_prompt(
         # 2. full-batch steps on L = CE(x, ỹ*) + β CE(x̂, y) (Eq. 10)
         y = torch.from_numpy(labels[rows]).to(dev)
         synthetic = (syn, syn_y) if cfg.beta > 0 and syn is not None else None
-        losses = _steps(encoder, opt, (real[rows], y), synthetic, cfg, scale)
+        losses = _steps(encoder, opt, (real[rows], y), synthetic, cfg, scale, it * cfg.steps)
         # 3. refresh p with the learned prompt
         p, val = _refresh(encoder, real, data, scale)
         refreshed = np.argmax(fuse(p, p_hat, cfg.lam), axis=1)
@@ -131,10 +132,14 @@ def _steps(
     synthetic: tuple[torch.Tensor, torch.Tensor] | None,
     cfg: PromptConfig,
     scale: float,
+    first: int = 0,
 ) -> list[float]:
-    """``cfg.steps`` optimiser steps on ``CE(x, ỹ*) [+ β CE(x̂, y)]``; the loss of each step."""
+    """``cfg.steps`` optimiser steps on ``CE(x, ỹ*) [+ β CE(x̂, y)]``; the loss of each step.
+    Step ``first + i`` of all ``iterations × steps`` runs at the rate of ``cfg.schedule``."""
     losses = []
-    for _ in range(cfg.steps):
+    total = cfg.iterations * cfg.steps
+    for i in range(cfg.steps):
+        set_lr(opt, lr_at(first + i, total, cfg.lr, cfg.schedule, cfg.warmup_steps))
         text = encoder()
         loss = F.cross_entropy(_logits(real[0], text, scale), real[1])
         if synthetic is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import raysynth.report.charts as charts
 from raysynth.report.collect import Gallery, Thumb, make_thumb
+from raysynth.report.groups import worst_group_table
 from raysynth.report.tables import (
     GROUPS,
     Table,
@@ -141,6 +142,8 @@ def build_html(
     if (t := accuracy_table(report)) is not None:
         body += ["<h2>Accuracy</h2>", _html_table(t)]
     body += _classifier_section(report)
+    if (t := worst_group_table(report)) is not None:
+        body += ["<h2>Worst-group accuracy</h2>", _html_table(t)]
     body += _weights_section(report)
     body += _air_section(report, prototypes)
     if tables := synthesis_tables(report):

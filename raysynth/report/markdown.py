@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import raysynth.report.tables as tables
+from raysynth.report.groups import SHOWN, worst_group_table
 from raysynth.report.tables import Table
 from raysynth.report.text import md_code, md_text
 
@@ -45,6 +46,8 @@ def build_markdown(report: dict, skipped: Any = ()) -> str:
 
     section("Accuracy", [tables.accuracy_table(report)], "The best method is in bold.")
     section("Classifier accuracy per group", [tables.classifier_table(report)])
+    section("Worst-group accuracy", [worst_group_table(report)],
+            f"Groups are class × context pairs of the test split; the {SHOWN} lowest shown.")
     weights = tables.weights_of(report)
     if weights:
         section(

@@ -3,7 +3,7 @@ feedback-guidance paper (real/synthetic share per mini-batch, balanced softmax).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -17,6 +17,7 @@ from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import augment
 from raysynth.train.epochs import train_epochs
 from raysynth.train.models import ImageClassifier, MLPClassifier, build_encoder
+from raysynth.train.optim import build_optimizer, lr_at
 
 
 def fit_mlp(
@@ -60,6 +61,27 @@ def group_accuracy(
     return out
 
 
+GROUP_KEY = "group:"  # metric keys of (class, context) groups ("group:cat in autumn"; report/groups.py)
+
+
+def context_group_accuracy(
+    pred: np.ndarray, labels: np.ndarray, contexts: Sequence[str], class_names: Sequence[str]
+) -> dict[str, float]:
+    """Accuracy of every (class, context) group among the evaluated rows (rows of context ""
+    left out), ``worst_group`` (the lowest: NICO++'s metric) and ``mean_group`` (their mean);
+    {} when no row has a context."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    ctx = np.asarray(list(contexts), dtype=object)
+    out: dict[str, float] = {}
+    for c, g in sorted({(int(y), str(g)) for y, g in zip(labels, ctx) if g}):
+        mask = (labels == c) & (ctx == g)
+        out[f"{GROUP_KEY}{class_names[c]} in {g}"] = float((pred[mask] == c).mean())
+    if out:
+        vals = list(out.values())
+        out["worst_group"], out["mean_group"] = min(vals), float(np.mean(vals))
+    return out
+
+
 def effective_prior(
     y_real: np.ndarray, y_syn: np.ndarray, num_classes: int, synthetic_share: float
 ) -> np.ndarray:
@@ -98,9 +120,7 @@ def fit_end_to_end(
     """
     torch.manual_seed(seed)
     model = model or ImageClassifier(build_encoder(encoder_cfg), num_classes).to(device)
-    optimizer = optimizer or torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    optimizer = optimizer or end_to_end_optimizer(model, cfg)
     share = cfg.synthetic_share if len(synthetic) else 0.0
     log_prior = None
     if cfg.balanced_softmax:
@@ -109,9 +129,19 @@ def fit_end_to_end(
     rows = tuple(torch.from_numpy(a).to(device) for a in (real.x, real.y, synthetic.x, synthetic.y))
     n_syn = round(cfg.batch_size * share)
     batch = (cfg.batch_size - n_syn, n_syn)
-    losses = partial(_batch_losses, model, rows, batch, log_prior, aug_kind, mix_fraction)
-    train_epochs(model, optimizer, range(start_epoch, cfg.epochs), seed, len(real), losses, on_epoch)
+    losses = partial(_batch_losses, model, rows, batch, log_prior, (aug_kind, cfg.label_smoothing),
+                     mix_fraction)
+    schedule = partial(lr_at, total=cfg.epochs, base_lr=cfg.lr, schedule=cfg.schedule,
+                       warmup=cfg.warmup_epochs)
+    train_epochs(model, optimizer, range(start_epoch, cfg.epochs), seed, len(real), losses, on_epoch,
+                 schedule)
     return model.eval()
+
+
+def end_to_end_optimizer(model: torch.nn.Module, cfg: EndToEndConfig) -> torch.optim.Optimizer:
+    """The optimiser ``end_to_end.optimizer`` names, with its momentum / Nesterov / decay."""
+    return build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay,
+                           cfg.momentum, cfg.nesterov)
 
 
 def _batch_losses(
@@ -119,14 +149,16 @@ def _batch_losses(
     rows: tuple[torch.Tensor, ...],
     batch: tuple[int, int],
     log_prior: torch.Tensor | None,
-    aug_kind: str,
+    aug: tuple[str, float],
     mix_fraction: float,
     perm: torch.Tensor,
     gen: torch.Generator,
 ) -> Iterator[torch.Tensor]:
     """The cross-entropy of each batch: ``batch[0]`` real rows in ``perm`` order (a share of them
-    mixed), ``batch[1]`` synthetic rows drawn at random; ``log_prior`` added for balanced softmax."""
+    mixed), ``batch[1]`` synthetic rows drawn at random; ``log_prior`` added for balanced softmax;
+    ``aug``: the augmentation kind and the label smoothing."""
     xr, yr, xs, ys = rows
+    aug_kind, smoothing = aug
     n_real, n_syn = batch
     for i in range(0, len(yr), n_real):
         b = perm[i : i + n_real].to(yr.device)
@@ -139,4 +171,4 @@ def _batch_losses(
         logits = model(augment(x, aug_kind, gen))
         if log_prior is not None:
             logits = logits + log_prior
-        yield F.cross_entropy(logits, y)
+        yield F.cross_entropy(logits, y, label_smoothing=smoothing)

@@ -24,10 +24,15 @@ def train_epochs(
     rows: int,
     batch_losses: BatchLosses,
     on_epoch: EpochHook | None = None,
+    lr_of_epoch: Callable[[int], float] | None = None,
 ) -> None:
     """Train ``model`` for ``epochs``: ``batch_losses(perm, gen)`` yields one loss per batch of
-    the epoch's permutation ``perm`` of ``rows`` rows, drawing any randomness from ``gen``."""
+    the epoch's permutation ``perm`` of ``rows`` rows, drawing any randomness from ``gen``;
+    ``lr_of_epoch(epoch)`` (a schedule of ``train/optim.py``) sets the rate of each epoch."""
     for epoch in epochs:
+        if lr_of_epoch is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_of_epoch(epoch)
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         perm = torch.randperm(rows, generator=gen)
         model.train()

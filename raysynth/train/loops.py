@@ -10,7 +10,14 @@ import torch
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays, ProtocolData, sample_per_class
 from raysynth.train.checkpoint import write_checkpoint
-from raysynth.train.classifier import accuracy, fit_end_to_end, fit_mlp, group_accuracy
+from raysynth.train.classifier import (
+    accuracy,
+    context_group_accuracy,
+    end_to_end_optimizer,
+    fit_end_to_end,
+    fit_mlp,
+    group_accuracy,
+)
 from raysynth.train.contrastive import fit_encoder
 from raysynth.train.session import TrainSession
 
@@ -104,7 +111,8 @@ def end_to_end_loop(config: dict[str, Any]) -> None:
 
     Keys: ``real``, ``synthetic``, ``eval`` (:class:`LabeledArrays`), ``groups``, ``num_classes``,
     ``encoder_cfg`` (model JSON of the encoder), ``cfg`` (EndToEndConfig), ``aug_kind``,
-    ``seed``, optional ``checkpoint_dir`` / ``checkpoint_every``, ``save_dir``, ``threads``.
+    ``seed``, optional ``checkpoint_dir`` / ``checkpoint_every``, ``save_dir``, ``threads``,
+    ``eval_contexts`` (each eval row's group) with ``class_names``.
     """
     _threads(config)
     session = TrainSession(config.get("checkpoint_dir"), config.get("checkpoint_every", 0))
@@ -115,7 +123,7 @@ def end_to_end_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     model = session.prepare(ImageClassifier(build_encoder(config["encoder_cfg"]), config["num_classes"]))
     cfg = config["cfg"]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = end_to_end_optimizer(model, cfg)
     start = session.restore(model, opt)
 
     def on_epoch(epoch: int, loss: float, m: torch.nn.Module, o: torch.optim.Optimizer) -> None:
@@ -139,4 +147,9 @@ def end_to_end_loop(config: dict[str, Any]) -> None:
         with torch.no_grad():
             logits = net.eval()(torch.from_numpy(ev.x).to(dev))
         metrics = group_accuracy(logits, torch.from_numpy(ev.y).to(dev), config.get("groups", {}))
+        if config.get("eval_contexts"):  # NICO++: worst-group and per-group accuracy
+            metrics.update(context_group_accuracy(
+                logits.argmax(1).cpu().numpy(), ev.y, config["eval_contexts"],
+                config["class_names"],
+            ))
     session.report(metrics)

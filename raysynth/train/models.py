@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysynth.errors import ConfigError
+from raysynth.train.architectures import TORCHVISION_WEIGHTS, PreActResNet34, TorchvisionNet
 
 
 class SmallCNN(nn.Module):
@@ -139,20 +140,30 @@ def resolve_arch(arch: str, image_size: int) -> str:
     return "small_cnn" if image_size <= 32 else "resnet18"
 
 
-def encoder_config(arch: str, in_channels: int, image_size: int, width: int, feat_dim: int) -> dict:
+def encoder_config(
+    arch: str, in_channels: int, image_size: int, width: int, feat_dim: int, pretrained: str = ""
+) -> dict:
     arch = resolve_arch(arch, image_size)
     if arch == "small_cnn":
         return {"arch": "small_cnn", "in_channels": in_channels, "width": width, "feat_dim": feat_dim}
-    return {"arch": "resnet18", "in_channels": in_channels}
+    if arch == "preact_resnet34" or (arch == "resnet18" and not pretrained):
+        return {"arch": arch, "in_channels": in_channels}
+    return {"arch": arch, "in_channels": in_channels, "small_stem": image_size <= 64,
+            "weights": pretrained}
 
 
 def build_encoder(cfg: dict[str, Any]) -> nn.Module:
     arch = cfg.get("arch")
     if arch == "small_cnn":
         return SmallCNN(cfg["in_channels"], cfg["width"], cfg["feat_dim"])
-    if arch == "resnet18":
+    if arch == "resnet18" and "weights" not in cfg:
         return ResNet18(cfg["in_channels"])
-    raise ConfigError(f"unknown encoder arch {arch!r}; choose small_cnn or resnet18")
+    if arch == "preact_resnet34":
+        return PreActResNet34(cfg["in_channels"])
+    if arch in TORCHVISION_WEIGHTS:
+        return TorchvisionNet(arch, cfg["in_channels"], cfg["small_stem"], cfg["weights"])
+    raise ConfigError(f"unknown encoder arch {arch!r}; choose small_cnn, preact_resnet34 or one "
+                      f"of {', '.join(TORCHVISION_WEIGHTS)}")
 
 
 def build_model(cfg: dict[str, Any]) -> nn.Module:

@@ -55,7 +55,8 @@ class ProtocolResult:
 
 def model_config(cfg: RunConfig, data: ProtocolData) -> dict[str, Any]:
     enc = encoder_config(
-        cfg.encoder.arch, data.channels, data.image_size, cfg.encoder.width, cfg.encoder.feat_dim
+        cfg.encoder.arch, data.channels, data.image_size, cfg.encoder.width, cfg.encoder.feat_dim,
+        cfg.encoder.pretrained,
     )
     return {"kind": "contrastive", "encoder": enc, "proj_dim": cfg.encoder.proj_dim}
 

@@ -36,6 +36,8 @@ REAL_MODELS = {
         "stabilityai/stable-diffusion-2-1-unclip-small",
     },
 }
+# Pipelines whose component configs fit a single-file checkpoint a recipe names (CosXL: SDXL base).
+REAL_SINGLE_FILE_CONFIGS = {"stabilityai/stable-diffusion-xl-base-1.0"}
 # open_clip (model, pretrained tag) pairs the recipes may name (all in open_clip.list_pretrained()).
 REAL_CLIP = {("ViT-B-32", "openai"), ("ViT-B-16", "openai"), ("ViT-L-14", "openai")}
 # Keys whose lines must carry an inline comment: the models, data and resources a recipe names.
@@ -127,8 +129,12 @@ def test_gpu_recipes_name_real_models_and_ask_for_gpus(path):
     gen = cfg.synthesis.generator
     if gen.kind == "pixel":  # trained by raysynth itself: nothing to download
         return
-    assert gen.model in REAL_MODELS[gen.kind], f"{path.name}: unknown {gen.kind} model {gen.model}"
-    assert gen.model in header(path), f"{path.name}: explain {gen.model} in the header"
+    if gen.model.endswith(".safetensors"):  # a single-file model: its configs' pipeline is real
+        assert gen.single_file_config in REAL_SINGLE_FILE_CONFIGS, gen.single_file_config
+        assert gen.single_file_config in header(path) and gen.model in header(path)
+    else:
+        assert gen.model in REAL_MODELS[gen.kind], f"{path.name}: unknown {gen.kind} model {gen.model}"
+        assert gen.model in header(path), f"{path.name}: explain {gen.model} in the header"
     assert cfg.synthesis.pool.gpus_per_actor >= 1, "a latent diffusion pipeline needs a whole GPU"
     assert gen.dtype == "float16"
     assert cfg.train.use_gpu
@@ -160,14 +166,19 @@ def test_main_recipes_carry_the_papers_settings():
         assert c.end_to_end.synthetic_share == 0.5
     lt = cfg["imagenet-lt-feedback"]
     assert lt.synthesis.top_up_to == 1300 and lt.end_to_end.balanced_softmax
-    counts = train_counts(1000, lt.data)
-    assert (max(counts), min(counts)) == (640, 5)
-    assert "{context}" in cfg["nico-feedback"].synthesis.prompt
+    assert lt.data.split_files.format == "path_label" and lt.data.split_files.sample_k is False
+    assert lt.encoder.arch == "resnext50_32x4d"
+    assert (lt.end_to_end.optimizer, lt.end_to_end.schedule) == ("sgd", "cosine")
+    nico = cfg["nico-feedback"]
+    assert "{context}" in nico.synthesis.prompt and nico.synthesis.per_group
+    assert nico.data.split_files.format == "csv" and nico.data.split_files.group_names
+    assert (nico.encoder.arch, nico.encoder.pretrained) == ("resnet50", "IMAGENET1K_V1")
     mix = cfg["flowers102-diffcoremix"]
     assert mix.flow == "classifier" and mix.mix.enabled and mix.mix.fraction == 1.0
     assert mix.synthesis.negative_prompt and "{context}" in mix.synthesis.prompt
     assert mix.filter.threshold == "pairs" and mix.filter.embedder == "open_clip"
-    assert mix.data.k == 10
+    assert mix.data.split_files.format == "flowers102"  # the official 10 train images per class
+    assert mix.encoder.arch == "preact_resnet34" and mix.end_to_end.optimizer == "sgd"
 
 
 def test_the_unicon_recipes_fit_their_smallest_class():
