@@ -232,13 +232,15 @@ class Cluster:
         return _run_like(str(p) for p in self.root.rglob("*") if p.is_file())
 
     def worker_run_files(self) -> dict[int, list[str]]:
-        """The same on each live worker's private view; also any file outside its Ray temp dir."""
+        """The same on each live worker's private view, and any file there outside its Ray temp
+        dir and its caches (HF_HOME, ~/.cache, ~/.config)."""
+        allowed = tuple(f"{self.root / d}/" for d in ("ray", "hf", "home/.cache", "home/.config"))
         found = {}
         for w in self.workers:
             if w.proc.poll() is not None:
                 continue
             files = w.private_files(self.root)
-            outside = [f for f in files if not f.startswith(str(self.root / "ray") + "/")]
+            outside = [f for f in files if not f.startswith(allowed)]
             found[w.index] = sorted(set(_run_like(files)) | set(outside))
         return found
 
