@@ -203,7 +203,7 @@ class Cluster:
             time.sleep(2)
         raise HarnessError(f"job {job_id} still running after {timeout:.0f} s")
 
-    def wait_for_log(self, job_id: str, text: str, timeout: float = 600) -> str:
+    def wait_for_log(self, job_id: str, text: str, timeout: float = 1800) -> str:
         """Poll the job's log until ``text`` appears; the log so far."""
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -115,8 +115,8 @@ def test_driver_killed_mid_search_resumes_without_redoing(cluster, job_dir):
     sub = cluster.submit("resume-1", job_dir, [*CLI, *args], wait=False)
     assert sub.returncode == 0, sub.stderr[-3000:]
     cluster.wait_for_log("resume-1", "[4/6] search")
-    if not _first_key(cluster, "runs/resume", lambda k: k == "tune/trials.jsonl", timeout=600):
-        raise HarnessError(f"no finished trial after 600 s:\n{cluster.logs('resume-1')[-4000:]}")
+    if not _first_key(cluster, "runs/resume", lambda k: k == "tune/trials.jsonl", timeout=1800):
+        raise HarnessError(f"no finished trial after 1800 s:\n{cluster.logs('resume-1')[-4000:]}")
     cluster.stop_job("resume-1")
     cluster.wait_for_end("resume-1", timeout=2400)
     before = _stamps(cluster, "resume")
