@@ -72,9 +72,22 @@ def _add_study_parser(sub: Any) -> None:
     study = sub.add_parser("study", help="controlled studies")
     study_sub = study.add_subparsers(dest="study", required=True)
     ctl = study_sub.add_parser(
-        "controlled", help="UniCon's controlled study on the bundled digits (paper 000 §4.4)"
+        "controlled",
+        help="UniCon's controlled study (paper 000 §4.4) on the bundled digits or --data",
     )
-    ctl.add_argument("--classes", nargs="+", required=True, help="digit classes, e.g. 0 9")
+    ctl.add_argument(
+        "--classes", nargs="+", required=True,
+        help="class names, e.g. 0 9 (digits) or class folder names / class_name values of --data",
+    )
+    ctl.add_argument(
+        "--data",
+        help="labelled images instead of the digits: an ImageFolder tree, or a Parquet file or "
+        "folder (local or a URI)",
+    )
+    ctl.add_argument(
+        "--source", choices=("imagefolder", "parquet"),
+        help="how --data is read (default: parquet for a URI or Parquet files, else imagefolder)",
+    )
     ctl.add_argument(
         "--synthetic",
         default="same-class",
@@ -171,9 +184,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         run_controlled,
     )
 
-    spec = StudySpec(tuple(args.classes), args.synthetic, args.k, args.n_synthetic)
+    spec = StudySpec(tuple(args.classes), args.synthetic, args.k, args.n_synthetic,
+                     args.data or "", args.source or "")
     cfg = build_study_config(spec, parse_set(args.set))
-    data = build_study_data(spec, cfg)  # too few digits for the counts: fails before Ray starts
+    data = build_study_data(spec, cfg)  # too few images for the counts: fails before Ray starts
     kind = args.synthetic.replace(":", "-").replace(",", "_")
     from raysynth.storage import path as location
 

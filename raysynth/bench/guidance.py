@@ -7,7 +7,7 @@ unguided and once with feedback guidance every ``every``-th step (METHODS §2: 6
 classifier being raysynth's small CNN. Repeats are interleaved and the median of each is
 reported, so machine noise hits all alike. ``ratio`` = guided / unguided time (target ≤ 2) with
 the default detached gradient; ``ratio_through_model`` the same with the UNet backpropagated too
-(``FeedbackGuidance(through_model=True)``).
+(``FeedbackGuidance(gradient="through_model")``).
 
 ``latent`` is the same comparison for a latent model, through the product's generator: a small
 Stable Diffusion 1.x pipeline built from config (:mod:`raysynth.bench.tiny_sd`: 32-pixel images,
@@ -86,7 +86,7 @@ def _pixel_samplers(
         "unguided": None,
         "guided": FeedbackGuidance(criterion, 0.05, every=every, classifier=clf),
         "through_model": FeedbackGuidance(
-            criterion, 0.05, every=every, classifier=clf, through_model=True
+            criterion, 0.05, every=every, classifier=clf, gradient="through_model"
         ),
     }
 

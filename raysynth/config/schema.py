@@ -324,12 +324,19 @@ class FeedbackConfig:
     every: int = 5  # apply at every k-th sampling step
     rescale: bool = True  # ω·‖x_t‖/‖∇‖ (reference code) or plain ω·∇
     classifier: str = ""  # checkpoint folder; "" = the classifier raysynth trains on the real split
+    # detached (the paper) | through_model (the CFG output re-run under autograd) |
+    # conditional_branch (the UNet's conditional branch alone, the reference code)
+    gradient: str = "detached"
+    x0: str = "paper"  # paper (score x̂0) | reference_blend (x̂0·√(1−ᾱ) + x_t·(1−√(1−ᾱ)), min–max)
 
     def __post_init__(self) -> None:
         f = "synthesis.feedback"
         _check_choice(self.criterion, f"{f}.criterion", ("none", "loss", "entropy", "hardness"))
         _check(self.scale >= 0, f"{f}.scale", "must be >= 0")
         _check(self.every >= 1, f"{f}.every", "must be >= 1")
+        gradients = ("detached", "through_model", "conditional_branch")
+        _check_choice(self.gradient, f"{f}.gradient", gradients)
+        _check_choice(self.x0, f"{f}.x0", ("paper", "reference_blend"))
 
 
 @dataclass(frozen=True)
@@ -372,7 +379,10 @@ class FilterConfig:
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "openai"  # open_clip pretrained tag, or a local checkpoint file
     threshold: str = "pairs"  # pairs (mean cosine of z real pairs) | fixed
-    fixed_threshold: float = 0.8
+    fixed_threshold: float = 0.6  # threshold=fixed: the DiffCoRe-Mix reference code's value
+    # the real image a generated one is compared with: its plan row's conditioning image (the
+    # paper's pair (I, G)) | the class's first real train image (the reference code)
+    reference: str = "conditioning"
     pairs: int = 100  # z real–real pairs per class (all pairs when fewer)
     max_rounds: int = 3  # regeneration rounds for rejected images
     # the embedder actors (they sit beside the generator pool, hence half a CPU each)
@@ -381,6 +391,10 @@ class FilterConfig:
     def __post_init__(self) -> None:
         _check_choice(self.embedder, "filter.embedder", ("auto", "classifier", "open_clip"))
         _check_choice(self.threshold, "filter.threshold", ("pairs", "fixed"))
+        _check_choice(self.reference, "filter.reference", ("conditioning", "first_real"))
+        _check(
+            -1 <= self.fixed_threshold <= 1, "filter.fixed_threshold", "must be a cosine in [-1, 1]"
+        )
         _check(self.pairs >= 1, "filter.pairs", "must be >= 1")
         _check(self.max_rounds >= 0, "filter.max_rounds", "must be >= 0")
         self.pool.check("filter.pool")

@@ -22,7 +22,7 @@ from raysynth.config.schema import FilterConfig, Resources, SynthesisConfig
 from raysynth.files import atomic_save_npz, cached
 from raysynth.filter.select import most_representative
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
-from raysynth.filter.threshold import class_thresholds
+from raysynth.filter.threshold import class_thresholds, first_real_ids
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.stage import generate
 from raysynth.generate.table import iter_tables
@@ -167,7 +167,8 @@ def filter_stage(job: Synthesis, real: RealTrain, classifier_folder: Path | None
                          real.image_size, job.device)
     emb = real_embeddings(real, espec, f.pool, job.embeddings)
     tau = thresholds(f, real, emb, job.seed)
-    fspec = FilterSpec(espec, emb, tau, tuple(real.class_names))
+    first = first_real_ids(real.ids_by_class) if f.reference == "first_real" else None
+    fspec = FilterSpec(espec, emb, tau, tuple(real.class_names), first)
     return (lambda ds: map_pool(ds, FilterScorer, f.pool, {"spec": fspec})), tau
 
 

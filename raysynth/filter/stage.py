@@ -3,7 +3,7 @@
 ``ImageEmbedder`` embeds rows of PNG bytes (once per run for the real images; AiR's zero-shot
 pseudo-labeller extends it);
 ``FilterScorer`` embeds generated images and scores each against the real image its plan row
-names (``cond_id``): ``real_cos``, the class threshold, ``accepted`` and — when the embedder has
+names (``cond_id``; with ``filter.reference=first_real`` its class's first real image): ``real_cos``, the class threshold, ``accepted`` and — when the embedder has
 a text tower — ``text_cos`` to its prompt. Both load their model once per actor.
 """
 
@@ -67,6 +67,8 @@ class FilterSpec:
     real_embeddings: dict[str, np.ndarray]
     thresholds: np.ndarray  # [C]; NaN = accept every image of the class
     class_names: tuple[str, ...] = ()
+    # filter.reference=first_real: {class: its first real image's id}; None = each row's cond_id
+    first_real: dict[int, str] | None = None
 
 
 class FilterScorer:
@@ -77,7 +79,7 @@ class FilterScorer:
         self.embedder = _build(spec.embedder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from raysynth.filter.threshold import cosine_to_reference
+        from raysynth.filter.threshold import cosine_to_reference, reference_ids
 
         n = len(batch[col.SAMPLE_ID])
         images = list(batch[col.IMAGE])
@@ -89,7 +91,8 @@ class FilterScorer:
         if has.any():
             pngs = [img for img in images if img is not None]
             emb, probs = self._embed(pngs)
-            refs = np.stack([self.spec.real_embeddings[str(c)] for c in batch[col.COND_ID][has]])
+            ref_ids = reference_ids(batch[col.COND_ID][has], labels[has], self.spec.first_real)
+            refs = np.stack([self.spec.real_embeddings[i] for i in ref_ids])
             real_cos[has] = cosine_to_reference(emb, refs)
             if getattr(self.embedder, "has_text", False):
                 prompts = [str(p) for p in batch[col.PROMPT][has]]

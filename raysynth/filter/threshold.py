@@ -3,11 +3,17 @@
 For class k, ``τ_k = mean cos(E(I_i), E(I_j))`` over z random pairs ``i ≠ j`` of real images of
 the class (every pair when the class has at most z pairs). A generated image G made for real
 image I is accepted when ``cos(E(I), E(G)) > τ_k``.
+
+The DiffCoRe-Mix reference code differs in two places, both options: a fixed threshold of 0.6
+(``filter.threshold=fixed``, ``filter.fixed_threshold``) and, as the real image I, the first real
+image of G's class instead of the image G was generated for (``filter.reference=first_real``,
+:func:`reference_ids`).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -55,6 +61,22 @@ def class_thresholds(
 def cosine_to_reference(synthetic: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Row-wise cosine between each generated image's embedding and its real image's."""
     return np.sum(normalize(synthetic) * normalize(reference), axis=1)
+
+
+def first_real_ids(ids_by_class: Mapping[int, Sequence[str]]) -> dict[int, str]:
+    """``{class: id}`` of each class's first real image (the reference code's comparison image;
+    classes without a real image are absent)."""
+    return {int(c): str(ids[0]) for c, ids in ids_by_class.items() if len(ids)}
+
+
+def reference_ids(
+    cond_ids: Sequence[str], labels: Sequence[int], first_real: Mapping[int, str] | None
+) -> list[str]:
+    """The real image each generated image is compared with: the one its plan row was generated
+    from (``cond_ids``, the paper), or with ``first_real`` its class's first real image."""
+    if first_real is None:
+        return [str(c) for c in cond_ids]
+    return [first_real[int(y)] for y in labels]
 
 
 def accept(cos: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from raysynth.flows.job import Job
 from raysynth.flows.prepare import synthetic_inputs, train_end_to_end
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays
+from raysynth.train.protocol import class_groups, fold_class_groups
 
 log = logging.getLogger("raysynth.flows")
 
@@ -62,8 +63,10 @@ def compare(
     storage: Path,
     contexts: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Real-only against real ∪ synthetic, the same classifier and protocol."""
+    """Real-only against real ∪ synthetic, the same classifier and protocol; per group and, in
+    ``per_class``, per class."""
     empty = LabeledArrays.empty_like(real_train)
+    groups = {**groups, **class_groups(num_classes)}
     real_only = classifier_runs(
         ClassifierData(real_train, empty, test, groups, num_classes, contexts), cfg, storage,
         "real_only",
@@ -76,7 +79,7 @@ def compare(
     for name, res in (("real only", real_only), ("with synthetic", with_syn)):
         log.info("final classifier, %s: %s", name,
                  ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()
-                           if not k.startswith("group:")))
+                           if k != "per_class" and not k.startswith("group:")))
     return {"real_only": real_only, "with_synthetic": with_syn}
 
 
@@ -98,8 +101,8 @@ def classifier_runs(
             )
 
         runs.append(cached(folder / "result.json", train))
-    return {
-        k: {"mean": float(np.nanmean([m[k] for m in runs])),
-            "std": float(np.nanstd([m[k] for m in runs])), "runs": len(runs)}
+    return fold_class_groups({
+        k: {"mean": float(np.nanmean([m.get(k, np.nan) for m in runs])),
+            "std": float(np.nanstd([m.get(k, np.nan) for m in runs])), "runs": len(runs)}
         for k in runs[0]
-    }
+    })

@@ -1,4 +1,6 @@
-"""The UniCon paper's controlled study (paper 000 §4.4) on scikit-learn's bundled digits.
+"""The UniCon paper's controlled study (paper 000 §4.4) on scikit-learn's bundled digits, or on
+the named classes of any labelled image set (``raysynth study controlled --data PATH``: an
+ImageFolder tree, or a Parquet file or folder, local or a URI; :func:`data_source`).
 
 Real images of the named classes, and "synthetic" images whose usefulness is known:
 
@@ -30,11 +32,13 @@ from raysynth.config.schema import DataConfig
 from raysynth.data import load_dataset, make_splits, to_tensor_array
 from raysynth.errors import ConfigError, DataError
 from raysynth.files import atomic_write_json, atomic_write_text
+from raysynth.report.explain import explain
+from raysynth.report.study import summary_markdown
 from raysynth.rundir import RunDir
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays, ProtocolData
-from raysynth.train.final import METHODS, final_accuracies
-from raysynth.tune.weights import search
+from raysynth.train.final import final_accuracies
+from raysynth.tune.weights import search, tune_report
 
 log = logging.getLogger("raysynth.study")
 
@@ -49,16 +53,26 @@ STUDY_DEFAULTS: dict[str, object] = {"data.val_per_class": 64, "data.pool_per_cl
 
 @dataclass(frozen=True)
 class StudySpec:
-    """What the study compares: classes, kind of synthetic images, k, synthetic per class."""
+    """What the study compares: classes, kind of synthetic images, k, synthetic per class, and
+    the data (``""``: the bundled digits; else a path or URI read as ``source``)."""
 
     classes: tuple[str, ...]
     synthetic: str = "same-class"
     k: int = 16
     n_synthetic: int = 0  # drawn per class for each encoder run; 0 = k/2 (the paper)
+    data: str = ""
+    source: str = ""  # imagefolder | parquet; "" = from the path (data_source)
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2:
-            raise ConfigError("--classes: name at least two digit classes, e.g. --classes 0 9")
+            raise ConfigError(
+                "--classes: name at least two classes, e.g. --classes 0 9 (digits) or the class "
+                "folder names / class_name values of --data"
+            )
+        if self.source not in ("", "imagefolder", "parquet"):
+            raise ConfigError(f"--source {self.source!r}: choose imagefolder or parquet")
+        if self.source and not self.data:
+            raise ConfigError("--source needs --data PATH (without --data the study uses digits)")
         if len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"--classes: each class once, got {' '.join(self.classes)}")
         parse_synthetic(self.synthetic, len(self.classes))  # raises on a malformed kind
@@ -107,13 +121,35 @@ def build_study_config(spec: StudySpec, sets: dict[str, object]) -> RunConfig:
     return study_config(spec, build_config(overrides={**STUDY_DEFAULTS, **sets}))
 
 
+def data_source(path: str) -> str:
+    """How ``--data`` is read: ``parquet`` for a URI, a ``.parquet`` file or a folder holding
+    Parquet files; ``imagefolder`` for a folder of class folders."""
+    if "://" in path:
+        return "parquet"  # the ImageFolder reader is local; Parquet is read through pyarrow.fs
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix.lower() != ".parquet":
+            raise DataError(
+                f"--data {path} is a file but not a .parquet file; give a Parquet file or folder, "
+                "or a folder with one sub-folder of images per class (ImageFolder)"
+            )
+        return "parquet"
+    if not p.is_dir():
+        raise DataError(f"--data {path} does not exist; give an ImageFolder tree or Parquet data")
+    return "parquet" if next(p.rglob("*.parquet"), None) is not None else "imagefolder"
+
+
 def study_config(spec: StudySpec, base: RunConfig) -> RunConfig:
-    """The run config of a study: digits restricted to the classes, k from the spec."""
+    """The run config of a study: the data (digits, or ``spec.data``) restricted to the classes,
+    k from the spec."""
+    data = {"data.source": "digits"}
+    if spec.data:
+        data = {"data.source": spec.source or data_source(spec.data), "data.path": spec.data}
     return replace(
         base,
         **{
             "preset": "study-controlled",
-            "data.source": "digits",
+            **data,
             "data.classes": list(spec.classes),
             "data.k": spec.k,
             "data.imbalance_factor": 1.0,
@@ -137,7 +173,7 @@ def build_study_data(spec: StudySpec, cfg: RunConfig) -> tuple[ProtocolData, Pro
     n_syn = min(min(len(v) for v in leftover), MAX_SYNTHETIC)
     if n_syn < spec.per_run:
         raise DataError(
-            f"{n_syn} digits per class are left for synthetic images after the splits and each "
+            f"{n_syn} images per class are left for synthetic images after the splits and each "
             f"encoder run draws {spec.per_run}; lower --k or --n-synthetic, or "
             "data.test_per_class / data.val_per_class / data.pool_per_class"
         )
@@ -199,24 +235,9 @@ def run_controlled(
         weights = search_summary["best_weights"]
         run.stage("final")
         accuracy = final_accuracies(test, weights, cfg, run.train)
-        report = {
-            "preset": cfg.preset,
-            "classes": list(spec.classes),
-            "study": {
-                "kind": spec.synthetic,
-                "k": spec.k,
-                "synthetic_per_class": spec.per_run,
-                "synthetic_pool_per_class": len(val.synthetic) // val.num_classes,
-            },
-            "weights": dict(zip(spec.classes, (float(w) for w in weights))),
-            "accuracy": accuracy,
-            "split": "test",
-            "tune": {
-                k: search_summary[k]
-                for k in ("trials", "concurrency", "best_val_acc", "wall_s", "best_so_far")
-            },
-            "timings": {"total_s": time.perf_counter() - t0},
-        }
+        report = study_report(spec, len(val.synthetic) // val.num_classes, weights, accuracy,
+                              search_summary)
+        report["timings"] = {"total_s": time.perf_counter() - t0}
         run.stage("report")
         atomic_write_json(run.report_path, report)
         atomic_write_text(run.report_md, summary_markdown(report))
@@ -225,30 +246,24 @@ def run_controlled(
         logging.getLogger("raysynth").removeHandler(handler)
 
 
-def summary_markdown(report: dict) -> str:
-    acc = report["accuracy"]
-    study = report["study"]
-    lines = [
-        f"# Controlled study: {study['kind']} on digits {' vs '.join(report['classes'])}",
-        "",
-        f"k = {study['k']} real and {study['synthetic_per_class']} synthetic images per class "
-        f"(drawn afresh for each encoder run from {study['synthetic_pool_per_class']}); "
-        f"accuracy on the test split, mean ± std over {acc['unicon']['runs']} runs "
-        "(encoder runs × classifier runs).",
-        "",
-        "| method | test accuracy |",
-        "|---|---|",
-    ]
-    names = {"supcon_real": "SupCon-Real", "supcon_mixed": "SupCon-Mixed", "unicon": "UniCon"}
-    for m in METHODS:
-        lines.append(f"| {names[m]} | {100 * acc[m]['mean']:.2f} ± {100 * acc[m]['std']:.2f} |")
-    lines += ["", "Learned weight per class (0 = distrust the synthetic images, 1 = trust them):", ""]
-    lines += [f"- class {c}: {w:.3f}" for c, w in report["weights"].items()]
-    t = report["tune"]
-    lines += [
-        "",
-        f"Weight search: {t['trials']} trials, {t['concurrency']} at a time, best validation "
-        f"accuracy {100 * t['best_val_acc']:.2f}, {t['wall_s']:.0f} s.",
-        "",
-    ]
-    return "\n".join(lines)
+def study_report(
+    spec: StudySpec, pool_per_class: int, weights: list[float], accuracy: dict, tune: dict
+) -> dict:
+    """``report.json`` of a study (without timings), with its headline and weights note."""
+    report = {
+        "preset": "study-controlled",
+        "classes": list(spec.classes),
+        "study": {
+            "data": spec.data or "digits",
+            "kind": spec.synthetic,
+            "k": spec.k,
+            "synthetic_per_class": spec.per_run,
+            "synthetic_pool_per_class": pool_per_class,
+        },
+        "weights": dict(zip(spec.classes, (float(w) for w in weights))),
+        "accuracy": accuracy,
+        "split": "test",
+        "tune": tune_report(tune),
+    }
+    report.update(explain(report))
+    return report

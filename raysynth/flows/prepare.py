@@ -187,7 +187,7 @@ def real_feature_gaussians(classifier_folder: Path, real: RealData) -> dict[str,
     """Per-class mean / regularised precision / log-det of the real features (hardness)."""
     import torch
 
-    from raysynth.generate.guidance import class_gaussians
+    from raysynth.generate.criteria import class_gaussians
     from raysynth.train.checkpoint import load_model
 
     model = load_model(classifier_folder).eval()

@@ -81,9 +81,11 @@ def _header(cfg: RunConfig, real: RealData) -> dict[str, Any]:
 def _finish(run: RunDir, report: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Write report.json, render report.md / report.html, then record the report stage's time."""
     from raysynth.report import render_report
+    from raysynth.report.explain import explain
 
     progress.start("report")
     run.stage("report")
+    report.update(explain(report))  # the headline and why the weights are what they are
     report["timings"] = {"total_s": progress.elapsed, "stages": dict(progress.timings)}
     atomic_write_json(run.report_path, report)
     render_report(run.root)

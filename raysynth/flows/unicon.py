@@ -11,10 +11,9 @@ from raysynth.flows.job import Job
 from raysynth.flows.prepare import synthetic_inputs
 from raysynth.train.arrays import ProtocolData
 from raysynth.train.final import final_accuracies
-from raysynth.tune.weights import check_weights, search
+from raysynth.tune.weights import check_weights, search, tune_report
 
 STAGES = ("data", "generator", "synthesis", "search", "final", "report")
-TUNE_KEYS = ("trials", "concurrency", "best_val_acc", "wall_s", "best_so_far")
 
 
 def check(cfg: RunConfig, num_classes: int) -> None:
@@ -47,5 +46,5 @@ def run(job: Job) -> dict[str, Any] | None:
     test = ProtocolData(**common, eval=real.arrays("test"))
     job.report["weights"] = dict(zip(real.class_names, map(float, weights)))
     job.report["accuracy"] = final_accuracies(test, weights, cfg, run_dir.train)
-    job.report["tune"] = {k: summary[k] for k in TUNE_KEYS}
+    job.report["tune"] = tune_report(summary)
     return None

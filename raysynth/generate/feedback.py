@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from raysynth.errors import ConfigError
+from raysynth.generate.criteria import ClassGaussians
 from raysynth.generate.generators import GeneratorSpec
-from raysynth.generate.guidance import ClassGaussians, FeedbackGuidance
+from raysynth.generate.guidance import FeedbackGuidance
 
 
 def load_guiding_classifier(folder: str, device: torch.device) -> torch.nn.Module:
@@ -46,6 +47,8 @@ def build_feedback(spec: GeneratorSpec, device: torch.device, decode: Any = None
         "scale": fb.scale,
         "every": fb.every,
         "rescale": fb.rescale,
+        "gradient": fb.gradient,
+        "x0": fb.x0,
         "classifier": classifier,
         "gaussians": gaussians,
     }

@@ -33,7 +33,7 @@ import torch
 
 from raysynth import columns as col
 from raysynth.errors import ConfigError
-from raysynth.generate.classifier_free import guided_output
+from raysynth.generate.classifier_free import conditional_half, guided_output
 from raysynth.generate.feedback import build_feedback
 from raysynth.generate.generators import DTYPES, GeneratedImage, GeneratorSpec, resolve_device
 from raysynth.generate.latent_conditioning import Conditioning, TextConditioner
@@ -174,6 +174,12 @@ class LatentSampler:
 
             return guided_output(model, x_in, g.guidance_scale, self.use_uncond, uncond_first=True)
 
+        cond_kwargs = conditional_half(unet_kwargs, self.use_uncond, uncond_first=True)
+
+        def conditional(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            """The conditional branch alone (feedback gradient ``conditional_branch``)."""
+            return unet(x_in.to(self.dtype), t, **cond_kwargs).sample.float()
+
         latents = noise.float() * scheduler.init_noise_sigma
         # no_grad, not inference_mode: feedback guidance needs autograd inside the loop
         with torch.no_grad():
@@ -182,7 +188,7 @@ class LatentSampler:
                 model_output = guided(x_in, t)
                 if self.feedback is not None and self.feedback.is_active(i):
                     latents = self._feedback_step(
-                        i, scheduler, t, latents, model_output, labels, guided
+                        i, scheduler, t, latents, model_output, labels, (guided, conditional)
                     )
                 latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
         return latents
@@ -195,8 +201,11 @@ class LatentSampler:
         latents: torch.Tensor,
         model_output: torch.Tensor,
         labels: torch.Tensor,
-        guided: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        models: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...],
     ) -> torch.Tensor:
+        """One feedback step on ``latents``; ``models``: the guided model and its conditional
+        branch alone, each ``(x, t)``."""
+        guided, conditional = models
         c, abar = _guidance_frame(scheduler, t)
         x_t = latents * c
         new, _ = self.feedback.apply(
@@ -208,6 +217,7 @@ class LatentSampler:
             self.prediction_type,
             labels,
             model_fn=lambda z: guided(z, t),
+            cond_fn=lambda z: conditional(z, t),
         )
         return latents + (new - x_t) / c
 

@@ -13,6 +13,7 @@ own ``torch.Generator().manual_seed(seed)``, so an image does not depend on the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -94,15 +95,17 @@ def sample_pixel(
     shape = (unet.config.in_channels, _size(unet), _size(unet))
     x = _initial_noise(generators, shape, device) * scheduler.init_noise_sigma
 
+    def model(inp: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return unet(inp.to(dtype), t, class_labels=labels).sample.float()
+
     def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        def model(inp: torch.Tensor) -> torch.Tensor:
-            return unet(inp.to(dtype), t, class_labels=class_labels).sample.float()
+        run = functools.partial(model, t=t, labels=class_labels)
+        return guided_output(run, x_t, guidance_scale, use_uncond, uncond_first=False)
 
-        return guided_output(model, x_t, guidance_scale, use_uncond, uncond_first=False)
-
-    # 3. denoising loop, then the criterion on the final images and quantisation
+    # 3. denoising loop (guided model, conditional branch alone), criterion on the final images
     step_noise = (lambda: _initial_noise(generators, shape, device)) if eta > 0 else None
-    x = _denoise(scheduler, x, guided, y, feedback, step_noise, eta)
+    x = _denoise(scheduler, x, (guided, functools.partial(model, labels=y)), y, feedback,
+                 step_noise, eta)
     return _to_images(x, y, feedback)
 
 
@@ -124,14 +127,16 @@ def _class_labels(
 def _denoise(
     scheduler: DDIMScheduler,
     x: torch.Tensor,
-    guided: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    models: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...],
     y: torch.Tensor,
     feedback: FeedbackGuidance | None,
     step_noise: Callable[[], torch.Tensor] | None,
     eta: float,
 ) -> torch.Tensor:
     """The DDIM loop from ``x`` (no_grad, not inference_mode: feedback guidance needs autograd);
+    ``models``: the guided model and its conditional branch alone, each ``(x_t, t)``;
     ``step_noise()`` draws each step's variance noise when ``eta > 0``."""
+    guided, conditional = models
     prediction_type = scheduler.config.prediction_type
     with torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
@@ -146,6 +151,7 @@ def _denoise(
                     prediction_type,
                     y,
                     model_fn=lambda z, t=t: guided(z, t),
+                    cond_fn=lambda z, t=t: conditional(z, t),
                 )
             noise = step_noise() if step_noise is not None else None
             x = scheduler.step(model_output, t, x, eta=eta, variance_noise=noise).prev_sample

@@ -66,13 +66,22 @@ def _class_axis(ax, names: Sequence[str]) -> None:
 
 @plain_text
 def weights_chart(weights: Mapping[str, float]) -> bytes:
-    """Learned weight per class as bars on a fixed 0..1 axis."""
+    """Learned weight per class: bars on a 0..1 axis with a marker at each value, so a weight of
+    0 shows as a marker on the axis (labelled with its value when there are few classes)."""
     names = list(weights)
     values = [_finite(weights[n]) for n in names]
     fig = Figure(figsize=(min(14.0, 4.5 + 0.3 * len(names)), 3.2))
     ax = fig.add_subplot()
-    ax.bar(range(len(names)), values, color=BAR_COLOUR)
-    ax.set_ylim(0.0, 1.0)
+    x = range(len(names))
+    ax.bar(x, values, color=BAR_COLOUR)
+    ax.plot(x, values, linestyle="none", marker="D", markersize=5, color="black", clip_on=False)
+    if len(names) <= 30:
+        for i, v in enumerate(values):
+            if math.isfinite(v):
+                ax.annotate(f"{v:.2f}", (i, v), textcoords="offset points", xytext=(0, 6),
+                            ha="center", fontsize=7)
+    ax.set_ylim(0.0, 1.12)
+    ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_ylabel("weight")
     ax.set_title("0 = distrust synthetic images, 1 = trust them", fontsize=9)
     _class_axis(ax, names)
@@ -145,16 +154,25 @@ def cosine_histograms(
 
 
 @plain_text
-def best_so_far_chart(values: Sequence[float]) -> bytes:
-    """The search's best validation accuracy (%) after each finished trial."""
+def best_so_far_chart(values: Sequence[float], scores: Sequence[float] = ()) -> bytes:
+    """The search's best validation accuracy (%) after each finished trial, and each trial's own
+    score (``scores``, completion order) as points beside it."""
     y = [100 * _finite(v) for v in values]
     fig = Figure(figsize=(6.5, 3.0))
     ax = fig.add_subplot()
-    ax.plot(range(1, len(y) + 1), y, marker="o" if len(y) <= 40 else None, markersize=3)
+    if len(scores):
+        ax.plot(range(1, len(scores) + 1), [100 * _finite(v) for v in scores], linestyle="none",
+                marker="o", markersize=6, markerfacecolor="none", color="#d62728", zorder=3,
+                label="each trial")
+    ax.plot(range(1, len(y) + 1), y, marker="o" if len(y) <= 40 else None, markersize=3,
+            label="best so far")
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("best validation accuracy (%)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.margins(y=0.08)
     ax.grid(alpha=0.3)
+    if len(scores):
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return png_bytes(fig)
 

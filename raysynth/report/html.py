@@ -13,6 +13,7 @@ from typing import Any
 
 import raysynth.report.charts as charts
 from raysynth.report.collect import Gallery, Thumb, make_thumb
+from raysynth.report.explain import explain
 from raysynth.report.groups import worst_group_table
 from raysynth.report.tables import (
     GROUPS,
@@ -23,6 +24,8 @@ from raysynth.report.tables import (
     classifier_table,
     counts_table,
     group_mean,
+    per_class_series,
+    per_class_table,
     skipped_items,
     summary_line,
     synthesis_tables,
@@ -31,9 +34,10 @@ from raysynth.report.tables import (
     weights_of,
     weights_table,
 )
-from raysynth.report.values import as_dict, finite
+from raysynth.report.values import as_dict, class_name, finite
 from raysynth.text import printable
 
+MAX_CHART_CLASSES = 20  # classes drawn in the per-class accuracy chart (the table has them all)
 THUMB_DISPLAY_PX = 64  # shown size; small images are upscaled with `image-rendering: pixelated`
 
 CSS = f"""
@@ -54,6 +58,7 @@ figure.thumb img {{ width: {THUMB_DISPLAY_PX}px; height: {THUMB_DISPLAY_PX}px; o
 figure.accepted img {{ border-color: {charts.ACCEPTED_COLOUR}; }}
 figure.rejected img {{ border-color: {charts.REJECTED_COLOUR}; }}
 .none {{ font-size: 12px; color: #999; padding-top: 4px; }} .note {{ color: #555; font-size: 13px; }}
+.headline {{ font-size: 16px; font-weight: bold; background: #f4f8ff; padding: .4em .6em; }}
 """
 
 # Counts the images the browser decoded (the browser test reads `data-images-ok`).
@@ -139,12 +144,16 @@ def build_html(
     g = gallery or Gallery()
     title = f"raysynth report: {report.get('preset', 'run')}"
     body = [f"<h1>{_e(title)}</h1>", f'<p class="summary">{_e(summary_line(report))}</p>']
+    notes = {**explain(report), **report}  # recorded sentences win; an older report gets new ones
+    if isinstance(h := notes.get("headline"), dict) and h.get("text"):
+        body.append(f'<p class="headline">{_e(h["text"])}</p>')
     if (t := accuracy_table(report)) is not None:
         body += ["<h2>Accuracy</h2>", _html_table(t)]
     body += _classifier_section(report)
+    body += _per_class_section(report)
     if (t := worst_group_table(report)) is not None:
         body += ["<h2>Worst-group accuracy</h2>", _html_table(t)]
-    body += _weights_section(report)
+    body += _weights_section(report, notes.get("weights_note"))
     body += _air_section(report, prototypes)
     if tables := synthesis_tables(report):
         body += ["<h2>Synthesis</h2>", *map(_html_table, tables)]
@@ -179,13 +188,30 @@ def _classifier_section(report: dict) -> list[str]:
     ]
 
 
-def _weights_section(report: dict) -> list[str]:
+def _per_class_section(report: dict) -> list[str]:
+    if (t := per_class_table(report)) is None:
+        return []
+    out = ["<h2>Accuracy per class</h2>",
+           '<p class="note">Mean ± std over the final runs.</p>', _html_table(t)]
+    series = per_class_series(report)
+    classes = [str(c) for c in report.get("classes", [])]
+    n = max(len(v) for v in series.values())
+    if n <= MAX_CHART_CLASSES:
+        names = [class_name(classes, i) for i in range(n)]
+        values = {k: {names[i]: group_mean(c) for i, c in enumerate(v)} for k, v in series.items()}
+        out.append(_img(charts.grouped_accuracy_chart(values, names), "accuracy per class"))
+    return out
+
+
+def _weights_section(report: dict, why: Any = None) -> list[str]:
     if not (weights := weights_of(report)):
         return []
+    note = [f'<p class="note why">{_e(why)}</p>'] if isinstance(why, str) else []
     return [
         "<h2>Learned weight per class</h2>",
+        *note,
         _img(charts.weights_chart(weights), "weights"),
-        f"<details><summary>values</summary>{_html_table(weights_table(weights))}</details>",
+        f"<details open><summary>values</summary>{_html_table(weights_table(weights))}</details>",
     ]
 
 
@@ -207,8 +233,11 @@ def _tune_section(report: dict) -> list[str]:
         return []
     out = ["<h2>Weight search</h2>", _html_table(tune_table(report))]
     curve = [v for v in tune.get("best_so_far") or [] if finite(v) is not None]
+    scores = tune.get("trial_scores")
+    scores = [v for v in scores if finite(v) is not None] if isinstance(scores, list) else []
     if curve:
-        out.append(_img(charts.best_so_far_chart(curve), "best validation accuracy so far"))
+        out.append(_img(charts.best_so_far_chart(curve, scores),
+                        "each trial's validation accuracy and the best so far"))
     return out
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import raysynth.report.tables as tables
+from raysynth.report.explain import explain
 from raysynth.report.groups import SHOWN, worst_group_table
 from raysynth.report.tables import Table
 from raysynth.report.text import md_code, md_text
@@ -28,14 +29,16 @@ def _md_table(t: Table) -> str:
 
 
 def build_markdown(report: dict, skipped: Any = ()) -> str:
+    notes = {**explain(report), **report}  # recorded sentences win; an older report gets new ones
     out = [
         f"# raysynth report: {md_text(report.get('preset', 'run'))}",
         "",
         md_text(tables.summary_line(report), line_start=True),
         "",
-        "See report.html for the images and charts.",
-        "",
     ]
+    if isinstance(h := notes.get("headline"), dict) and h.get("text"):
+        out += [f"**{md_text(h['text'])}**", ""]
+    out += ["See report.html for the images and charts.", ""]
 
     def section(title: str, parts: Iterable[Table | None], note: str = "") -> None:
         parts = [t for t in parts if t is not None]
@@ -46,15 +49,16 @@ def build_markdown(report: dict, skipped: Any = ()) -> str:
 
     section("Accuracy", [tables.accuracy_table(report)], "The best method is in bold.")
     section("Classifier accuracy per group", [tables.classifier_table(report)])
+    section("Accuracy per class", [tables.per_class_table(report)],
+            "Mean ± std over the final runs.")
     section("Worst-group accuracy", [worst_group_table(report)],
             f"Groups are class × context pairs of the test split; the {SHOWN} lowest shown.")
     weights = tables.weights_of(report)
     if weights:
-        section(
-            "Learned weight per class",
-            [tables.weights_table(weights)],
-            "0 = distrust the synthetic images of the class, 1 = trust them.",
-        )
+        note = "0 = distrust the synthetic images of the class, 1 = trust them."
+        if isinstance(why := notes.get("weights_note"), str):
+            note += " " + md_text(why)
+        section("Learned weight per class", [tables.weights_table(weights)], note)
     section(
         "AiR: pseudo-labels and prompt learning",
         tables.air_tables(report),
@@ -63,6 +67,10 @@ def build_markdown(report: dict, skipped: Any = ()) -> str:
     )
     section("Synthesis", tables.synthesis_tables(report))
     section("Weight search", [tables.tune_table(report)])
+    scores = tables.trial_scores(report)
+    if scores:
+        out += ["Validation accuracy (%) of each trial, in completion order: "
+                + ", ".join(scores) + ".", ""]
     section("Timings", [tables.timings_table(report)])
     section("Real images per class", [tables.counts_table(report)])
     items, more = tables.skipped_items(skipped)

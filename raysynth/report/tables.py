@@ -65,6 +65,28 @@ def classifier_table(report: dict) -> Table | None:
     return Table(header, rows)
 
 
+def per_class_series(report: dict) -> dict[str, list]:
+    """``{method or series: [per-class {mean, std} in class order]}`` of the final runs."""
+    acc = as_dict(report.get("accuracy"))
+    keys = [m for m in METHODS if m in acc] + [m for m in acc if m not in METHODS]
+    out = {METHODS.get(m, m): as_dict(acc[m]).get("per_class") for m in keys}
+    out.update({k: as_dict(v).get("per_class") for k, v in classifier_series(report).items()})
+    return {k: v for k, v in out.items() if isinstance(v, list) and v}
+
+
+def per_class_table(report: dict) -> Table | None:
+    """Test accuracy (%) per class for each method, mean ± std over the final runs."""
+    series = per_class_series(report)
+    if not series:
+        return None
+    classes = [str(c) for c in report.get("classes", [])]
+    n = max(len(v) for v in series.values())
+    rows = [[class_name(classes, i), *(_mean_std(v[i]) if i < len(v) else DASH
+                                       for v in series.values())] for i in range(n)]
+    split = str(report.get("split", "test"))
+    return Table(["class", *(f"{name}, {split} accuracy (%)" for name in series)], rows)
+
+
 def classifier_series(report: dict) -> dict[str, dict]:
     clf = as_dict(report.get("classifier"))
     return {k.replace("_", " "): v for k, v in clf.items() if isinstance(v, dict)}
@@ -120,6 +142,12 @@ def tune_table(report: dict) -> Table | None:
         dur(t.get("wall_s")),
     ]
     return Table(["trials", "concurrent", "best val accuracy (%)", "wall time"], [row])
+
+
+def trial_scores(report: dict) -> list[str]:
+    """Each trial's validation accuracy (%), formatted, in completion order."""
+    scores = as_dict(report.get("tune")).get("trial_scores")
+    return [pct(v) for v in scores] if isinstance(scores, list) else []
 
 
 def air_tables(report: dict) -> list[Table]:

@@ -4,13 +4,14 @@ the chosen weights, under the same protocol, on the test split."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from raysynth.config.schema import RunConfig
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import ProtocolData
-from raysynth.train.protocol import evaluate
+from raysynth.train.protocol import class_groups, evaluate
 
 log = logging.getLogger("raysynth.flows")
 
@@ -20,12 +21,14 @@ METHODS = ("supcon_real", "supcon_mixed", "unicon")
 def final_accuracies(
     test: ProtocolData, weights: list[float], cfg: RunConfig, storage: Path
 ) -> dict[str, dict[str, Any]]:
-    """SupCon-Real, SupCon-Mixed and UniCon at ``weights``, same protocol, test split.
+    """SupCon-Real, SupCon-Mixed and UniCon at ``weights``, same protocol, test split; each
+    method's summary has its accuracy per class (``per_class``) beside the overall one.
 
     Each encoder run is resumable: a finished run is never redone, an interrupted one continues
     from its last checkpoint.
     """
     seed = stable_seed(cfg.seed, "final")
+    test = replace(test, groups={**test.groups, **class_groups(test.num_classes)})
     out = {}
     for method in METHODS:
         w = weights if method == "unicon" else None

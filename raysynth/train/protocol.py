@@ -45,12 +45,33 @@ class ProtocolResult:
         return float(np.mean(self.nlls)) if self.nlls else float("nan")
 
     def summary(self) -> dict[str, Any]:
+        """Mean, std and count of the accuracies, each group's mean and std, and with
+        :func:`class_groups` evaluated, ``per_class``: one ``{mean, std}`` per class."""
         out: dict[str, Any] = {"mean": self.mean, "std": self.std, "runs": len(self.accs)}
         groups = [k for k in (self.group_accs[0] if self.group_accs else {}) if k != "overall"]
         for g in groups:
-            vals = [ga[g] for ga in self.group_accs]
+            vals = [ga.get(g, np.nan) for ga in self.group_accs]
             out[g] = {"mean": float(np.nanmean(vals)), "std": float(np.nanstd(vals))}
-        return out
+        return fold_class_groups(out)
+
+
+CLASS_GROUP = "class:"  # the per-class "groups" (one class each) of :func:`class_groups`
+
+
+def class_groups(num_classes: int) -> dict[str, list[int]]:
+    """One group per class, so that the group accuracy of each is that class's accuracy."""
+    return {f"{CLASS_GROUP}{c}": [c] for c in range(num_classes)}
+
+
+def fold_class_groups(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with its :func:`class_groups` entries moved into ``per_class`` (a list in
+    class order)."""
+    keys = sorted((k for k in summary if k.startswith(CLASS_GROUP)),
+                  key=lambda k: int(k[len(CLASS_GROUP):]))
+    out = {k: v for k, v in summary.items() if not k.startswith(CLASS_GROUP)}
+    if keys:
+        out["per_class"] = [summary[k] for k in keys]
+    return out
 
 
 def model_config(cfg: RunConfig, data: ProtocolData) -> dict[str, Any]:

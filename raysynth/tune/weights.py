@@ -12,6 +12,9 @@ from raysynth.errors import ConfigError
 from raysynth.files import cached
 from raysynth.train.arrays import ProtocolData
 from raysynth.tune.search import SearchResult
+from raysynth.tune.tuner import METRIC
+
+REPORT_KEYS = ("trials", "concurrency", "best_val_acc", "wall_s", "best_so_far")
 
 
 def check_weights(weights: tuple[float, ...], num_classes: int) -> None:
@@ -35,6 +38,14 @@ def search(
         return {**result.summary(), "best_weights": result.best_weights, "history": result.history}
 
     return cached(summary, compute)
+
+
+def tune_report(summary: dict[str, Any]) -> dict[str, Any]:
+    """The report's ``tune`` section of a search summary: counts, timings, the best-so-far curve
+    and every trial's validation accuracy (``trial_scores``, in completion order)."""
+    out = {k: summary[k] for k in REPORT_KEYS}
+    out["trial_scores"] = [float(h[METRIC]) for h in summary.get("history") or []]
+    return out
 
 
 def _search(val: ProtocolData, cfg: RunConfig, folder: Path, resume: bool) -> SearchResult:

@@ -6,19 +6,21 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from tiny_models import one_thread  # noqa: F401
 
 from raysynth.errors import ConfigError
-from raysynth.generate.guidance import (
+from raysynth.generate.criteria import (
     ClassGaussians,
-    FeedbackGuidance,
     class_gaussians,
     criterion_entropy,
     criterion_hardness,
     criterion_loss,
-    predicted_x0,
 )
+from raysynth.generate.guidance import FeedbackGuidance, predicted_x0
 from raysynth.generate.pixel import PixelDiffusionConfig, build_unet, sampling_scheduler_config
 from raysynth.generate.sampling import sample_pixel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUM_CLASSES = 3
 TINY = PixelDiffusionConfig(
@@ -175,7 +177,7 @@ def test_through_model_with_a_constant_model_equals_the_detached_gradient():
     clf = ToyClassifier()
     x_t, out, alphas, y = _toy_step_inputs()
     plain = FeedbackGuidance("entropy", 0.1, classifier=clf)
-    through = FeedbackGuidance("entropy", 0.1, classifier=clf, through_model=True)
+    through = FeedbackGuidance("entropy", 0.1, classifier=clf, gradient="through_model")
     a, _ = plain.apply(0, x_t, out, 10, alphas, "epsilon", y)
     b, _ = through.apply(0, x_t, out, 10, alphas, "epsilon", y, model_fn=lambda z: out)
     torch.testing.assert_close(a, b)

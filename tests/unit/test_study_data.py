@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from raysynth.data import load_dataset, to_tensor_array
-from raysynth.errors import DataError
+from raysynth.errors import ConfigError, DataError
 from raysynth.flows.controlled import StudySpec, build_study_config, build_study_data
 from raysynth.train.protocol import draw_synthetic
 
@@ -68,5 +68,38 @@ def test_same_class_and_morph_images():
 
 def test_too_few_digits_left_for_synthetic_images_is_a_clear_error():
     spec = StudySpec(("0", "9"), "swapped", 44)  # 30 test + 64 val + 32 pool + 44 train
-    with pytest.raises(DataError, match="8 digits per class are left .* each encoder run draws 22"):
+    with pytest.raises(DataError, match="8 images per class are left .* each encoder run draws 22"):
         build_study_data(spec, build_study_config(spec, {}))
+
+
+def _digits_parquet(path):
+    """The digits as a Parquet table of user data: PNG bytes and class names, digits order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysynth.config.schema import DataConfig
+
+    images = load_dataset(DataConfig())
+    names = [images.class_names[y] for y in images.labels]
+    pq.write_table(pa.table({"image": images.images, "class_name": names}), path)
+
+
+def test_parquet_study_data_equals_the_digits_study_data(tmp_path):
+    from raysynth.flows.controlled import data_source
+
+    _digits_parquet(tmp_path / "digits.parquet")
+    digits = StudySpec(("9", "0"), "morph:0.7,0.3", 8)
+    user = StudySpec(("9", "0"), "morph:0.7,0.3", 8, data=str(tmp_path / "digits.parquet"))
+    cfg = build_study_config(user, {})
+    assert (cfg.data.source, cfg.data.classes) == ("parquet", ("9", "0"))
+    for a, b in zip(build_study_data(digits, build_study_config(digits, {})),
+                    build_study_data(user, cfg)):
+        for part in ("train", "synthetic", "pool", "eval"):
+            np.testing.assert_array_equal(getattr(a, part).x, getattr(b, part).x)
+            np.testing.assert_array_equal(getattr(a, part).y, getattr(b, part).y)
+    assert data_source(str(tmp_path)) == "parquet"  # a folder holding Parquet files
+    assert data_source("s3://bucket/set/") == "parquet"
+    (tmp_path / "cat").mkdir()
+    assert data_source(str(tmp_path / "cat")) == "imagefolder"
+    with pytest.raises(ConfigError, match="--source needs --data"):
+        StudySpec(("0", "9"), source="parquet")
