@@ -29,6 +29,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="override a config key, e.g. --set tune.num_samples=40 (repeatable)",
     )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local one)")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE)
+
+
+VERBOSE = "also show Ray's own output: Data's progress, Train's metrics, Tune's tables, workers' logs"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +108,7 @@ def _add_study_parser(sub: Any) -> None:
     ctl.add_argument("--resume", action="store_true", help="continue an interrupted study")
     ctl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ctl.add_argument("--address", help="Ray cluster address")
+    ctl.add_argument("--verbose", action="store_true", help=VERBOSE)
 
 
 def _add_bench_parser(sub: Any) -> None:
@@ -114,17 +119,26 @@ def _add_bench_parser(sub: Any) -> None:
     bench.add_argument("--evals", type=int, default=16, help="tune: evaluations per searcher")
 
 
-def _connect_ray(address: str | None, quiet: bool = True) -> None:
+def _connect_ray(address: str | None, verbose: bool = False) -> None:
+    """``ray.init`` ($RAY_ADDRESS or a local one); Ray's own output only when ``verbose``."""
     import ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"log_to_driver": not quiet, "configure_logging": True}
-    if address and address != "local":
-        ray.init(address=address, **kwargs)
-    else:  # our own local Ray: never the cluster a stale /tmp/ray/ray_current_cluster names
-        ray.init(address="local", include_dashboard=False, **kwargs)
+    from raysynth.progress import set_verbose
+    from raysynth.ray_data import show_progress
+
+    set_verbose(verbose)
+    for name in ("ray.tune", "ray.train"):  # "Running in local mode", "Wrote the latest …"
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:  # Tune's new output prints its experiment box at any verbosity
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict = {"log_to_driver": verbose, "configure_logging": True}
+        if address and address != "local":
+            ray.init(address=address, **kwargs)
+        else:  # our own local Ray: never the cluster a stale /tmp/ray/ray_current_cluster names
+            ray.init(address="local", include_dashboard=False, **kwargs)
+    show_progress(verbose)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -146,11 +160,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         out = location(args.out or f"runs/{cfg.preset}")  # a local folder or s3://… (storage.py)
         RunDir(out).check_target(args.resume)  # not a run / no --resume: before Ray starts
-        _connect_ray(args.address)
+        _connect_ray(args.address, args.verbose)
         report = run_flow(cfg, out, resume=args.resume)
         md = out / REPORT_MD
-        print(md.read_text() if md.is_file() else report)
-        print(f"report: {out / REPORT_HTML}")
+        print(_head(md.read_text()) if md.is_file() else report)  # job logs stay short
+        print(f"report: {out / REPORT_HTML} (all of it: {md})")
         return 0
     from raysynth.data import load_dataset, make_splits
     from raysynth.data.split_files import describe_splits
@@ -175,6 +189,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _head(markdown: str) -> str:
+    """The report up to its second section (title, summary, accuracy), not every table."""
+    lines = markdown.splitlines()
+    cut = [i for i, line in enumerate(lines) if line.startswith("## ")][1:2] or [len(lines)]
+    return "\n".join(lines[: cut[0]]).rstrip()
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from raysynth.config import parse_set
     from raysynth.flows.controlled import (
@@ -195,7 +216,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from raysynth.rundir import RunDir
 
     RunDir(out).check_target(args.resume)  # before Ray starts
-    _connect_ray(args.address)
+    _connect_ray(args.address, args.verbose)
     run_controlled(spec, cfg, out, resume=args.resume, data=data)
     print((out / REPORT_MD).read_text())
     print(f"report: {out / REPORT_JSON}")
@@ -243,7 +264,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         cfg = build_config(preset, args.config, parse_set(args.set))
     until = STAGE_OF_COMMAND[args.command]
     check(cfg, until)  # before Ray starts
-    _connect_ray(args.address)
+    _connect_ray(args.address, args.verbose)
     result = run_flow(cfg, args.out, resume=run.exists(), until=until)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str)[:4000])
     return 0
@@ -268,7 +289,12 @@ COMMANDS = {
 }
 
 
+# Idle OpenMP threads sleep (read as torch loads): spinning, 2 threads were 20x slower on a busy box
+WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault(*WAIT_POLICY)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(PrintableFilter())  # names from data reach the terminal as text

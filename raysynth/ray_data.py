@@ -4,16 +4,23 @@ read here too, so no stage module imports Ray.
 
 A stage hands over its callable class and its :class:`~raysynth.config.schema.Resources`
 (``synthesis.pool``, ``filter.pool``, …); what Ray Data needs beyond that (the pool strategy, the
-queue depth, where the actors run) is decided here once.
+queue depth, where the actors run, how many actors fit what the cluster has free) is decided here
+once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from raysynth.config.schema import Resources
 from raysynth.storage import AnyPath, fs_path
+
+log = logging.getLogger("raysynth.ray_data")
 
 TASKS_IN_FLIGHT = 4
 POOL_BATCH = object()  # map_pool's default: the pool's own batch_size
@@ -75,15 +82,73 @@ def map_pool(
         extra["batch_size"] = None
     if on_driver_node:
         extra["scheduling_strategy"] = _driver_node()
-    return ds.map_batches(
+    upstream = _CLAIMS.get(ds, {})
+    free = {k: v - upstream.get(k, 0.0) for k, v in free_resources().items()}
+    sized = fit_pool(pool, free)
+    if sized != pool or pool.cpus_per_actor or pool.gpus_per_actor:
+        log.info("%s pool: %s actor(s) of %g CPU, %g GPU (%.1f CPUs free after the stages "
+                 "before it)", getattr(fn, "__name__", "actor"),
+                 sized.min_actors if sized.min_actors == sized.max_actors
+                 else f"{sized.min_actors}-{sized.max_actors}",
+                 sized.cpus_per_actor, sized.gpus_per_actor, free.get("CPU", 0.0))
+    out = ds.map_batches(
         fn,
         fn_constructor_kwargs=kwargs or {},
         batch_format=batch_format,
-        compute=pool_strategy(pool.min_actors, pool.max_actors),
-        num_cpus=pool.cpus_per_actor,
-        num_gpus=pool.gpus_per_actor,
+        compute=pool_strategy(sized.min_actors, sized.max_actors),
+        num_cpus=sized.cpus_per_actor,
+        num_gpus=sized.gpus_per_actor,
         **extra,
     )
+    _CLAIMS[out] = {
+        "CPU": upstream.get("CPU", 0.0) + sized.min_actors * sized.cpus_per_actor,
+        "GPU": upstream.get("GPU", 0.0) + sized.min_actors * sized.gpus_per_actor,
+    }
+    return out
+
+
+# What the pools mapped so far onto a dataset hold at least (min_actors × resources): a pool
+# further down the same pipeline is sized from what is free after them.
+_CLAIMS: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
+
+
+def free_resources() -> dict[str, float]:
+    """The CPUs and GPUs the connected cluster has free now (``ray.available_resources()``):
+    what a job's driver reserved, other pools and leftover actors are not in it."""
+    import ray
+
+    free = ray.available_resources()
+    return {"CPU": float(free.get("CPU", 0.0)), "GPU": float(free.get("GPU", 0.0))}
+
+
+def fit_pool(pool: Resources, free: dict[str, float]) -> Resources:
+    """``pool`` sized to the ``free`` CPUs/GPUs: at most as many actors as fit (never fewer than
+    ``min_actors``); when even ``min_actors`` do not fit the CPUs, each actor asks for its share
+    of what is free (possibly 0), so a pool never waits on CPUs its own job holds (e.g. a 2-CPU
+    head with the job's driver and an earlier pool on it). GPUs are never shrunk."""
+    cpu, gpu = max(free.get("CPU", 0.0), 0.0), max(free.get("GPU", 0.0), 0.0)
+    fits = math.inf if pool.cpus_per_actor <= 0 else math.floor(cpu / pool.cpus_per_actor + 1e-9)
+    if pool.gpus_per_actor > 0:
+        fits = min(fits, math.floor(gpu / pool.gpus_per_actor + 1e-9))
+    n = max(pool.min_actors, min(pool.max_actors, fits))
+    sized = dataclasses.replace(pool, max_actors=n)
+    if pool.cpus_per_actor * pool.min_actors > cpu + 1e-9:
+        share = math.floor(cpu / pool.min_actors * 100) / 100
+        sized = dataclasses.replace(sized, cpus_per_actor=share)
+    return sized
+
+
+def show_progress(on: bool) -> None:
+    """Ray Data's own progress output in this driver: its bars on a terminal, and elsewhere the
+    multi-line progress block it logs every 10 s per dataset (raysynth's own counters,
+    :mod:`raysynth.progress`, report the stages instead); its INFO lines ("Starting execution
+    of Dataset …") go with it."""
+    import logging
+
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = on
+    logging.getLogger("ray.data").setLevel(logging.INFO if on else logging.WARNING)
 
 
 def _driver_node() -> Any:

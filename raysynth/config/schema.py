@@ -225,9 +225,12 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 2  # Train worker failures retried from the last checkpoint
     checkpoint_every: int = 20  # epochs between checkpoints (resume granularity)
+    # torch threads of the training the driver runs itself (num_workers=0, the pixel model)
+    driver_threads: int = 0  # 0 = every core the driver may run on
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 0, "train.num_workers", "must be >= 0 (0 = in-process)")
+        _check(self.driver_threads >= 0, "train.driver_threads", "must be >= 0 (0 = every core)")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
         _check(self.max_failures >= 0, "train.max_failures", "must be >= 0")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")

@@ -27,6 +27,7 @@ from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.stage import generate
 from raysynth.generate.table import iter_tables
 from raysynth.plan.quotas import GroupLayout, group_quotas, plan_round, quotas
+from raysynth.progress import counter
 from raysynth.ray_data import iter_numpy, map_pool, read_parquet
 from raysynth.seeding import stable_seed
 from raysynth.storage import AnyPath, spec_path
@@ -187,7 +188,11 @@ def run_rounds(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: 
         rows = plan_round(job.synthesis, list(real.class_names), real.ids_by_class, counts,
                           job.seed, r, layout=layout)
         log.info("synthesis round %d: %d images for %d classes", r, len(rows), len(counts))
-        stats = generate(rows, gen_spec, job.out, job.synthesis, [stage], f"round-{r:03d}")
+        with counter(f"synthesis round {r}", len(rows), "images", log_every=len(rows)) as bar:
+            stats = generate(rows, gen_spec, job.out, job.synthesis, [stage], f"round-{r:03d}",
+                             on_written=lambda n: bar.update(n))
+            now, _ = accepted_per_class(job.out, real.num_classes, before_round=r + 1)
+            bar.update(stats.skipped, accepted=int((now - acc).sum()))
         generated += stats.generated
         rounds = r + 1
         if not job.filter.enabled:

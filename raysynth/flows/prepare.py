@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from raysynth import columns as col
+from raysynth import progress as steps
 from raysynth.config.schema import RunConfig
 from raysynth.data import ImageSet, Splits, load_dataset, make_splits, to_tensor_array
 from raysynth.data.store import read_real_splits, real_exists, real_path, write_real
@@ -173,14 +174,19 @@ def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path
         batch_size=g.pixel_batch_size,
         seed=cfg.seed,
     )
-    last = {"t": 0}
+    bars: list[steps.Counter] = []  # opened at the first step: a cached model trains none
 
     def progress(step: int, loss: float) -> None:
-        if step - last["t"] >= 500 or step == pcfg.train_steps:
-            last["t"] = step
-            log.info("pixel diffusion model: step %d/%d, loss %.4f", step, pcfg.train_steps, loss)
+        if not bars:
+            bars.append(steps.Counter("pixel model", pcfg.train_steps, "steps", log_every=500))
+        bars[0].update(1, loss=loss)
 
-    return load_or_train(run.generator, train.x, train.y, pcfg, real.class_names, progress)
+    try:
+        return load_or_train(run.generator, train.x, train.y, pcfg, real.class_names, progress,
+                             threads=cfg.train.driver_threads)
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def real_feature_gaussians(classifier_folder: Path, real: RealData) -> dict[str, np.ndarray]:

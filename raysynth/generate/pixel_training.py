@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from raysynth.devices import resolve_device
+from raysynth.devices import resolve_device, threads_for, torch_threads
 from raysynth.errors import DataError, TrainingError
 from raysynth.generate.pixel import (
     FORMAT,
@@ -75,6 +75,7 @@ def train_pixel_model(
     cfg: PixelDiffusionConfig,
     on_step: Callable[[int, float], None] | None = None,
     device: str | torch.device | None = None,
+    threads: int = 0,
 ) -> tuple[UNet2DModel, dict[str, Any]]:
     """Train the class-conditional model on ``x [N, C, H, W]`` in [0, 1] with labels ``y [N]``.
 
@@ -84,7 +85,19 @@ def train_pixel_model(
     generator seeded by ``cfg.seed``, and so does the initialisation (without touching the global
     RNG). ``on_step(step, loss)`` is called after every optimiser step. Returns the model (EMA
     weights when ``ema_decay`` > 0, eval mode, no grad) and the DDIM scheduler config for sampling.
+    It trains on ``threads`` torch threads (0: every core of this process), restored afterwards.
     """
+    with torch_threads(threads_for(threads)):
+        return _train(x, y, cfg, on_step, device)
+
+
+def _train(
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: PixelDiffusionConfig,
+    on_step: Callable[[int, float], None] | None,
+    device: str | torch.device | None,
+) -> tuple[UNet2DModel, dict[str, Any]]:
     x, y = _check_data(x, y, cfg)
     dev = resolve_device(device or "auto")
     with torch.random.fork_rng(devices=[]):
@@ -178,6 +191,7 @@ def load_or_train(
     class_names: Sequence[str] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     device: str | torch.device | None = None,
+    threads: int = 0,
 ) -> AnyPath:
     """The model folder ``<cache_root>/<cache_key(x, y, cfg)>``, trained and saved only if absent.
 
@@ -189,7 +203,8 @@ def load_or_train(
     folder = root / key
     if _is_complete(folder, key):
         return folder
-    unet, sched_cfg = train_pixel_model(x, y, cfg, on_step=on_step, device=device)
+    unet, sched_cfg = train_pixel_model(x, y, cfg, on_step=on_step, device=device,
+                                         threads=threads)
     if isinstance(root, RemotePath):  # the run directory on an object store: meta.json last
         with tempfile.TemporaryDirectory() as tmp:
             save_pixel_model(Path(tmp), unet, sched_cfg, cfg, class_names, cache_key=key)

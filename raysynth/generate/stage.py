@@ -57,12 +57,14 @@ def generate(
     stages: Sequence[Stage] = (),
     name: str = "round-000",
     generator: type = DiffusionGenerator,
+    on_written: Callable[[int], None] | None = None,
 ) -> GenerationStats:
     """Generate the rows whose ``sample_id`` is not in ``out_root`` yet; stream them through
     ``stages`` (e.g. embed + filter) and write them to ``out_root/name/``. Needs Ray connected.
 
     ``generator`` is the pool's callable class: :class:`DiffusionGenerator` or a subclass (the
-    benches stamp each batch as it leaves the generator)."""
+    benches stamp each batch as it leaves the generator); ``on_written(n)`` is called as each
+    part of ``n`` images is written (progress)."""
     t0 = time.perf_counter()
     out_root = as_path(out_root)  # local or on the run directory's store
     done = existing_ids(out_root)
@@ -80,7 +82,7 @@ def generate(
     ds = map_pool(ds, generator, pool, {"spec": spec})
     for stage in stages:
         ds = stage(ds)
-    write_synthetic(ds, out_root / name, writers=-(-pool.max_actors // 4))
+    write_synthetic(ds, out_root / name, writers=-(-pool.max_actors // 4), on_written=on_written)
     stats.generated = len(todo)
     stats.wall_s = time.perf_counter() - t0
     log.info(
@@ -93,7 +95,9 @@ def generate(
     return stats
 
 
-def write_synthetic(ds: Any, path: str | Path, writers: int = 1) -> int:
+def write_synthetic(
+    ds: Any, path: str | Path, writers: int = 1, on_written: Callable[[int], None] | None = None
+) -> int:
     """Stream the rows of ``ds`` into Parquet parts under ``path`` (synthetic schema); returns
     the rows written.
 
@@ -115,4 +119,10 @@ def write_synthetic(ds: Any, path: str | Path, writers: int = 1) -> int:
         ds, PartWriter, writer_pool, {"path": as_path(path)}, "pyarrow", batch_size=None,
         on_driver_node=True,
     )
-    return sum(int(sum(b["rows"])) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+    written = 0
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        n = int(sum(b["rows"]))
+        written += n
+        if on_written is not None and n:
+            on_written(n)
+    return written

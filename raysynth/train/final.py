@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from raysynth.config.schema import RunConfig
+from raysynth.progress import counter
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import ProtocolData
 from raysynth.train.protocol import class_groups, evaluate
@@ -30,9 +31,11 @@ def final_accuracies(
     seed = stable_seed(cfg.seed, "final")
     test = replace(test, groups={**test.groups, **class_groups(test.num_classes)})
     out = {}
-    for method in METHODS:
-        w = weights if method == "unicon" else None
-        res = evaluate(test, method, w, cfg, seed, storage, method, save_models=True, resumable=True)
-        out[method] = res.summary()
-        log.info("final %s: %.4f ± %.4f (test)", method, res.mean, res.std)
+    with counter("final training", len(METHODS) * cfg.protocol.n_contr, "runs") as bar:
+        for method in METHODS:
+            w = weights if method == "unicon" else None
+            res = evaluate(test, method, w, cfg, seed, storage, method, save_models=True,
+                           resumable=True, on_run=lambda m=method: bar.update(1, method=m))
+            out[method] = res.summary()
+            log.info("final %s: %.4f ± %.4f (test)", method, res.mean, res.std)
     return out

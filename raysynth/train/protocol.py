@@ -6,6 +6,7 @@ The test split is only ever passed here for the final report; the search uses va
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,14 @@ def evaluate(
     save_models: bool = False,
     resumable: bool = False,
     threads: int = 0,
+    on_run: Callable[[], None] | None = None,
 ) -> ProtocolResult:
     """Run the protocol for one method (and one weight vector for UniCon).
 
     Each encoder run is one Ray Train run named ``{name}-r{r}`` under ``storage``. With
     ``resumable`` the runs checkpoint to ``storage/{name}-r{r}/ckpt`` and resume from there;
     with ``save_models`` the final encoder is written to ``storage/{name}-r{r}/model``.
+    ``on_run()`` is called after each encoder run (progress).
     """
     accs: list[float] = []
     nlls: list[float] = []
@@ -129,6 +132,8 @@ def evaluate(
         accs.extend(metrics["accs"])
         nlls.extend(metrics.get("nlls", []))  # absent from results written by older versions
         groups.extend(metrics["group_accs"])
+        if on_run is not None:
+            on_run()
     return ProtocolResult(accs, groups, nlls)
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from typing import Any
 import torch
 
 from raysynth.config.schema import ScalingConfig
+from raysynth.devices import threads_for, torch_threads
 from raysynth.errors import TrainingError
+from raysynth.progress import verbose
 from raysynth.storage import RemotePath, ray_storage
 from raysynth.storage import path as storage_path
 from raysynth.train.checkpoint import read_state, restore_training, write_checkpoint
@@ -153,10 +156,15 @@ _IN_PROCESS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("in_pr
 
 
 def _in_tune_trial() -> bool:
+    """Whether this code runs inside a Ray Tune trial. Outside one Ray answers None with a
+    UserWarning ("`get_trial_id` is meant to only be called inside ..."): asking is the point
+    here, so the warning is not shown."""
     try:
         from ray.tune import get_context
 
-        return get_context().get_trial_id() is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return get_context().get_trial_id() is not None
     except Exception:
         return False
 
@@ -179,17 +187,34 @@ def run_trainer(
     Workers' failures are retried ``scaling.max_failures`` times, each retry resuming from the
     last checkpoint. ``num_workers=0`` runs in-process (Ray Train local mode); inside a Ray
     Tune trial, where Ray Train's local mode is not available, the loop is called directly with
-    the same session semantics (the trial is then the unit of retry).
+    the same session semantics (the trial is then the unit of retry). In-process loops run with
+    the driver's torch threads (``train.driver_threads``; a trial's: its own) and the previous
+    thread count is restored afterwards.
     """
     if scaling.num_workers == 0 and _in_tune_trial():
         box: dict[str, Any] = {"metrics": {}}
         token = _IN_PROCESS.set(box)
         try:
-            loop(loop_config)
+            with torch_threads(loop_config.get("threads") or torch.get_num_threads()):
+                loop(loop_config)
         finally:
             _IN_PROCESS.reset(token)
         return dict(box["metrics"])
-    from ray.train import FailureConfig, RunConfig
+    if scaling.num_workers == 0:  # the loop runs in the driver: on the driver's cores, restored
+        threads = threads_for(scaling.driver_threads)
+        with torch_threads(threads):
+            return _fit(loop, {**loop_config, "threads": threads}, scaling, name, storage_path)
+    return _fit(loop, loop_config, scaling, name, storage_path)
+
+
+def _fit(
+    loop: Callable[[dict], None],
+    loop_config: dict[str, Any],
+    scaling: ScalingConfig,
+    name: str,
+    storage_path: str | Path,
+) -> dict[str, Any]:
+    from ray.train import FailureConfig, LoggingConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -207,6 +232,8 @@ def run_trainer(
             name=name,
             storage_path=storage, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
+            # "Reported metrics: …" and the like only with --verbose
+            logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
         ),
     )
     try:

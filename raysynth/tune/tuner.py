@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from raysynth.config.schema import RunConfig
+from raysynth.progress import verbose
 from raysynth.seeding import stable_seed
 from raysynth.storage import AnyPath, local_or_remote, ray_storage
 
@@ -17,16 +18,63 @@ METRIC = "val_acc"
 
 
 def resolve_concurrency(cfg: RunConfig) -> int:
-    """``tune.max_concurrent``, or as many trials as the cluster's CPUs (and GPUs) allow."""
+    """``tune.max_concurrent``, or as many trials as the cluster's FREE CPUs (and GPUs) allow
+    now (``ray.available_resources()``: what the driver, a job's entrypoint or a leftover pool
+    holds is not counted twice); at least one. The choice is logged."""
     if cfg.tune.max_concurrent:
-        return cfg.tune.max_concurrent
-    import ray
+        n = cfg.tune.max_concurrent
+        log.info("search: %d trials at a time (tune.max_concurrent)", n)
+        return n
+    from raysynth.ray_data import free_resources
 
-    res = ray.cluster_resources()
-    n = int(res.get("CPU", 1) // cfg.tune.cpus_per_trial)
+    free = free_resources()
+    n = int(free.get("CPU", 0.0) // cfg.tune.cpus_per_trial)
     if cfg.tune.gpus_per_trial:
-        n = min(n, int(res.get("GPU", 0) // cfg.tune.gpus_per_trial))
-    return max(n, 1)
+        n = min(n, int(free.get("GPU", 0.0) // cfg.tune.gpus_per_trial))
+    n = max(n, 1)
+    log.info("search: %d trials at a time (%.1f CPUs free, %s per trial)", n,
+             free.get("CPU", 0.0), cfg.tune.cpus_per_trial)
+    return n
+
+
+def progress_callback(metric: str = METRIC) -> Any:
+    """A Tune callback that counts finished trials with the best ``metric`` so far
+    (:mod:`raysynth.progress`: a live bar on a terminal, a line per trial in a log)."""
+    from ray import tune
+
+    from raysynth.progress import Counter
+
+    class TrialProgress(tune.Callback):
+        def __init__(self) -> None:
+            self.bar: Counter | None = None
+            self.best = float("-inf")
+
+        def __getstate__(self) -> dict:  # Tune saves its callbacks; the bar stays behind
+            return {"bar": None, "best": self.best}
+
+        def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
+            self.bar = Counter("search", int(total_num_samples or num_samples or 0), "trials")
+
+        def _count(self, trial: Any, failed: bool = False) -> None:
+            value = (trial.last_result or {}).get(metric)
+            if value is not None:
+                self.best = max(self.best, float(value))
+            if self.bar is not None:
+                fields = {"best": self.best} if self.best > float("-inf") else {}
+                self.bar.update(1, **fields, **({"failed": 1} if failed else {}))
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._count(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._count(trial, failed=True)
+
+        def on_experiment_end(self, trials, **info) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return TrialProgress()
 
 
 def make_tuner(
@@ -64,9 +112,10 @@ def make_tuner(
             name=name,
             storage_path=storage,  # the run directory's location, local or s3://…
             storage_filesystem=storage_fs,
-            callbacks=[*(first or []), *loggers, *(last or [])],
+            callbacks=[*(first or []), *loggers, *(last or []),
+                       progress_callback(getattr(searcher, "metric", None) or METRIC)],
             failure_config=tune.FailureConfig(max_failures=1),
-            verbose=1,
+            verbose=1 if verbose() else 0,  # Tune's status tables only with --verbose
         ),
     )
 

@@ -182,6 +182,18 @@ def test_submitted_run_succeeds_and_writes_its_report(head):
     status = ray_job(head.env, "status", "--address", head.url, "rs-digits")
     assert "Job 'rs-digits' succeeded" in status.stdout + status.stderr, logs[-4000:]
     assert "[3/6] synthesis" in logs  # the driver's log reached `ray job submit`
+    # `ray job logs`: raysynth's lines, not Ray's progress dumps and metric lines (issue 17)
+    job_logs = ray_job(head.env, "logs", "--address", head.url, "rs-digits").stdout
+    lines = job_logs.splitlines()
+    assert len(lines) < 100, job_logs[-6000:]
+    for i, stage in enumerate(("data", "generator", "synthesis", "search", "final", "report"), 1):
+        assert f"[{i}/6] {stage}" in job_logs
+    for step in ("pixel model: 40/40 steps", "synthesis round 0: 12/12 images, accepted 12",
+                 "search: 2/2 trials, best 0.", "final training: 3/3 runs"):
+        assert step in job_logs, job_logs[-6000:]
+    assert "Reported metrics" not in job_logs and "Running Dataset" not in job_logs
+    assert "DiffusionGenerator pool: 1 actor(s)" in job_logs  # the chosen pool sizes
+    assert "search: 2 trials at a time" in job_logs
 
     report = json.loads((out / "report.json").read_text())
     assert report["preset"] == "digits" and report["classes"] == ["0", "1", "2"]

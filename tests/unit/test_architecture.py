@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2] / "raysynth"
 # Lowest first; a module may import its own layer or a lower one.
 LAYERS = [
     {"columns", "errors", "seeding", "devices", "files", "storage", "text", "config", "rundir", "ray_data",
-     "presets", "__init__"},
+     "presets", "progress", "__init__"},
     {"data"},
     {"plan", "train", "mix"},
     {"generate", "filter", "tune", "pseudolabel"},
