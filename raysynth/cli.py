@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from raysynth import __version__
@@ -126,6 +127,7 @@ def _add_bench_parser(sub: Any) -> None:
     bench.add_argument("--out", help="JSON file (default bench-NAME.json)")
     bench.add_argument("--concurrency", type=int, default=2, help="tune: parallel trials")
     bench.add_argument("--evals", type=int, default=16, help="tune: evaluations per searcher")
+    bench.add_argument("--smoke", action="store_true", help="gpu: tiny sizes on the CPU (CI)")
 
 
 def _connect_ray(address: str | None, verbose: bool = False) -> None:
@@ -161,7 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from raysynth.flows import flow
     from raysynth.flows.run import check
 
-    check(cfg)  # a missing model fails here, before Ray starts or anything is written
+    # a missing model fails here, before Ray starts or anything is written (--dry-run: listed)
+    models = check(cfg, dry_run=args.dry_run)
     if not args.dry_run:
         from raysynth.flows.run import run_flow
         from raysynth.rundir import RunDir
@@ -179,6 +182,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from raysynth.data.split_files import describe_splits
 
     print(dump_yaml(cfg))
+    for line in models:
+        print(printable(line))
+    if cfg.data.path and "://" not in cfg.data.path and not Path(cfg.data.path).exists():
+        print(f"data: {printable(cfg.data.path)} is not on this machine; not checked")
+        return 0
     print("\n".join(printable(line) for line in describe_splits(cfg.data)))
     images = load_dataset(cfg.data)
     splits = make_splits(images, cfg.data, cfg.seed)
@@ -249,8 +257,8 @@ def _study_allocation(args: argparse.Namespace, sets: dict[str, Any]) -> int:
     return 0
 
 
-BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter")
-NEEDS_RAY = ("tune", "synthesis", "filter")
+BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter", "gpu", "learn")
+NEEDS_RAY = ("tune", "synthesis", "filter", "gpu")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -261,6 +269,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.name in NEEDS_RAY:
         _connect_ray(None)
     kwargs = {"concurrency": args.concurrency, "evals": args.evals} if args.name == "tune" else {}
+    if args.name == "gpu":
+        kwargs = {"smoke": args.smoke}
     module.run(out=out, **kwargs)  # each bench prints its JSON and writes it to `out`
     return 0
 

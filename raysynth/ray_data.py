@@ -204,3 +204,33 @@ def call_in_actor(num_cpus: float, fn: Any) -> Any:
         return ray.get(probe.call.remote())
     finally:
         ray.kill(probe)
+
+
+def image_table(
+    files: Sequence[str],
+    columns: Sequence[str],
+    accepted_only: bool = False,
+    drop: frozenset[tuple[str, str]] = frozenset(),
+) -> Any:
+    """A dataset over the Parquet ``files`` of an image table (``columns`` only; nothing is
+    read until a consumer iterates it). ``accepted_only`` keeps the rows whose ``accepted`` is
+    true; ``drop`` names ``(file, sample_id)`` rows to leave out (a synthetic table's repeated
+    ids: only their first occurrence is kept). Each block is one Parquet row group or file, so a
+    Train worker iterating its shard holds a few blocks at a time."""
+    import ray
+
+    from raysynth import columns as col
+
+    wanted = list(dict.fromkeys([*columns, *([col.ACCEPTED] if accepted_only else [])]))
+    ds = ray.data.read_parquet(list(files), columns=wanted, include_paths=bool(drop))
+    if accepted_only:
+        ds = ds.filter(lambda row: bool(row[col.ACCEPTED]))
+    if drop:
+        ds = ds.filter(lambda row: (row["path"], row[col.SAMPLE_ID]) not in drop)
+    return ds.select_columns(list(columns))
+
+
+def shuffled(ds: Any) -> Any:
+    """``ds`` with its rows in a new random order each time it is read (Ray Data's all-to-all
+    shuffle: rows pass through the object store, which spills to disk when they do not fit)."""
+    return ds.random_shuffle()

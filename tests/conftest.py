@@ -1,4 +1,5 @@
-"""Shared fixtures. Tiers: unit (no Ray), ray (local Ray, 2 CPUs), e2e (the CLI), gpu (CUDA)."""
+"""Shared fixtures. Tiers: unit (no Ray), ray (local Ray, 2 CPUs), e2e (the CLI), gpu (CUDA),
+cluster (a 3-node Ray cluster whose nodes share no disk; `-m cluster`, tests/cluster/)."""
 
 from __future__ import annotations
 

@@ -251,3 +251,36 @@ def train_pixel_folder(folder: Path, class_names=("0", "1", "2")) -> str:
         batch_size=4,
     )
     return str(load_or_train(folder, x, y, cfg, class_names=list(class_names)))
+
+
+def hub_cached_sd(home: Path, hub_id: str, commit: str) -> Path:
+    """A float32 tiny Stable Diffusion pipeline in the Hugging Face cache under ``home`` as
+    ``hf download hub_id`` leaves it (blobs, a snapshot of symlinks, refs/main); returns the
+    snapshot folder."""
+    import os
+    import shutil
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(
+        vae=vae(), text_encoder=text_encoder(), tokenizer=tokenizer(), unet=unet(),
+        scheduler=scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    repo = Path(home) / "hub" / f"models--{hub_id.replace('/', '--')}"
+    saved = Path(home) / "saved"
+    pipe.save_pretrained(saved)
+    snapshot = repo / "snapshots" / commit
+    for i, path in enumerate(sorted(p for p in saved.rglob("*") if p.is_file())):
+        rel = path.relative_to(saved)
+        blob = repo / "blobs" / f"blob{i:04d}"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, blob)
+        (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / rel).symlink_to(os.path.relpath(blob, (snapshot / rel).parent))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    shutil.rmtree(saved)
+    return snapshot

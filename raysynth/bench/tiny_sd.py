@@ -24,7 +24,19 @@ def char_tokenizer(model_max_length: int = 32) -> Any:
     for c in "abcdefghijklmnopqrstuvwxyz0123456789":
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # transformers 4 reads them from files
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(
+            Path(tmp) / "vocab.json", Path(tmp) / "merges.txt", model_max_length=model_max_length
+        )
 
 
 def ddim_scheduler(prediction_type: str = "epsilon") -> Any:

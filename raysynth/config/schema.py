@@ -73,7 +73,7 @@ class SplitFilesConfig:
 class DataConfig:
     """Where the real images come from and how they are split (per class)."""
 
-    source: str = "digits"  # digits | imagefolder | parquet
+    source: str = "digits"  # digits | imagefolder | parquet | generated (stress data, no download)
     path: str | None = None  # folder (imagefolder) or file/folder (parquet)
     classes: tuple[str, ...] = ()  # subset of class names; empty = all
     image_size: int = 0  # resize (square) on load; 0 keeps the source size
@@ -89,9 +89,11 @@ class DataConfig:
     # (ImageFolder <class>/<context>/…: the first sub-folder of the class folder)
     group: str = ""
     split_files: SplitFilesConfig = field(default_factory=SplitFilesConfig)
+    generated_classes: int = 100  # source generated: classes of pattern images (data/generated.py)
 
     def __post_init__(self) -> None:
-        _check_choice(self.source, "data.source", ("digits", "imagefolder", "parquet"))
+        _check_choice(self.source, "data.source", ("digits", "imagefolder", "parquet", "generated"))
+        _check(self.generated_classes >= 1, "data.generated_classes", "must be >= 1")
         _check_choice(self.group, "data.group", ("", "folder"))
         _check(self.group != "folder" or self.source == "imagefolder", "data.group",
                "folder reads <class>/<context>/ folders; it needs data.source=imagefolder")
@@ -227,8 +229,15 @@ class ScalingConfig:
     checkpoint_every: int = 20  # epochs between checkpoints (resume granularity)
     # torch threads of the training the driver runs itself (num_workers=0, the pixel model)
     driver_threads: int = 0  # 0 = every core the driver may run on
+    # the end-to-end classifier reads its tables as Ray Datasets (TorchTrainer datasets=) instead
+    # of arrays decoded on the driver: always | never | auto (when real train + accepted
+    # synthetic rows exceed stream_above)
+    stream: str = "auto"
+    stream_above: int = 20_000
 
     def __post_init__(self) -> None:
+        _check_choice(self.stream, "train.stream", ("auto", "always", "never"))
+        _check(self.stream_above >= 0, "train.stream_above", "must be >= 0")
         _check(self.num_workers >= 0, "train.num_workers", "must be >= 0 (0 = in-process)")
         _check(self.driver_threads >= 0, "train.driver_threads", "must be >= 0 (0 = every core)")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
@@ -287,9 +296,21 @@ class GeneratorConfig:
     pixel_train_steps: int = 1500
     pixel_channels: tuple[int, ...] = (32, 64)
     pixel_batch_size: int = 64
+    # Where the driver puts the one copy of the model every node syncs from: a folder or a
+    # pyarrow.fs URI (s3://, gs://) all nodes can read; "" = the run directory's models/.
+    model_store: str = ""
+    # GPU memory and speed (DESIGN §1): auto = slicing for SDXL or batches >= 8, tiling for SDXL.
+    vae_slicing: str = "auto"  # auto | on | off
+    vae_tiling: str = "auto"  # auto | on | off
+    attention: str = "sdpa"  # sdpa (torch scaled_dot_product_attention) | default (the model's)
+    compile: bool = False  # torch.compile the UNet (minutes of warm-up per actor)
+    channels_last: bool = False  # UNet and VAE in channels-last memory format
 
     def __post_init__(self) -> None:
         g = "synthesis.generator"
+        for key in ("vae_slicing", "vae_tiling"):
+            _check_choice(getattr(self, key), f"{g}.{key}", ("auto", "on", "off"))
+        _check_choice(self.attention, f"{g}.attention", ("sdpa", "default"))
         _check_choice(self.kind, f"{g}.kind", ("pixel", "text2image", "unclip"))
         if self.kind != "pixel":
             _check(bool(self.model), f"{g}.model", f"{g}.kind={self.kind} needs a model id or path")
@@ -425,12 +446,16 @@ class FilterConfig:
     reference: str = "conditioning"
     pairs: int = 100  # z real–real pairs per class (all pairs when fewer)
     max_rounds: int = 3  # regeneration rounds for rejected images
+    # the embedder's device, chosen in each embedder actor (independent of the generator's):
+    # auto = the GPU filter.pool.gpus_per_actor gives it, else the CPU
+    device: str = "auto"  # auto | cpu | cuda
     # the embedder actors (they sit beside the generator pool, hence half a CPU each)
     pool: Resources = field(default_factory=lambda: Resources(batch_size=64, cpus_per_actor=0.5))
 
     def __post_init__(self) -> None:
         _check_choice(self.embedder, "filter.embedder", ("auto", "classifier", "open_clip"))
         _check_choice(self.threshold, "filter.threshold", ("pairs", "fixed"))
+        _check_choice(self.device, "filter.device", ("auto", "cpu", "cuda"))
         _check_choice(self.reference, "filter.reference", ("conditioning", "first_real"))
         _check(
             -1 <= self.fixed_threshold <= 1, "filter.fixed_threshold", "must be a cosine in [-1, 1]"

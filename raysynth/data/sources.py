@@ -36,6 +36,10 @@ def load_dataset(cfg: DataConfig) -> ImageSet:
         data = _load_imagefolder(cfg)
     elif cfg.source == "parquet":
         data = _load_parquet(cfg)
+    elif cfg.source == "generated":
+        from raysynth.data.generated import generated_set
+
+        data = generated_set(cfg)
     else:  # DataConfig validates the choice; this guards a config built around it
         raise DataError(f"data.source={cfg.source!r}; choose digits, imagefolder or parquet")
     _check_no_empty_class(data)

@@ -36,6 +36,9 @@ class ClipEmbedder:
     ) -> None:
         import open_clip
 
+        from raysynth.devices import resolve_device
+
+        device = resolve_device(device, "filter.device") if isinstance(device, str) else device
         weights = resolve_clip_weights(model_name, pretrained, cache_dir)
         tag = weights.tag_cfg
         try:

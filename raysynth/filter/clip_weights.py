@@ -165,3 +165,25 @@ def check_clip_available(
     """Driver-side check before any actor starts: the model name is known and its weights are a
     local file (see :func:`resolve_clip_weights`). Builds no model."""
     return resolve_clip_weights(model_name, pretrained, cache_dir)
+
+
+def clip_status(model_name: str, pretrained: str | None, cache_dir: str | None = None) -> Any:
+    """What ``raysynth run --dry-run`` says of an open_clip model's weights, without downloading:
+    a :class:`~raysynth.generate.model_source.ModelStatus` ("cached", "will be downloaded", "cannot
+    be reached offline"); names and files that are wrong raise ConfigError as in
+    :func:`resolve_clip_weights`."""
+    import open_clip
+
+    from raysynth.generate.model_source import CACHED, DOWNLOAD, LOCAL, OFFLINE, ModelStatus
+
+    what = f"{model_name}/{pretrained}" if pretrained else model_name
+    name = _check_model_name(model_name)
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+    if name.startswith((LOCAL_DIR, HF_HUB)) or not tag_cfg:
+        return ModelStatus(what, LOCAL, detail=resolve_clip_weights(model_name, pretrained).source)
+    path, _looked = _cached_tag_file(tag_cfg, cache_dir)
+    if path is not None:
+        return ModelStatus(what, CACHED, detail=path)
+    if _offline():
+        return ModelStatus(what, OFFLINE, detail="not in the local cache and HF_HUB_OFFLINE is set")
+    return ModelStatus(what, DOWNLOAD, detail=tag_cfg.get("hf_hub") or tag_cfg.get("url", ""))

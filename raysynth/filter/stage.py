@@ -31,10 +31,12 @@ class EmbedderSpec:
 
 
 def _build(spec: EmbedderSpec) -> Any:
-    from raysynth.devices import resolve_device
+    from raysynth.devices import limit_threads, resolve_device
     from raysynth.filter.embedders import build_embedder
 
-    device = str(resolve_device(spec.device, "filter device"))
+    pool = spec.filter.pool
+    device = str(resolve_device(spec.device, "filter.device", gpus=pool.gpus_per_actor))
+    limit_threads(device, pool.cpus_per_actor)
     return build_embedder(
         spec.filter,
         classifier_folder=spec.classifier_folder,

@@ -32,7 +32,7 @@ from raysynth.data.unlabeled import UnlabeledSet, load_unlabeled
 from raysynth.errors import ConfigError, DataError
 from raysynth.files import atomic_save_npz, atomic_write_json, cached, finite, read_json
 from raysynth.flows.job import Job
-from raysynth.flows.prepare import RealData, generator_spec, synthesis_stage
+from raysynth.flows.prepare import RealData, generator_spec, publish_model, synthesis_stage
 from raysynth.generate.table import read_table
 from raysynth.pseudolabel.prototypes import accuracies, prototypes
 from raysynth.pseudolabel.top_k import top_k_per_class
@@ -56,9 +56,10 @@ def check(cfg: RunConfig, num_classes: int) -> None:
     """Nothing beyond :func:`check_config` (run before Ray starts)."""
 
 
-def check_config(cfg: RunConfig) -> None:
-    """What AiR needs before anything starts: a text-to-image model to adapt and a CLIP model."""
-    from raysynth.filter.clip_weights import check_clip_available
+def check_config(cfg: RunConfig, dry_run: bool = False) -> list[str]:
+    """What AiR needs before anything starts: a text-to-image model to adapt and a CLIP model
+    (``dry_run``: CLIP weights that cannot be reached are reported, not an error)."""
+    from raysynth.filter.clip_weights import check_clip_available, clip_status
 
     g = cfg.synthesis.generator
     if g.kind != "text2image":
@@ -67,13 +68,16 @@ def check_config(cfg: RunConfig) -> None:
             f"{g.kind} is not one (the pixel model is trained on labelled images, which AiR does "
             "not have): set synthesis.generator.kind=text2image and synthesis.generator.model"
         )
-    check_clip_available(cfg.air.clip_model, cfg.air.clip_pretrained)
+    clip = clip_status(cfg.air.clip_model, cfg.air.clip_pretrained)
+    if clip.usable or not dry_run:
+        check_clip_available(cfg.air.clip_model, cfg.air.clip_pretrained)
     path = cfg.air.unlabeled_path
     if path and "://" not in path and not Path(path).expanduser().exists():
         raise ConfigError(
             f"air.unlabeled_path={path!r} does not exist; give a folder of images or a Parquet "
             "table, or leave it empty to use the train split with its labels hidden"
         )
+    return [clip.line("AiR CLIP")]
 
 
 # 1. embedding and zero-shot pseudo-labels ------------------------------------------------------
@@ -182,6 +186,7 @@ def train_adapter(
             scaling=cfg.train,
             checkpoint_dir=run.air / f"{ADAPTER}-checkpoint",
             storage_path=run.train,
+            model_ref=publish_model(run, cfg.synthesis.generator),
         )
     losses = read_json(folder / RESULT_FILE).get("losses", [])
     summary.update(steps=len(losses))
@@ -282,8 +287,8 @@ def learn_prompt(
 
     cfg, a = job.cfg, job.cfg.air
     base, data = prompt_config(cfg), prompt_data(unl, val, syn, proto)
-    device = str(resolve_device("auto")) if cfg.train.use_gpu else "cpu"
-    search = searched(job, data, base, unl.class_names, device)
+    search = searched(job, data, base, unl.class_names, "auto" if cfg.train.use_gpu else "cpu")
+    device = str(resolve_device("auto")) if cfg.train.use_gpu else "cpu"  # this process's
     if search is not None:
         base = PromptConfig(**{**asdict(base), "lam": search["lam"], "beta": search["beta"]})
     clip = ClipEmbedder(a.clip_model, a.clip_pretrained, device=device)

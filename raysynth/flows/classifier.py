@@ -5,16 +5,19 @@ only, per class group (many/medium/few) on the test split."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from raysynth.config.schema import RunConfig
+from raysynth.data.tables import ImageTable
+from raysynth.errors import DataError
 from raysynth.files import cached
+from raysynth.flows.end_to_end import Inputs, real_table, streams, train_end_to_end
 from raysynth.flows.job import Job
-from raysynth.flows.prepare import synthetic_inputs, train_end_to_end
+from raysynth.flows.prepare import accepted_arrays, synthetic_inputs
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.protocol import class_groups, fold_class_groups
@@ -29,43 +32,69 @@ def check(cfg: RunConfig, num_classes: int) -> None:
 
 
 def run(job: Job) -> dict[str, Any] | None:
-    synthesis, synthetic = synthetic_inputs(job)
+    synthesis, table = synthetic_inputs(job, decode=False)
     if job.stops_after("synthesis"):
         return {"synthesis": synthesis}
     job.stage("final")
     job.run.stage("final")
     real = job.real
-    data = (real.arrays("train"), synthetic, real.arrays("test"), real.splits.groups,
-            real.num_classes)
-    job.report["classifier"] = compare(*data, job.cfg, job.run.train, real.contexts("test"))
+    shape = (real.num_classes, real.channels, real.image_size)
+    train = real_table(job.run.root, "train", *shape)
+    check_classes(train, table, real.class_names)
+    if streams(job.cfg, len(train) + len(table)):
+        log.info("final classifiers stream %d real and %d synthetic rows from Parquet",
+                 len(train), len(table))
+        data = (train, table, real_table(job.run.root, "test", *shape))
+    else:
+        data = (real.arrays("train"), accepted_arrays(job.run.synthetic, real),
+                real.arrays("test"))
+    job.report["classifier"] = compare(*data, real.splits.groups, real.num_classes, job.cfg,
+                                       job.run.train, real.contexts("test"))
     return None
+
+
+def check_classes(real: ImageTable, synthetic: ImageTable, names: list[str]) -> None:
+    """A class with no training row at all cannot be learned: a :class:`DataError` naming it;
+    classes without an accepted synthetic image are logged (their share is real only)."""
+    empty = [names[c] for c, (r, s) in enumerate(zip(real.counts, synthetic.counts)) if r + s == 0]
+    if empty:
+        raise DataError(
+            f"class(es) {', '.join(map(repr, empty))} have no real training image and no "
+            "accepted synthetic image; lower the filter threshold or add images of them"
+        )
+    if len(synthetic):
+        none = [names[c] for c, s in enumerate(synthetic.counts) if s == 0]
+        if none:
+            log.warning("no accepted synthetic image for class(es) %s: their batches hold "
+                        "real images only", ", ".join(map(repr, none)))
 
 
 @dataclass(frozen=True)
 class ClassifierData:
     """What one classifier run trains on and is scored on."""
 
-    real: LabeledArrays
-    synthetic: LabeledArrays
-    test: LabeledArrays
+    real: Inputs
+    synthetic: Inputs
+    test: Inputs
     groups: dict[str, list[int]]
     num_classes: int
     contexts: tuple[list[str], list[str]] | None = None  # test rows' groups, class names
 
 
 def compare(
-    real_train: LabeledArrays,
-    synthetic: LabeledArrays,
-    test: LabeledArrays,
+    real_train: Inputs,
+    synthetic: Inputs,
+    test: Inputs,
     groups: dict[str, list[int]],
     num_classes: int,
     cfg: RunConfig,
     storage: Path,
     contexts: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Real-only against real ∪ synthetic, the same classifier and protocol; per group and, in
-    ``per_class``, per class."""
-    empty = LabeledArrays.empty_like(real_train)
+    """Real-only against real ∪ synthetic, the same classifier and protocol (arrays, or
+    :class:`ImageTable` s streamed into the Train workers); per group and, in ``per_class``, per
+    class."""
+    empty = empty_like(real_train)
     groups = {**groups, **class_groups(num_classes)}
     real_only = classifier_runs(
         ClassifierData(real_train, empty, test, groups, num_classes, contexts), cfg, storage,
@@ -81,6 +110,13 @@ def compare(
                  ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()
                            if k != "per_class" and not k.startswith("group:")))
     return {"real_only": real_only, "with_synthetic": with_syn}
+
+
+def empty_like(x: Inputs) -> Inputs:
+    """No synthetic rows, in the form of ``x``."""
+    if isinstance(x, LabeledArrays):
+        return LabeledArrays.empty_like(x)
+    return replace(x, files=(), counts=(0,) * len(x.counts), drop=frozenset())
 
 
 def classifier_runs(

@@ -21,20 +21,18 @@ from raysynth import progress as steps
 from raysynth.config.schema import RunConfig
 from raysynth.data import ImageSet, Splits, load_dataset, make_splits, to_tensor_array
 from raysynth.data.store import read_real_splits, real_exists, real_path, write_real
+from raysynth.data.tables import ImageTable
 from raysynth.files import cached
 from raysynth.filter.loop import Loop, accepted_images
 from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
+from raysynth.flows.end_to_end import accepted_table, train_end_to_end
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.rundir import RunDir
 from raysynth.rundir.names import ALLOCATION_JSONL
 from raysynth.seeding import stable_seed
 from raysynth.storage import AnyPath, as_path, spec_path
 from raysynth.train.arrays import LabeledArrays
-from raysynth.train.augment import resolve_kind
 from raysynth.train.checkpoint import has_checkpoint
-from raysynth.train.loops import end_to_end_loop
-from raysynth.train.models import encoder_config
-from raysynth.train.session import run_trainer
 
 log = logging.getLogger("raysynth.flows")
 
@@ -133,32 +131,6 @@ def train_real_classifier(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     return folder
 
 
-def train_end_to_end(
-    cfg: RunConfig, real: LabeledArrays, synthetic: LabeledArrays, evaluate: LabeledArrays,
-    groups: dict[str, list[int]], num_classes: int, seed: int, save_dir: Path,
-    checkpoint_dir: Path, storage: Path, name: str, mix_fraction: float = 0.0,
-    contexts: tuple[list[str], list[str]] | None = None,
-) -> dict[str, float]:
-    """One end-to-end classifier (Ray Train, ``train.*`` workers) on real ∪ synthetic, scored on
-    ``evaluate`` per class group (and per class × context: ``contexts`` = (each eval row's group,
-    class names)); the model is written to ``save_dir``."""
-    size = int(real.x.shape[-1])
-    enc = encoder_config(
-        cfg.encoder.arch, int(real.x.shape[1]), size, cfg.encoder.width, cfg.encoder.feat_dim,
-        cfg.encoder.pretrained,
-    )
-    loop_cfg = {
-        "real": real, "synthetic": synthetic, "eval": evaluate, "groups": groups,
-        "num_classes": num_classes, "encoder_cfg": enc, "cfg": cfg.end_to_end,
-        "aug_kind": resolve_kind(cfg.encoder.augment, size), "seed": seed,
-        "save_dir": spec_path(save_dir), "checkpoint_dir": spec_path(checkpoint_dir),
-        "checkpoint_every": cfg.train.checkpoint_every,
-        "threads": max(1, int(cfg.train.cpus_per_worker)), "mix_fraction": mix_fraction,
-        "eval_contexts": (contexts or ([], []))[0], "class_names": (contexts or ([], []))[1],
-    }
-    return run_trainer(end_to_end_loop, loop_cfg, cfg.train, name, storage)
-
-
 def prepare_pixel_generator(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     """Train (or reuse) the class-conditional pixel diffusion model on the real train split."""
     from raysynth.generate.pixel import PixelDiffusionConfig
@@ -233,30 +205,65 @@ def generator_spec(
         real_images=spec_path(real_path(run.root, "train")),  # read where it is, on any node
         channels=real.channels,
         image_size=real.image_size,
+        model_ref=publish_model(run, g),
+        gpus=cfg.synthesis.pool.gpus_per_actor,
+        batch_size=cfg.synthesis.pool.batch_size,
     )
 
 
-def check_models(cfg: RunConfig) -> None:
-    """Fail before any actor starts when a model, scheduler or adapter cannot be used."""
-    g = cfg.synthesis.generator
+def publish_model(run: RunDir, g: Any) -> Any:
+    """The model resolved once, copied to the model store (default ``run.models``); None: pixel."""
+    from raysynth.generate.model_store import publish_model as publish
+    return publish(g, str(run.models))
+
+
+def encoder_weights_status(arch: str, name: str) -> str:
+    """The dry run's line for the encoder's ImageNet weights (torch's hub cache; nothing fetched)."""
+    import os
+
+    import torch
+
+    from raysynth.train.architectures import resolve_weights
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(resolve_weights(arch, name).url)
+    offline = any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE",
+                                                                   "RAYSYNTH_OFFLINE"))
+    state = "cached" if path.is_file() else "cannot be reached offline" if offline else (
+        "will be downloaded")
+    return f"encoder weights {arch}/{name}: {state}: {path}"
+
+
+def check_models(cfg: RunConfig, dry_run: bool = False) -> list[str]:
+    """Fail before any actor starts when a model, scheduler or adapter cannot be used; returns
+    one line per model ("cached", "will be downloaded (size)", ...; ``dry_run``: not an error)."""
+    from raysynth.generate.model_source import model_status
+
+    g, lines = cfg.synthesis.generator, []
     if g.kind in ("text2image", "unclip"):
         from raysynth.generate import loading
 
-        loading.check_model_available(g)
+        lines.append((status := model_status(g.model)).line("generator"))
+        if status.usable or not dry_run:
+            loading.check_model_available(g)
         loading.check_scheduler(g.scheduler)
         loading.check_adapters(g)
     elif g.kind == "pixel":
         from raysynth.generate.pixel_generator import check_pixel_adapters
 
         check_pixel_adapters(g)
-    if cfg.encoder.pretrained:
+    if cfg.encoder.pretrained and dry_run:  # said, not downloaded
+        lines.append(encoder_weights_status(cfg.encoder.arch, cfg.encoder.pretrained))
+    elif cfg.encoder.pretrained:
         from raysynth.train.architectures import check_pretrained
 
         check_pretrained(cfg.encoder.arch, cfg.encoder.pretrained)
     if cfg.filter.enabled and cfg.filter.embedder == "open_clip":
-        from raysynth.filter.clip_weights import check_clip_available
+        from raysynth.filter.clip_weights import check_clip_available, clip_status
 
-        check_clip_available(cfg.filter.clip_model, cfg.filter.clip_pretrained)
+        lines.append((clip := clip_status(cfg.filter.clip_model, cfg.filter.clip_pretrained)).line("embedder"))
+        if clip.usable or not dry_run:
+            check_clip_available(cfg.filter.clip_model, cfg.filter.clip_pretrained)
+    return lines
 
 
 def synthesis_stage(
@@ -271,7 +278,7 @@ def synthesis_stage(
     def compute() -> dict[str, Any]:
         job = Synthesis(
             cfg.synthesis, cfg.filter, cfg.seed, run.synthetic, run.real_embeddings,
-            device=cfg.synthesis.generator.device,
+            device=cfg.filter.device,
         )
         loop = replace(measurement(cfg, real), log=run.root / ALLOCATION_JSONL)
         result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier,
@@ -296,12 +303,14 @@ def measurement(cfg: RunConfig, real: RealData) -> Loop:
     measure_epochs`` epochs) on real train ∪ the accepted images, scored on the validation split
     (the test split stays untouched). No trust: the learned UniCon weights come after this stage
     (a caller that has weights passes them as ``Loop.trust``)."""
+    from raysynth.train.augment import resolve_kind
     from raysynth.train.measure import quick_scores
+    from raysynth.train.models import encoder_config
 
     train, val = real.arrays("train"), real.arrays("val")
     size = int(train.x.shape[-1])
     enc = encoder_config(cfg.encoder.arch, real.channels, size, cfg.encoder.width,
-                         cfg.encoder.feat_dim)
+                         cfg.encoder.feat_dim, cfg.encoder.pretrained)
     aug, seed = resolve_kind(cfg.encoder.augment, size), stable_seed(cfg.seed, "measure")
 
     def measure(synthetic: LabeledArrays) -> Any:
@@ -311,10 +320,13 @@ def measurement(cfg: RunConfig, real: RealData) -> Loop:
     return Loop(measure, Path())
 
 
-def synthetic_inputs(job: Any) -> tuple[dict[str, Any], LabeledArrays]:
+def synthetic_inputs(
+    job: Any, decode: bool = True
+) -> tuple[dict[str, Any], LabeledArrays | ImageTable]:
     """The ``generator`` and ``synthesis`` stages of the unicon and classifier flows: the
     real-split classifier when the filter or the guidance needs it, the generator, the synthesis
-    stage; returns its summary (also put in ``job.report``) and the accepted images as arrays."""
+    stage; returns its summary (also put in ``job.report``) and the accepted images as arrays
+    (``decode``) or as a streamable table."""
     run, cfg, real = job.run, job.cfg, job.real
     job.stage("generator")
     classifier = train_real_classifier(run, cfg, real) if needs_classifier(cfg, real) else None
@@ -322,4 +334,7 @@ def synthetic_inputs(job: Any) -> tuple[dict[str, Any], LabeledArrays]:
     job.stage("synthesis")
     synthesis = synthesis_stage(run, cfg, real, spec, classifier)
     job.report["synthesis"] = synthesis
+    if not decode:
+        return synthesis, accepted_table(run.synthetic, real.num_classes, real.channels,
+                                         real.image_size)
     return synthesis, accepted_arrays(run.synthetic, real)

@@ -22,19 +22,21 @@ from raysynth.flows.prepare import RealData, check_models, prepare_real
 from raysynth.rundir import RunDir
 
 
-def check(cfg: RunConfig, until: str | None = None) -> None:
+def check(cfg: RunConfig, until: str | None = None, dry_run: bool = False) -> list[str]:
     """Fail before the run directory is touched: a stage the flow lacks, a model that cannot be
-    used, what the flow needs."""
+    used, what the flow needs. Returns one line per model saying where it comes from;
+    ``dry_run``: a model that cannot be reached is one of those lines, not an error."""
     stages = flow(cfg.flow).STAGES
     if until is not None and until not in stages:
         raise ConfigError(
             f"flow={cfg.flow} has no {until} stage (its stages: {', '.join(stages)}); run the "
             "whole job with `raysynth run`"
         )
-    check_models(cfg)
+    lines = check_models(cfg, dry_run)
     checker = getattr(flow(cfg.flow), "check_config", None)
     if checker is not None:
-        checker(cfg)
+        lines += checker(cfg, dry_run) or []
+    return lines
 
 
 def run_flow(

@@ -57,6 +57,11 @@ class GeneratorSpec:
     channels: int = 3
     image_size: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # the driver-resolved model (a ModelRef of raysynth.generate.model_store; None: load
+    # generator.model as configured), the GPUs and rows per call of each generator actor
+    model_ref: Any = None
+    gpus: float = 0.0
+    batch_size: int = 1
 
 
 class Generator(Protocol):
@@ -69,9 +74,12 @@ class Generator(Protocol):
     def generate(self, rows: list[dict[str, Any]]) -> list[GeneratedImage]: ...
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, gpus: float = 0.0) -> torch.device:
+    """The generator actor's device; ``gpus`` > 0 (Ray gave it a GPU) makes a CUDA that does not
+    work an error with its cause, not a silent CPU."""
     return devices.resolve_device(
-        name, "synthesis.generator.device", "give the actors GPUs with synthesis.pool.gpus_per_actor"
+        name, "synthesis.generator.device",
+        "give the actors GPUs with synthesis.pool.gpus_per_actor", gpus=gpus,
     )
 
 

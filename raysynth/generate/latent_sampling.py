@@ -82,9 +82,9 @@ class LatentSampler:
     def __init__(self, spec: GeneratorSpec) -> None:
         g = spec.generator
         self.spec = spec
-        self.device = resolve_device(g.device)
+        self.device = resolve_device(g.device, spec.gpus)
         self.dtype = DTYPES[g.dtype]
-        self.pipe = load_pipeline(g, self.device)
+        self.pipe = load_pipeline(g, self.device, spec.model_ref, spec.batch_size)
         self.scheduler_config = dict(self.pipe.scheduler.config)  # the swapped-in scheduler's
         try:
             self.new_scheduler().set_timesteps(g.num_steps)

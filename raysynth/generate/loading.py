@@ -15,8 +15,9 @@ import torch
 
 from raysynth.config.schema import GeneratorConfig
 from raysynth.errors import ConfigError
-from raysynth.generate import single_file
+from raysynth.generate import model_source, single_file
 from raysynth.generate.generators import DTYPES
+from raysynth.generate.model_store import ModelRef, local_copy
 from raysynth.storage import as_path, local_folder
 
 KEY = "synthesis.generator"
@@ -51,39 +52,25 @@ def check_scheduler(name: str) -> type:
     return getattr(diffusers, SCHEDULERS[name])
 
 
-def _is_local_path(model: str) -> bool:
-    return (
-        Path(model).expanduser().exists()
-        or model.startswith(("/", ".", "~"))
-        or model.count("/") > 1
-        or "\\" in model
-    )
-
-
-def check_model_available(cfg: GeneratorConfig) -> dict[str, Any]:
-    """Check that ``cfg.model`` can be loaded offline and is a pipeline ``cfg.kind`` can drive.
-
-    A local folder must hold ``model_index.json``; a Hugging Face id must already be in the local
-    cache. Returns the parsed ``model_index.json``. Raises :class:`ConfigError` saying what to pass.
-    """
-    model = cfg.model
-    if not model:
+def check_model_available(cfg: GeneratorConfig, folder: str | Path | None = None) -> dict[str, Any]:
+    """Check that ``cfg.model`` (or the local ``folder`` it was resolved to) is a pipeline
+    ``cfg.kind`` can drive, and reachable: a local folder with ``model_index.json``, a Hugging Face
+    id in the local cache, or one the hub can serve (not with ``HF_HUB_OFFLINE``). Returns the
+    parsed ``model_index.json``. Raises :class:`ConfigError` saying what to pass."""
+    if not cfg.model:
         raise ConfigError(f"{KEY}.model is empty; pass a Hugging Face id or a local folder")
-    if single_file.is_single_file(model):
+    if single_file.is_single_file(cfg.model):
         info = single_file.check_single_file(cfg)
         _check_pipeline_class(cfg, info.get("_class_name", ""))
         check_scheduler(cfg.scheduler)
         return info
-    if _is_local_path(model):
-        index = Path(model).expanduser() / "model_index.json"
+    if folder is not None:
+        index = Path(folder) / "model_index.json"
         if not index.is_file():
-            raise ConfigError(
-                f"{KEY}.model={model!r}: no diffusers pipeline there ({index} is missing); pass a "
-                "folder written by DiffusionPipeline.save_pretrained or a Hugging Face id"
-            )
+            raise ConfigError(f"{KEY}.model={cfg.model!r}: {index} is missing")
+        info = json.loads(index.read_text())
     else:
-        index = _cached_model_index(model)
-    info = json.loads(Path(index).read_text())
+        info = model_source.model_index(cfg.model)
     _check_pipeline_class(cfg, info.get("_class_name", ""))
     if cfg.safety_checker and info.get("_class_name") == SDXL:
         raise ConfigError(
@@ -92,23 +79,6 @@ def check_model_available(cfg: GeneratorConfig) -> dict[str, Any]:
         )
     check_scheduler(cfg.scheduler)
     return info
-
-
-def _cached_model_index(model: str) -> str:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        path = try_to_load_from_cache(model, "model_index.json")
-    except Exception as exc:  # HFValidationError: not a valid repo id
-        raise ConfigError(
-            f"{KEY}.model={model!r} is neither an existing folder nor a Hugging Face id ({exc})"
-        ) from exc
-    if not isinstance(path, str):
-        raise ConfigError(
-            f"{KEY}.model={model!r} is not in the local Hugging Face cache and cannot be loaded "
-            f"offline; download it first (`hf download {model}`) or pass a local folder"
-        )
-    return path
 
 
 def _check_pipeline_class(cfg: GeneratorConfig, name: str) -> None:
@@ -150,27 +120,50 @@ def check_adapters(cfg: GeneratorConfig) -> None:
 # 2. loading ------------------------------------------------------------------------------------
 
 
-def load_pipeline(cfg: GeneratorConfig, device: torch.device) -> Any:
-    """Load the diffusers pipeline of ``cfg`` (offline), swap in the configured scheduler, load
-    the LoRA adapters, move it to ``device``."""
+def dtype_kwarg() -> str:
+    """The ``from_pretrained`` argument that sets the dtype: ``dtype`` from diffusers 0.40 (which
+    deprecates ``torch_dtype``), ``torch_dtype`` before (older versions ignore ``dtype`` and load
+    float32)."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype"
+
+
+def model_folder(cfg: GeneratorConfig, ref: ModelRef | None) -> str:
+    """Where this process loads ``cfg.model`` from: this node's copy of the driver-resolved
+    ``ref`` (:func:`~raysynth.generate.model_store.local_copy`), else the configured folder or
+    hub id (loaded from the local cache)."""
+    if ref is not None:
+        return str(local_copy(ref)[0])
+    model = cfg.model
+    return str(Path(model).expanduser()) if model_source.is_local_path(model) else model
+
+
+def load_pipeline(
+    cfg: GeneratorConfig, device: torch.device, ref: ModelRef | None = None, batch_size: int = 1
+) -> Any:
+    """Load the diffusers pipeline of ``cfg`` offline (from this node's copy of ``ref`` when
+    given), check every module is in ``cfg.dtype``, swap in the configured scheduler, load the
+    LoRA adapters, apply the memory and speed options, move it to ``device``."""
     import diffusers
 
-    info = check_model_available(cfg)
+    where = model_folder(cfg, ref)
+    info = check_model_available(cfg, where if ref is not None else None)
     check_adapters(cfg)
     name = info["_class_name"]
     if cfg.kind == "text2image" and name != SDXL:
         name = "StableDiffusionPipeline"  # also for an img2img folder: same components
     cls = getattr(diffusers, name)
-    kwargs: dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "local_files_only": True}
+    kwargs: dict[str, Any] = {dtype_kwarg(): DTYPES[cfg.dtype], "local_files_only": True}
     if name == "StableDiffusionPipeline" and not cfg.safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         pipe = (single_file.load_single_file(cfg, name, kwargs)
-                if single_file.is_single_file(cfg.model) else cls.from_pretrained(
-            str(Path(cfg.model).expanduser()) if _is_local_path(cfg.model) else cfg.model, **kwargs
-        ))
+                if single_file.is_single_file(cfg.model) else cls.from_pretrained(where, **kwargs))
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{KEY}.model={cfg.model!r} could not be loaded: {exc}") from exc
+    check_dtype(pipe, DTYPES[cfg.dtype], cfg.model)
     has_checker = getattr(pipe, "safety_checker", None) is not None
     if cfg.safety_checker and not (has_checker and getattr(pipe, "feature_extractor", None)):
         raise ConfigError(
@@ -182,7 +175,48 @@ def load_pipeline(cfg: GeneratorConfig, device: torch.device) -> Any:
     )
     _load_adapters(pipe, cfg)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    apply_options(pipe, cfg, sdxl=name == SDXL, batch_size=batch_size)
+    return pipe
+
+
+def check_dtype(pipe: Any, dtype: torch.dtype, model: str) -> None:
+    """Every torch module of ``pipe`` holds its floating-point weights in ``dtype`` (an older
+    diffusers given an argument it does not know would load float32 and fail at the first step)."""
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            found = {p.dtype for p in module.parameters() if p.is_floating_point()}
+            if found - {dtype}:
+                raise ConfigError(
+                    f"{KEY}.model={model!r}: its {name} loaded in {sorted(map(str, found))}, not "
+                    f"{dtype}; this diffusers version did not apply {KEY}.dtype"
+                )
+
+
+def apply_options(pipe: Any, cfg: GeneratorConfig, sdxl: bool, batch_size: int) -> dict[str, bool]:
+    """The memory and speed options of ``synthesis.generator``: VAE slicing and tiling (``auto``:
+    on for SDXL, slicing also from batches of 8), attention through PyTorch SDPA, channels-last
+    memory format, ``torch.compile`` of the UNet. Returns what was turned on."""
+    on = {
+        "vae_slicing": cfg.vae_slicing == "on" or (cfg.vae_slicing == "auto" and (sdxl or batch_size >= 8)),
+        "vae_tiling": cfg.vae_tiling == "on" or (cfg.vae_tiling == "auto" and sdxl),
+        "sdpa": cfg.attention == "sdpa",
+        "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
+    }
+    vae = pipe.vae
+    vae.enable_slicing() if on["vae_slicing"] else vae.disable_slicing()
+    vae.enable_tiling() if on["vae_tiling"] else vae.disable_tiling()
+    if on["sdpa"]:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+    if on["channels_last"]:
+        pipe.unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if on["compile"]:
+        pipe.unet.compile()
+    return on
 
 
 def _load_adapters(pipe: Any, cfg: GeneratorConfig) -> None:

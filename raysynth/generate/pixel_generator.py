@@ -42,7 +42,7 @@ class PixelGenerator:
                 f"synthesis.generator.scheduler={g.scheduler}: the pixel model samples with ddim"
             )
         self.spec = spec
-        self.device = resolve_device(g.device)
+        self.device = resolve_device(g.device, spec.gpus)
         self.dtype = DTYPES[g.dtype]
         # the run directory's RemotePath: copied once into a local folder for from_pretrained
         self.model = load_pixel_model(local_folder(spec.pixel_folder), self.device, self.dtype)

@@ -1,11 +1,10 @@
 """The run directory: resolved config, provenance, and where every stage writes (DESIGN §4).
 
 ``.raysynth-run`` (the marker, written first: this folder is a run directory, and its format),
-``config.yaml`` (resolved config), ``meta.json`` (package version, git revision, seed, format
-version), ``stages.json`` (the stage ledger: the hash of the config sections each cached stage
-was computed under, ``raysynth.config.stages``), ``run.log``, ``real/``, ``synthetic/``,
-``generator/``, ``tune/``, ``train/``, ``air/``, ``report.json`` / ``report.md`` /
-``report.html``; ``stale/<time>/`` holds the outputs of stages a changed config invalidated.
+``config.yaml`` (resolved config), ``meta.json`` (version, git revision, seed, format version),
+``stages.json`` (the stage ledger: the hash of the config sections each cached stage was computed
+under, ``raysynth.config.stages``), ``run.log``, ``real/``, ``synthetic/``, ``generator/``,
+``tune/``, ``train/``, ``air/``, ``models/``, ``report.*``; ``stale/<time>/``: invalidated outputs.
 """
 
 from __future__ import annotations
@@ -140,6 +139,8 @@ class RunDir:
     def air(self) -> AnyPath:
         """``air/``: the AiR flow's embeddings, adapter, prompt and summary."""
         return self.sub(AIR)
+
+    models = property(lambda self: self.root / "models", doc="the default model store (models/)")
 
     def sub(self, name: str) -> AnyPath:
         """The folder ``name`` of the run (created)."""

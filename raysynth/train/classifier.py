@@ -86,13 +86,27 @@ def effective_prior(
     y_real: np.ndarray, y_syn: np.ndarray, num_classes: int, synthetic_share: float
 ) -> np.ndarray:
     """Class prior of the training batches: ``(1-s)·p_real + s·p_syn`` (balanced softmax)."""
-    p_real = np.bincount(y_real, minlength=num_classes).astype(np.float64)
-    p_real /= max(p_real.sum(), 1)
-    if synthetic_share == 0 or len(y_syn) == 0:
+    return counts_prior(
+        np.bincount(y_real, minlength=num_classes), np.bincount(y_syn, minlength=num_classes),
+        synthetic_share,
+    )
+
+
+def counts_prior(
+    real_counts: np.ndarray, syn_counts: np.ndarray, synthetic_share: float
+) -> np.ndarray:
+    """:func:`effective_prior` from per-class row counts (what a streamed run knows)."""
+    p_real = np.asarray(real_counts, np.float64)
+    p_real = p_real / max(p_real.sum(), 1)
+    p_syn = np.asarray(syn_counts, np.float64)
+    if synthetic_share == 0 or p_syn.sum() == 0:
         return p_real
-    p_syn = np.bincount(y_syn, minlength=num_classes).astype(np.float64)
-    p_syn /= p_syn.sum()
-    return (1 - synthetic_share) * p_real + synthetic_share * p_syn
+    return (1 - synthetic_share) * p_real + synthetic_share * p_syn / p_syn.sum()
+
+
+def log_prior(prior: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``log prior`` as the float32 tensor balanced softmax adds to the logits."""
+    return torch.log(torch.as_tensor(prior).to(torch.float32).clamp_min(1e-12)).to(device)
 
 
 def fit_end_to_end(
@@ -122,14 +136,13 @@ def fit_end_to_end(
     model = model or ImageClassifier(build_encoder(encoder_cfg), num_classes).to(device)
     optimizer = optimizer or end_to_end_optimizer(model, cfg)
     share = cfg.synthetic_share if len(synthetic) else 0.0
-    log_prior = None
+    lp = None
     if cfg.balanced_softmax:
-        prior = torch.as_tensor(effective_prior(real.y, synthetic.y, num_classes, share))
-        log_prior = torch.log(prior.to(torch.float32).clamp_min(1e-12)).to(device)
+        lp = log_prior(effective_prior(real.y, synthetic.y, num_classes, share), device)
     rows = tuple(torch.from_numpy(a).to(device) for a in (real.x, real.y, synthetic.x, synthetic.y))
     n_syn = round(cfg.batch_size * share)
     batch = (cfg.batch_size - n_syn, n_syn)
-    losses = partial(_batch_losses, model, rows, batch, log_prior, (aug_kind, cfg.label_smoothing),
+    losses = partial(_batch_losses, model, rows, batch, lp, (aug_kind, cfg.label_smoothing),
                      mix_fraction)
     schedule = partial(lr_at, total=cfg.epochs, base_lr=cfg.lr, schedule=cfg.schedule,
                        warmup=cfg.warmup_epochs)
@@ -158,7 +171,6 @@ def _batch_losses(
     mixed), ``batch[1]`` synthetic rows drawn at random; ``log_prior`` added for balanced softmax;
     ``aug``: the augmentation kind and the label smoothing."""
     xr, yr, xs, ys = rows
-    aug_kind, smoothing = aug
     n_real, n_syn = batch
     for i in range(0, len(yr), n_real):
         b = perm[i : i + n_real].to(yr.device)
@@ -168,7 +180,16 @@ def _batch_losses(
         if n_syn:
             s = torch.randint(len(ys), (n_syn,), generator=gen).to(yr.device)
             x, y = torch.cat([x, xs[s]]), torch.cat([y, ys[s]])
-        logits = model(augment(x, aug_kind, gen))
-        if log_prior is not None:
-            logits = logits + log_prior
-        yield F.cross_entropy(logits, y, label_smoothing=smoothing)
+        yield batch_loss(model, x, y, aug, gen, log_prior)
+
+
+def batch_loss(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, aug: tuple[str, float],
+    gen: torch.Generator, log_prior: torch.Tensor | None,
+) -> torch.Tensor:
+    """Cross-entropy of one batch augmented by ``aug[0]`` with label smoothing ``aug[1]``,
+    ``log_prior`` added to the logits when given (balanced softmax)."""
+    logits = model(augment(x, aug[0], gen))
+    if log_prior is not None:
+        logits = logits + log_prior
+    return F.cross_entropy(logits, y, label_smoothing=aug[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from raysynth.train.classifier import (
 )
 from raysynth.train.contrastive import fit_encoder
 from raysynth.train.session import TrainSession
+from raysynth.train.streamed import StreamSpec, evaluate_streamed, fit_streamed
 
 
 def _threads(config: dict[str, Any]) -> None:
@@ -109,7 +111,8 @@ def classify_runs(
 def end_to_end_loop(config: dict[str, Any]) -> None:
     """End-to-end classifier on real ∪ synthetic; reports per-group accuracy on ``eval``.
 
-    Keys: ``real``, ``synthetic``, ``eval`` (:class:`LabeledArrays`), ``groups``, ``num_classes``,
+    Keys: ``real``, ``synthetic``, ``eval`` (:class:`LabeledArrays`) or ``stream`` (:class:`
+    StreamSpec`: the trainer's datasets of those names), ``groups``, ``num_classes``,
     ``encoder_cfg`` (model JSON of the encoder), ``cfg`` (EndToEndConfig), ``aug_kind``,
     ``seed``, optional ``checkpoint_dir`` / ``checkpoint_every``, ``save_dir``, ``threads``,
     ``eval_contexts`` (each eval row's group) with ``class_names``.
@@ -129,27 +132,50 @@ def end_to_end_loop(config: dict[str, Any]) -> None:
     def on_epoch(epoch: int, loss: float, m: torch.nn.Module, o: torch.optim.Optimizer) -> None:
         session.end_epoch(epoch, cfg.epochs, loss, m, model_cfg, o, "end-to-end classifier")
 
-    real: LabeledArrays = config["real"]
-    if session.world_size > 1:
-        usable = len(real) - len(real) % session.world_size  # equal shards keep DDP in step
-        real = real.take(np.arange(session.rank, usable, session.world_size))
-    model = fit_end_to_end(
-        real, config["synthetic"], config["num_classes"], config["encoder_cfg"], cfg,
-        config["aug_kind"], config["seed"], dev, on_epoch=on_epoch, start_epoch=start,
-        model=model, optimizer=opt, mix_fraction=config.get("mix_fraction", 0.0),
-    )
+    spec: StreamSpec | None = config.get("stream")
+    started = time.perf_counter()
+    if spec is not None:  # streamed: the tables come as dataset shards (TorchTrainer datasets=)
+        shards = {n: session.dataset(n) for n in ("real", "synthetic")}
+        model = fit_streamed(
+            model, opt, shards, spec, cfg, config["aug_kind"], config["seed"], dev,
+            range(start, cfg.epochs), on_epoch, config.get("mix_fraction", 0.0), session.rank,
+        )
+    else:
+        real: LabeledArrays = config["real"]
+        if session.world_size > 1:
+            usable = len(real) - len(real) % session.world_size  # equal shards keep DDP in step
+            real = real.take(np.arange(session.rank, usable, session.world_size))
+        model = fit_end_to_end(
+            real, config["synthetic"], config["num_classes"], config["encoder_cfg"], cfg,
+            config["aug_kind"], config["seed"], dev, on_epoch=on_epoch, start_epoch=start,
+            model=model, optimizer=opt, mix_fraction=config.get("mix_fraction", 0.0),
+        )
+    train_s = time.perf_counter() - started
     metrics: dict[str, Any] = {}
     if session.rank == 0:
         net = model.module if hasattr(model, "module") else model
         if config.get("save_dir"):
             write_checkpoint(config["save_dir"], net, model_cfg)  # a local or remote folder
-        ev: LabeledArrays = config["eval"]
-        with torch.no_grad():
-            logits = net.eval()(torch.from_numpy(ev.x).to(dev))
-        metrics = group_accuracy(logits, torch.from_numpy(ev.y).to(dev), config.get("groups", {}))
-        if config.get("eval_contexts"):  # NICO++: worst-group and per-group accuracy
-            metrics.update(context_group_accuracy(
-                logits.argmax(1).cpu().numpy(), ev.y, config["eval_contexts"],
-                config["class_names"],
-            ))
+        metrics = _evaluate(net, config, session, dev)
+        if config.get("timing"):  # raysynth bench learn: rank 0's training time
+            metrics["train_s"] = train_s
     session.report(metrics)
+
+
+def _evaluate(
+    net: torch.nn.Module, config: dict[str, Any], session: TrainSession, dev: torch.device
+) -> dict[str, float]:
+    """Per-group accuracy on ``eval`` (arrays) or on the ``eval`` dataset (streamed)."""
+    groups = config.get("groups", {})
+    spec: StreamSpec | None = config.get("stream")
+    if spec is not None:
+        return evaluate_streamed(net, session.dataset("eval"), spec, groups, dev)
+    ev: LabeledArrays = config["eval"]
+    with torch.no_grad():
+        logits = net.eval()(torch.from_numpy(ev.x).to(dev))
+    metrics = group_accuracy(logits, torch.from_numpy(ev.y).to(dev), groups)
+    if config.get("eval_contexts"):  # NICO++: worst-group and per-group accuracy
+        metrics.update(context_group_accuracy(
+            logits.argmax(1).cpu().numpy(), ev.y, config["eval_contexts"], config["class_names"],
+        ))
+    return metrics

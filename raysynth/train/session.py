@@ -23,7 +23,7 @@ import torch
 
 from raysynth.config.schema import ScalingConfig
 from raysynth.devices import threads_for, torch_threads
-from raysynth.errors import TrainingError
+from raysynth.errors import RaysynthError, TrainingError
 from raysynth.progress import verbose
 from raysynth.storage import RemotePath, ray_storage
 from raysynth.storage import path as storage_path
@@ -58,6 +58,16 @@ class TrainSession:
             where = None
         self.checkpoint_dir = where
         self.checkpoint_every = checkpoint_every
+
+    def dataset(self, name: str) -> Any:
+        """This worker's shard of the dataset ``name`` given to :func:`run_trainer` (None when
+        no such dataset was given)."""
+        if self._local is not None:
+            return self._local.get("datasets", {}).get(name)
+        try:
+            return self._train.get_dataset_shard(name)
+        except (KeyError, AssertionError):  # local mode asserts, a worker group raises
+            return None
 
     @property
     def device(self) -> torch.device:
@@ -175,14 +185,31 @@ def _local_device() -> torch.device:
     return resolve_device("auto")
 
 
+def workers(scaling: ScalingConfig) -> int:
+    """``train.num_workers``, except that ``use_gpu`` with ``num_workers=0`` on a driver without
+    a usable GPU (the CPU head of every cluster/ config) trains on one Ray Train worker, which
+    Ray places on a GPU node, instead of on the driver's CPU. (Not a config error: inside Tune
+    trials, which hold their own GPU, ``num_workers=0`` is what keeps training in the trial.)"""
+    from raysynth.devices import cuda_available
+
+    if scaling.use_gpu and scaling.num_workers == 0 and not cuda_available():
+        log.info("train.use_gpu with num_workers=0 and no GPU on the driver: one GPU worker")
+        return 1
+    return scaling.num_workers
+
+
 def run_trainer(
     loop: Callable[[dict], None],
     loop_config: dict[str, Any],
     scaling: ScalingConfig,
     name: str,
     storage_path: str | Path | RemotePath,
+    datasets: dict[str, Any] | None = None,
+    split: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run ``loop`` under a Ray Train ``TorchTrainer``; returns the last reported metrics.
+    ``datasets`` go to ``TorchTrainer(datasets=...)``, those in ``split`` in equal shards (DDP
+    stays in lockstep), the others whole to every worker (:meth:`TrainSession.dataset`).
 
     Workers' failures are retried ``scaling.max_failures`` times, each retry resuming from the
     last checkpoint. ``num_workers=0`` runs in-process (Ray Train local mode); inside a Ray
@@ -192,7 +219,7 @@ def run_trainer(
     thread count is restored afterwards.
     """
     if scaling.num_workers == 0 and _in_tune_trial():
-        box: dict[str, Any] = {"metrics": {}}
+        box: dict[str, Any] = {"metrics": {}, "datasets": dict(datasets or {})}
         token = _IN_PROCESS.set(box)
         try:
             with torch_threads(loop_config.get("threads") or torch.get_num_threads()):
@@ -203,8 +230,9 @@ def run_trainer(
     if scaling.num_workers == 0:  # the loop runs in the driver: on the driver's cores, restored
         threads = threads_for(scaling.driver_threads)
         with torch_threads(threads):
-            return _fit(loop, {**loop_config, "threads": threads}, scaling, name, storage_path)
-    return _fit(loop, loop_config, scaling, name, storage_path)
+            return _fit(loop, {**loop_config, "threads": threads}, scaling, name, storage_path,
+                        datasets, split)
+    return _fit(loop, loop_config, scaling, name, storage_path, datasets, split)
 
 
 def _fit(
@@ -212,9 +240,11 @@ def _fit(
     loop_config: dict[str, Any],
     scaling: ScalingConfig,
     name: str,
-    storage_path: str | Path,
+    storage_path: str | Path | RemotePath,
+    datasets: dict[str, Any] | None = None,
+    split: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    from ray.train import FailureConfig, LoggingConfig, RunConfig
+    from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -222,9 +252,11 @@ def _fit(
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=[n for n in split if n in (datasets or {})]),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=RayScaling(
-            num_workers=scaling.num_workers,
+            num_workers=workers(scaling),
             use_gpu=scaling.use_gpu,
             resources_per_worker={"CPU": scaling.cpus_per_worker},
         ),
@@ -238,8 +270,8 @@ def _fit(
     )
     try:
         result = trainer.fit()
-    except Exception as e:  # Ray wraps worker errors; surface a TrainingError unchanged
-        cause = _find_cause(e, TrainingError)
+    except Exception as e:  # Ray wraps worker errors; surface ours (bad data, NaN) unchanged
+        cause = _find_cause(e, RaysynthError)
         if cause is not None:
             raise cause from e
         raise

@@ -27,7 +27,7 @@ import numpy as np
 
 from raysynth.config.schema import RunConfig
 from raysynth.seeding import stable_seed
-from raysynth.storage import local_or_remote
+from raysynth.storage import RemotePath, local_or_remote
 from raysynth.train.arrays import ProtocolData
 from raysynth.train.protocol import evaluate
 from raysynth.tune.ledger import (
@@ -99,13 +99,19 @@ def warm_start_points(num_classes: int) -> list[dict[str, float]]:
     return [dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 1.0)]
 
 
-def _trial(config: dict[str, Any], data: ProtocolData, cfg: RunConfig) -> None:
-    """One trial: the UniCon protocol on the validation split at the trial's weights."""
+def _trial(
+    config: dict[str, Any], data: ProtocolData, cfg: RunConfig, root: Any = None
+) -> None:
+    """One trial: the UniCon protocol on the validation split at the trial's weights. Its
+    nested Train runs (``train.num_workers`` >= 1) write under the trial's folder, which on a
+    remote run directory (``root``, the search's folder on s3://…) is ``root/runs/<trial id>``:
+    the trial's own folder is local to the node it runs on, which other nodes cannot reach."""
     import ray.tune
 
     weights = weights_from(config, data.num_classes)
     ctx = ray.tune.get_context()
-    trial_dir = Path(ctx.get_trial_dir())
+    trial_dir = (root / "runs" / ctx.get_trial_id() if isinstance(root, RemotePath)
+                 else Path(ctx.get_trial_dir()))
     threads = max(int(cfg.tune.cpus_per_trial), 1)
     res = evaluate(
         data, "unicon", weights, cfg, stable_seed(cfg.seed, "search"), trial_dir, "unicon",
@@ -160,7 +166,7 @@ def build_tuner(
     done = done or []
     root = local_or_remote(tune_root)
     return make_tuner(
-        tune.with_parameters(_trial, data=data, cfg=cfg),
+        tune.with_parameters(_trial, data=data, cfg=cfg, root=root),
         cfg,
         root,
         EXPERIMENT,

@@ -40,7 +40,9 @@ TEXT2IMAGE = {
     "classifier": {"hidden": 8, "epochs": 3, "per_class": 4, "batch_size": 8},
     "protocol": {"n_contr": 1, "n_classif": 1},
     "tune": {"num_samples": 2, "n_initial_points": 1, "max_concurrent": 2, "warm_start": False},
-    "train": {"num_workers": 2, "cpus_per_worker": 1.0, "checkpoint_every": 1},
+    # max_failures 0: a Train run that cannot work (e.g. on a head-local storage path) fails at
+    # once instead of being retried twice; no test here kills a Train worker
+    "train": {"num_workers": 2, "cpus_per_worker": 1.0, "checkpoint_every": 1, "max_failures": 0},
 }
 
 

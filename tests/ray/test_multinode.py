@@ -2,8 +2,8 @@
 machine): a CPU-only head and two nodes with one logical GPU each, as on a cluster with a CPU head
 and one-GPU workers (cluster/). With ``gpus_per_actor=1`` the generator and embedder pools put one
 actor per GPU and never two on one; a GPU node removed in the middle of synthesis loses no image
-and duplicates none; on a machine without CUDA the actors' torch device stays the CPU although
-Ray hands each of them a GPU id (CUDA_VISIBLE_DEVICES).
+and duplicates none; on a machine without CUDA an actor Ray hands a GPU id (CUDA_VISIBLE_DEVICES)
+fails naming the cause unless its device is set to cpu (which the placement tests do).
 
 The module runs its own cluster, so it first disconnects the session's local Ray instance
 (conftest's ``ray_local`` starts that one again for whatever test needs it next). The cluster's
@@ -13,6 +13,7 @@ session directories and its ``ray_current_cluster`` address file live in a temp 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -88,7 +89,7 @@ def _config(**over):
         "synthesis.pool.min_actors": GPU_NODES, "synthesis.pool.max_actors": GPU_NODES,
         "synthesis.pool.gpus_per_actor": 1.0, "synthesis.pool.cpus_per_actor": 0.5,
         "filter.pool.gpus_per_actor": 1.0, "filter.pool.max_actors": GPU_NODES, "filter.pool.cpus_per_actor": 0.5, "filter.pool.batch_size": 2,
-        "filter.embedder": "classifier", **over})
+        "filter.embedder": "classifier", "filter.device": "cpu", **over})
 
 
 def gpu_nodes() -> dict[str, float]:
@@ -131,27 +132,46 @@ def over_placed(spans, gpus: dict[str, float]) -> list[str]:
     return out
 
 
-def test_actors_see_a_gpu_id_but_torch_stays_on_the_cpu(cluster, pixel_folder, classifier_folder):
+def test_an_actor_given_a_gpu_uses_it_or_fails_naming_the_cause(
+    cluster, pixel_folder, classifier_folder
+):
+    """Ray hands the actor its node's logical GPU; without CUDA, device ``auto`` is then an error
+    that says why (never a silent CPU); ``cpu`` set explicitly computes on the CPU."""
     import ray
 
+    from raysynth.errors import ConfigError
     from raysynth.filter.stage import _build
     from raysynth.generate.factory import build_generator
 
     cfg = _config()
     spec = GeneratorSpec(cfg.synthesis.generator, cfg.synthesis.feedback, CLASSES,
-                         pixel_folder=pixel_folder, channels=1)
-    espec = EmbedderSpec(cfg.filter, classifier_folder, channels=1, image_size=8)
+                         pixel_folder=pixel_folder, channels=1, gpus=1.0)
+    espec = EmbedderSpec(cfg.filter, classifier_folder, channels=1, image_size=8, device="auto")
 
     @ray.remote(num_gpus=1, num_cpus=0.5)
-    def devices():
-        return (os.environ.get("CUDA_VISIBLE_DEVICES"), ray.get_gpu_ids(),
-                str(build_generator(spec).device), str(_build(espec).device))
+    def devices(spec, espec):
+        out = [os.environ.get("CUDA_VISIBLE_DEVICES"), ray.get_gpu_ids()]
+        for build in (lambda: build_generator(spec), lambda: _build(espec)):
+            try:
+                out.append(str(build().device))
+            except ConfigError as e:
+                out.append(f"error: {e}")
+        return out
 
-    visible, ids, gen_device, emb_device = ray.get(devices.remote(), timeout=120)
+    visible, ids, gen, emb = ray.get(devices.remote(spec, espec), timeout=120)
     assert visible == "0" and len(ids) == 1  # Ray gave the task its node's logical GPU
-    expected = "cuda" if torch.cuda.is_available() else "cpu"  # this machine: no CUDA → cpu
     assert cfg.synthesis.generator.device == "auto"
-    assert gen_device.startswith(expected) and emb_device.startswith(expected)
+    if torch.cuda.is_available():
+        assert gen.startswith("cuda") and emb.startswith("cuda")
+    else:
+        for msg, key in ((gen, "synthesis.generator.device"), (emb, "filter.device")):
+            assert msg.startswith(f"error: {key}=auto: this process was given 1 GPU(s)"), msg
+            assert "CPU-only build" in msg or "no CUDA device is usable" in msg, msg
+            assert f"set {key}=cpu" in msg
+    g_cpu = dataclasses.replace(spec.generator, device="cpu")
+    cpu = ray.get(devices.remote(dataclasses.replace(spec, generator=g_cpu),
+                                 dataclasses.replace(espec, device="cpu")), timeout=120)
+    assert cpu[2:] == ["cpu", "cpu"]
 
 
 def test_pools_place_one_actor_per_gpu_and_survive_a_node_loss(

@@ -31,6 +31,7 @@ RAY_MODULES = {
     "raysynth.tune.prompt",
     "raysynth.cli",
     "raysynth.bench.memory",
+    "raysynth.bench.learn",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 import ray
 import yaml
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from raysynth.config import build_config
@@ -52,12 +54,36 @@ def pinned_ray() -> Requirement:
 
 
 def check_image(image: str) -> None:
-    """A Ray image whose version is the installed Ray's and inside pyproject's ``ray`` range."""
+    """A Ray image whose version is the installed Ray's and inside pyproject's ``ray`` range, on
+    a Python that pyproject allows (and that the tests run)."""
     m = IMAGE.match(image)
     assert m, f"{image}: expected rayproject/ray:X.Y.Z[-variant]"
     version = m["version"]
     assert version == ray.__version__, f"{image} runs Ray {version}, tests run {ray.__version__}"
     assert Version(version) in pinned_ray().specifier, f"{image} is outside {pinned_ray()}"
+    py = re.search(r"-py(\d)(\d+)", m["variant"] or "")
+    assert py, f"{image}: name the Python (-py311)"
+    python = Version(f"{py[1]}.{py[2]}")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert python in SpecifierSet(project["requires-python"]), f"{image}: Python {python}"
+    assert (python.major, python.minor) == sys.version_info[:2], f"{image}: tests run another Python"
+    assert "-gpu" in m["variant"] or "-cu" in m["variant"], f"{image}: a CUDA image for GPU nodes"
+
+
+RAYSYNTH_IMAGE = "${RAYSYNTH_IMAGE}"  # cluster/Dockerfile's image, substituted by envsubst
+
+
+def dockerfile_base() -> str:
+    (line,) = [ln for ln in (CLUSTER / "Dockerfile").read_text().splitlines() if ln.startswith("FROM ")]
+    return line.split()[1]
+
+
+def test_dockerfile_builds_on_the_pinned_ray_and_python_and_installs_raysynths_deps():
+    check_image(dockerfile_base())
+    text = (CLUSTER / "Dockerfile").read_text()
+    assert re.search(r"pip install [^\n]*torch[^\n]*--index-url \"\$\{TORCH_INDEX\}\"", text)
+    assert re.search(r"^ && pip install --no-cache-dir \.", text, re.M), "raysynth's dependencies"
+    assert "RAYSYNTH_MODEL_CACHE=/model-cache" in text
 
 
 # --- runtime_env.yaml ---------------------------------------------------------------------------
@@ -189,10 +215,18 @@ def test_launcher_installs_raysynth_on_every_node():
     assert cfg["file_mounts"]["~/raysynth"] == "."
     installs = [c for c in cfg["setup_commands"] if "pip install" in c and "~/raysynth" in c]
     assert installs, "setup_commands (every node) must pip install the synced repository"
-    check_image(cfg["docker"]["image"])
+    assert cfg["docker"]["image"] == RAYSYNTH_IMAGE
     for key in ("head_image", "worker_image"):
-        if key in cfg["docker"]:
-            check_image(cfg["docker"][key])
+        assert key not in cfg["docker"], "one image everywhere"
+
+
+def test_launcher_nodes_run_an_ami_whose_driver_fits_torchs_cuda_build():
+    cfg = launcher()
+    for name, t in cfg["available_node_types"].items():
+        ami = t["node_config"]["ImageId"]
+        assert ami.startswith("resolve:ssm:/aws/service/deeplearning/ami/x86_64/"), name
+        assert "nvidia-driver" in ami and "ubuntu-22.04" in ami, name
+    assert "cu128" in (CLUSTER / "Dockerfile").read_text()  # CUDA 12.8: driver >= 570
 
 
 def test_launcher_turns_token_auth_on_and_binds_the_dashboard_locally():
@@ -260,7 +294,7 @@ def check_cluster_spec(spec: dict) -> None:
             assert int(requests.get("nvidia.com/gpu", gpus_of(c))) == gpus_of(c)
     for group in (head, *groups):
         for c in containers(group):
-            check_image(c["image"])
+            assert c["image"] == RAYSYNTH_IMAGE, "cluster/Dockerfile's image everywhere"
 
 
 def test_raycluster_manifest():
@@ -318,6 +352,34 @@ def test_rayjob_cluster_has_the_gpus_its_recipe_asks_for(name):
         assert cpus_of(c) >= max(rc.synthesis.pool.cpus_per_actor, rc.tune.cpus_per_trial)
         if rc.train.use_gpu and rc.train.num_workers:
             assert rc.train.num_workers <= g["maxReplicas"] * gpus
+
+
+def mounts(container: dict, spec: dict) -> dict[str, dict]:
+    """mountPath → the pod volume it mounts, of one container of a group ``spec``."""
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    return {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+
+
+def under(path: str, mounted: dict[str, dict]) -> bool:
+    return any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounted)
+
+
+@pytest.mark.parametrize("name", MAIN_RECIPES)
+def test_rayjob_pods_mount_the_recipes_data_and_the_model_store(name):
+    rc = build_config(config_file=ROOT / "jobs" / f"{name}.yaml")
+    spec = rayjob(name)["spec"]
+    store = re.search(r"--set synthesis\.generator\.model_store=(\S+)", spec["entrypoint"])
+    assert store, "the entrypoint names the model store every pod mounts"
+    cluster = spec["rayClusterSpec"]
+    for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+        for c in containers(group):
+            mounted = mounts(c, group)
+            assert under(rc.data.path, mounted), f"{name}: {rc.data.path} is not mounted"
+            assert under(store[1], mounted), f"{name}: the model store {store[1]}"
+            assert mounted[store[1].rsplit("/", 1)[0]]["persistentVolumeClaim"], "shared, not per pod"
+            assert under("/model-cache", mounted), "RAYSYNTH_MODEL_CACHE (cluster/Dockerfile)"
+            if rc.air.unlabeled_path:
+                assert under(rc.air.unlabeled_path, mounted), name
 
 
 def test_every_main_recipe_has_a_rayjob_and_nothing_else_does():

@@ -375,7 +375,8 @@ def test_missing_model_folder_is_a_config_error(models, tmp_path):
         build_generator(_spec(models, model=str(tmp_path / "nope")))
 
 
-def test_uncached_hub_id_is_a_config_error():
+def test_uncached_hub_id_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = GeneratorConfig(kind="text2image", model="raysynth-tests/not-a-real-model")
     with pytest.raises(ConfigError, match="cannot be loaded offline.*local folder"):
         check_model_available(cfg)

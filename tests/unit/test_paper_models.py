@@ -73,15 +73,23 @@ def test_unknown_weight_names_list_the_valid_ones():
 
 
 def test_pretrained_weights_unreachable_offline_fail_at_dry_run(tmp_path, monkeypatch, capsys):
+    """--dry-run lists them as unreachable (issue #14: a dry run succeeds offline); a run fails
+    before anything starts."""
+    from raysynth.config import build_config
+    from raysynth.flows.run import check
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("RAYSYNTH_OFFLINE", "1")
-    code = main(["run", "--dry-run", "--set", "flow=classifier", "--set", "encoder.arch=resnet50",
-                 "--set", "encoder.pretrained=IMAGENET1K_V2"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "encoder.pretrained='IMAGENET1K_V2' (resnet50) is not in torch's cache" in err
-    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth") in err
-    assert "offline" in err
+    sets = ["flow=classifier", "encoder.arch=resnet50", "encoder.pretrained=IMAGENET1K_V2"]
+    code = main(["run", "--dry-run", *[a for kv in sets for a in ("--set", kv)]])
+    out = capsys.readouterr().out
+    assert code == 0
+    path = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    assert f"encoder weights resnet50/IMAGENET1K_V2: cannot be reached offline: {path}" in out
+    overrides = dict(kv.split("=", 1) for kv in sets)
+    with pytest.raises(ConfigError, match="is not in torch's cache") as e:
+        check(build_config("digits", overrides=overrides))
+    assert str(path) in str(e.value) and "offline" in str(e.value)
     # the same file in the cache: the check passes (it is only looked up, not loaded)
     ckpt = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
     ckpt.parent.mkdir(parents=True)

@@ -28,12 +28,12 @@ EMBEDDED = ("digits", "digits-lt")
 # Hugging Face repositories the GPU recipes may name, by generator kind: public diffusers
 # pipelines of that kind (model_index.json: StableDiffusionPipeline / StableUnCLIPImg2ImgPipeline).
 # runwayml/stable-diffusion-v1-5 is left out: it was taken down; stable-diffusion-v1-5/… is the
-# maintained copy. Add an id here only after checking its model_index.json.
+# maintained copy. Likewise stabilityai/stable-diffusion-2-* (withdrawn from the hub in Nov 2025):
+# sd2-community/… are the community mirrors. Add an id here only after checking its model_index.json.
 REAL_MODELS = {
     "text2image": {"stable-diffusion-v1-5/stable-diffusion-v1-5", "CompVis/stable-diffusion-v1-4"},
     "unclip": {
-        "stabilityai/stable-diffusion-2-1-unclip",
-        "stabilityai/stable-diffusion-2-1-unclip-small",
+        "sd2-community/stable-diffusion-2-1-unclip",
     },
 }
 # Pipelines whose component configs fit a single-file checkpoint a recipe names (CosXL: SDXL base).

@@ -146,7 +146,7 @@ def load_task(config: dict[str, Any], device: torch.device, rank: int, world: in
         from raysynth.generate.loading import load_pipeline
 
         g = GeneratorConfig(kind="text2image", model=config["model"], dtype=spec.dtype)
-        pipe = load_pipeline(g, torch.device("cpu"))
+        pipe = load_pipeline(g, torch.device("cpu"), config.get("model_ref"))
         return build_sd_task(
             pipe,
             config["images"],

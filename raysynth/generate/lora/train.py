@@ -77,9 +77,11 @@ def train_sd_lora(
     checkpoint_dir: str | Path | None = None,
     storage_path: str | Path | None = None,
     threads: int = 0,
+    model_ref: Any = None,
 ) -> LoraResult:
     """Train a LoRA adapter of the Stable Diffusion 1.x/2.x ``model`` (a local pipeline folder
-    or a Hugging Face id in the local cache) on ``images`` (PNG bytes) with ``labels`` indexing
+    or a Hugging Face id in the local cache; each worker loads it from its node's copy of
+    ``model_ref`` when given, :mod:`raysynth.generate.model_store`) on ``images`` (PNG bytes) with ``labels`` indexing
     ``class_names``; prompt ``"{context} {class}"``. Writes ``out_dir`` (the adapter, loadable
     with ``synthesis.generator.lora=[out_dir]``, and ``air_lora.json``).
 
@@ -109,6 +111,7 @@ def train_sd_lora(
         "spec": spec,
         "out_dir": out_dir,
         "threads": threads,
+        "model_ref": model_ref,
     }
     return _run(config, scaling, checkpoint_dir, storage_path)
 

@@ -1,0 +1,84 @@
+"""Image tables described for streaming: which Parquet files, which rows, how many per class.
+
+The driver reads only the narrow metadata columns (``sample_id``, ``label``, ``accepted``) of each
+file, never the images; the Train workers read the images from the files through Ray Data
+(``ray_data.image_table``). The per-class counts are what balanced softmax and the empty-class
+check need; ``drop`` lists the repeats of a ``sample_id`` (only its first occurrence, in file
+order, is a row of the table — as :func:`raysynth.generate.table.iter_tables` reads it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from raysynth import columns as col
+from raysynth.errors import DataError
+
+
+@dataclass(frozen=True)
+class ImageTable:
+    """The rows of an image table a training run streams (``counts[c]``: rows of class c)."""
+
+    files: tuple[str, ...]
+    counts: tuple[int, ...]
+    channels: int
+    image_size: int
+    accepted_only: bool = False
+    drop: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+
+    def __len__(self) -> int:
+        return int(sum(self.counts))
+
+    def labels(self) -> np.ndarray:
+        """One label per row in class order (what the prior of balanced softmax counts)."""
+        return np.repeat(np.arange(len(self.counts)), self.counts).astype(np.int64)
+
+
+def describe_table(
+    files: Sequence[str],
+    num_classes: int,
+    channels: int,
+    image_size: int,
+    accepted_only: bool = False,
+    what: str = "the table",
+) -> ImageTable:
+    """Read the metadata columns of ``files`` and describe the table's rows.
+
+    Raises :class:`DataError` naming the file when a file has no ``label`` column or a label
+    outside ``[0, num_classes)``."""
+    need = [col.SAMPLE_ID, col.LABEL] + ([col.ACCEPTED] if accepted_only else [])
+    counts = np.zeros(num_classes, np.int64)
+    seen: set[str] = set()
+    drop: set[tuple[str, str]] = set()
+    for f in files:
+        names = pq.read_schema(f).names
+        missing = [c for c in need if c not in names]
+        if missing:
+            raise DataError(
+                f"{what}: {f} has no {', '.join(missing)} column (it has {', '.join(names)}); "
+                f"every image table needs {', '.join(need)} — rewrite it with those columns"
+            )
+        t = pq.read_table(f, columns=need)
+        keep = np.asarray(t[col.ACCEPTED].fill_null(False)) if accepted_only else None
+        ids = t[col.SAMPLE_ID].to_pylist()
+        labels = np.asarray(t[col.LABEL].to_numpy(zero_copy_only=False), np.int64)
+        for i, sid in enumerate(ids):
+            if keep is not None and not keep[i]:
+                continue
+            if sid in seen:
+                drop.add((f, sid))
+                continue
+            seen.add(sid)
+            y = labels[i]
+            if not 0 <= y < num_classes:
+                raise DataError(
+                    f"{what}: {f} row {sid!r} has label {y}, outside 0..{num_classes - 1} "
+                    "(the run's classes); was it written for another dataset?"
+                )
+            counts[y] += 1
+    return ImageTable(tuple(str(f) for f in files), tuple(int(c) for c in counts), channels,
+                      image_size, accepted_only, frozenset(drop))

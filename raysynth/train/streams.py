@@ -1,0 +1,86 @@
+"""Mini-batches streamed from a Train worker's dataset shard (no Ray import: a shard is anything
+with Ray Data's ``iter_torch_batches``).
+
+PNG bytes are decoded in the iterator's ``collate_fn``, which Ray Data runs on its prefetch
+thread, so decoding the next batch overlaps the current step (measured by ``raysynth bench
+learn``). The datasets arrive shuffled anew on every pass (``ray_data.shuffled``); the real split
+is one pass per epoch, the synthetic table an endless stream of passes, ``n`` rows per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from raysynth import columns as col
+from raysynth.data.images import UnreadableImageError, to_tensor_array
+from raysynth.errors import DataError
+
+COLUMNS = (col.SAMPLE_ID, col.LABEL, col.IMAGE)
+
+
+class DecodeBatch:
+    """``collate_fn``: a numpy batch of ``COLUMNS`` → ``(x [B, C, H, W] float32, y [B])``.
+    A corrupt image raises :class:`DataError` naming its ``sample_id`` and ``what`` table."""
+
+    def __init__(self, channels: int, size: int, what: str) -> None:
+        self.channels, self.size, self.what = channels, size, what
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        pngs = list(batch[col.IMAGE])
+        try:
+            x = to_tensor_array(pngs, self.channels, self.size)
+        except UnreadableImageError:
+            bad = _first_unreadable(pngs, self.channels, self.size, batch[col.SAMPLE_ID])
+            raise DataError(
+                f"{self.what}: the image of row {bad} cannot be decoded (damaged PNG); "
+                "remove the row or regenerate it, then resume — the rows already written stay"
+            ) from None
+        return torch.from_numpy(x), torch.from_numpy(np.array(batch[col.LABEL], np.int64))
+
+
+def _first_unreadable(pngs: list, channels: int, size: int, ids: np.ndarray) -> str:
+    for png, sid in zip(pngs, ids):
+        try:
+            to_tensor_array([png], channels, size)
+        except UnreadableImageError as e:
+            return f"{sid!r} ({e.reason})"
+    return "?"
+
+
+def batches(
+    shard: Any, batch_size: int, decode: DecodeBatch, seed: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over ``shard`` in ``batch_size`` batches (``seed``: the order of a shard that
+    shuffles locally; Ray's shards arrive shuffled already)."""
+    it = shard.iter_torch_batches(
+        batch_size=batch_size, collate_fn=decode, local_shuffle_seed=seed, prefetch_batches=2,
+    )
+    for x, y in it:
+        yield x.to(device), y.to(device)
+
+
+def endless(
+    shard: Any, batch_size: int, decode: DecodeBatch, seed: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled passes over ``shard`` one after another, ``batch_size`` rows at a time (the
+    last batch of a pass is filled from the next); empty when the shard is."""
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+    have, npass = 0, 0
+    while True:
+        got = False
+        for x, y in batches(shard, batch_size, decode, seed * 7919 + npass, device):
+            got = True
+            pending.append((x, y))
+            have += len(y)
+            while have >= batch_size:
+                xs, ys = torch.cat([p[0] for p in pending]), torch.cat([p[1] for p in pending])
+                yield xs[:batch_size], ys[:batch_size]
+                pending = [(xs[batch_size:], ys[batch_size:])] if have > batch_size else []
+                have -= batch_size
+        npass += 1
+        if not got:
+            return
