@@ -28,8 +28,10 @@ TEXT2IMAGE = {
     "synthesis": {
         "quota": "fixed", "per_class": 2, "prompt": "{class}",
         "pool": {"batch_size": 3, "cpus_per_actor": 0.5, "gpus_per_actor": 1.0},
+        # the workers' GPUs are logical (no CUDA here): an actor given one fails loudly with
+        # device auto, so the recipe says cpu explicitly (tests/unit/test_devices.py)
         "generator": {"kind": "text2image", "model": "./models/sd", "num_steps": 2,
-                      "image_size": 16},
+                      "image_size": 16, "device": "cpu"},
         "feedback": {"criterion": "entropy", "scale": 0.05, "every": 1},
     },
     "filter": {"enabled": True, "embedder": "open_clip", "clip_model": "local-dir:./models/clip",
