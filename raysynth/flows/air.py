@@ -85,7 +85,8 @@ def check_config(cfg: RunConfig, dry_run: bool = False) -> list[str]:
 
 def zero_shot_spec(cfg: RunConfig, class_names: list[str]) -> ZeroShotSpec:
     a = cfg.air
-    emb = clip_embedder_spec(a.clip_model, a.clip_pretrained, "auto", cfg.filter.pool.batch_size)
+    emb = clip_embedder_spec(a.clip_model, a.clip_pretrained, cfg.filter.device,
+                             cfg.filter.pool.batch_size, pool=embed_pool(cfg))
     return ZeroShotSpec(emb, tuple(class_names), a.templates, a.temperature)
 
 

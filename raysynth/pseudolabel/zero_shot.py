@@ -43,14 +43,17 @@ DEFAULT_POOL = Resources(batch_size=64)
 
 
 def clip_embedder_spec(
-    model_name: str, pretrained: str | None, device: str = "auto", batch_size: int = 64
+    model_name: str, pretrained: str | None, device: str = "auto", batch_size: int = 64,
+    pool: Resources | None = None,
 ) -> EmbedderSpec:
-    """An :class:`EmbedderSpec` for an open_clip model (a tag or a local checkpoint file)."""
+    """An :class:`EmbedderSpec` for an open_clip model (a tag or a local checkpoint file).
+    ``pool`` is the actor pool it will run on: its GPUs decide the device (an actor given a GPU
+    uses CUDA or fails naming the cause, :func:`raysynth.devices.resolve_device`)."""
     cfg = FilterConfig(
         embedder="open_clip",
         clip_model=model_name,
         clip_pretrained=pretrained or "",
-        pool=Resources(batch_size=batch_size, cpus_per_actor=0.5),
+        pool=pool or Resources(batch_size=batch_size, cpus_per_actor=0.5),
     )
     return EmbedderSpec(filter=cfg, channels=3, device=device)
 

@@ -52,3 +52,18 @@ def test_cpu_actors_use_as_many_threads_as_cpus():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the no-CUDA causes")
+def test_air_zero_shot_actors_given_a_gpu_fail_loudly_not_on_the_cpu():
+    """The AiR zero-shot CLIP pool runs on ``filter.pool``: an actor that pool gives a GPU must
+    use it or name the cause (its spec used to carry a zero-GPU pool and fall back silently)."""
+    from raysynth.config import build_config
+    from raysynth.filter.stage import _build
+    from raysynth.flows.air import zero_shot_spec
+
+    cfg = build_config(overrides={"flow": "air", "filter.pool.gpus_per_actor": 1})
+    spec = zero_shot_spec(cfg, ["a", "b"])
+    assert spec.embedder.filter.pool.gpus_per_actor == 1
+    with pytest.raises(ConfigError, match="filter.device=auto: this process was given 1 GPU"):
+        _build(spec.embedder)
