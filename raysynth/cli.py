@@ -172,6 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         out = location(args.out or f"runs/{cfg.preset}")  # a local folder or s3://… (storage.py)
         RunDir(out).check_target(args.resume)  # not a run / no --resume: before Ray starts
+        _check_local_data(cfg.data.path, args.resume)
         _connect_ray(args.address, args.verbose)
         report = run_flow(cfg, out, resume=args.resume)
         md = out / REPORT_MD
@@ -204,6 +205,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if images.group_names:
         print(f"  groups (contexts): {', '.join(map(printable, images.group_names))}")
     return 0
+
+
+def _check_local_data(path: str, resume: bool) -> None:
+    """A new run whose local ``data.path`` is not on this machine fails before Ray starts or
+    anything is written (the driver reads a local path and ships it to the run directory; a
+    resumed run may already hold its real splits)."""
+    if path and not resume and "://" not in path and not Path(path).expanduser().exists():
+        raise RaysynthError(
+            f"data.path {path} does not exist on this machine (a local data.path is read where "
+            "`raysynth run` runs); fix the path, or put the data on shared storage (s3://…)"
+        )
 
 
 def _head(markdown: str) -> str:

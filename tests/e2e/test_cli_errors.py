@@ -48,7 +48,7 @@ def test_study_k_too_large(tmp_path):
 def test_study_too_few_digits_left_for_synthetic_images(tmp_path):
     proc = raysynth("study", "controlled", "--classes", "0", "9", "--k", "16",
                     "--n-synthetic", "60", "--out", str(tmp_path / "s"))
-    _assert_clear_error(proc, "36 digits per class are left", "each encoder run draws 60")
+    _assert_clear_error(proc, "36 images per class are left", "each encoder run draws 60")
     assert not (tmp_path / "s").exists()  # nothing written
 
 
@@ -93,8 +93,15 @@ def test_empty_class_folder(tmp_path):
 
 
 def test_missing_dataset_path(tmp_path):
-    proc = raysynth(*_imagefolder_args(tmp_path / "nowhere"))
-    _assert_clear_error(proc, "nowhere")
+    """A run fails before Ray starts or anything is written; --dry-run (which validates cluster
+    recipes on a machine without their data) says the data was not checked."""
+    args = _imagefolder_args(tmp_path / "nowhere")
+    proc = raysynth(*[a for a in args if a != "--dry-run"], "--out", str(tmp_path / "run"))
+    _assert_clear_error(proc, "nowhere", "does not exist on this machine")
+    assert not (tmp_path / "run").exists()
+    dry = raysynth(*args)
+    assert dry.returncode == 0, dry.stderr
+    assert f"data: {tmp_path / 'nowhere'} is not on this machine; not checked" in dry.stdout
 
 
 @pytest.mark.parametrize("preset", ["nope"])
