@@ -229,7 +229,8 @@ def test_pools_place_one_actor_per_gpu_and_survive_a_node_loss(
     cluster.add_node(num_cpus=1, num_gpus=1)
     cluster.wait_for_nodes()
     capacity = gpu_nodes()
-    espec = EmbedderSpec(cfg.filter, classifier_folder, channels=1, image_size=8)
+    espec = EmbedderSpec(cfg.filter, classifier_folder, channels=1, image_size=8,
+                          device=cfg.filter.device)
     ds = ray.data.read_parquet(str(out)).select_columns([col.SAMPLE_ID, col.IMAGE])
     ds = map_pool(ds, ImageEmbedder, cfg.filter.pool, {"spec": espec})
     embedded = [str(i) for b in ds.iter_batches(batch_format="numpy", batch_size=None)
