@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,3 +246,23 @@ def write_result(result: dict[str, Any], out: str | None, name: str) -> None:
         path = os.path.join(out, f"bench-{name}.json") if os.path.isdir(out) else out
         with open(path, "w") as f:
             f.write(text + "\n")
+
+
+class PeakRss(threading.Thread):
+    """Largest value of ``read()`` (an RSS in bytes) sampled every ``interval`` seconds until
+    :meth:`stop`, which returns it in MiB (the memory and learn benches' samplers)."""
+
+    def __init__(self, read: Callable[[], int], interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.read, self.interval, self.peak = read, interval, 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            self.peak = max(self.peak, self.read())
+            self.halt.wait(self.interval)
+
+    def stop(self) -> float:
+        self.halt.set()
+        self.join()
+        return self.peak / 2**20

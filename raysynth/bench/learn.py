@@ -26,38 +26,25 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from raysynth.bench.harness import load_average, write_result
+from raysynth.bench.harness import PeakRss, load_average, write_result
 
 MARKER = "RAYSYNTH-BENCH-LEARN "
 
 
-class _WorkerRss(threading.Thread):
-    """Largest RSS of any Ray Train worker process, sampled every ``interval`` seconds."""
+def _train_worker_rss() -> int:
+    """Largest RSS of any Ray Train worker process now (0 when none runs)."""
+    import psutil
 
-    def __init__(self, interval: float = 0.1) -> None:
-        super().__init__(daemon=True)
-        self.interval, self.peak = interval, 0
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        while not self.halt.is_set():
-            for p in psutil.process_iter(["cmdline", "memory_info"]):
-                cmd = " ".join(p.info.get("cmdline") or [])
-                if "RayTrainWorker" in cmd and p.info.get("memory_info"):
-                    self.peak = max(self.peak, p.info["memory_info"].rss)
-            self.halt.wait(self.interval)
-
-    def stop(self) -> float:
-        self.halt.set()
-        self.join()
-        return self.peak / 2**20
+    peak = 0
+    for p in psutil.process_iter(["cmdline", "memory_info"]):
+        cmd = " ".join(p.info.get("cmdline") or [])
+        if "RayTrainWorker" in cmd and p.info.get("memory_info"):
+            peak = max(peak, p.info["memory_info"].rss)
+    return peak
 
 
 def _child_main(args: str) -> None:
@@ -66,7 +53,7 @@ def _child_main(args: str) -> None:
 
     a = json.loads(args)
     ray.init(address="local", num_cpus=a["cpus"], include_dashboard=False, log_to_driver=False)
-    sampler = _WorkerRss()
+    sampler = PeakRss(_train_worker_rss, interval=0.1)
     sampler.start()
     try:
         metrics = _train(a)

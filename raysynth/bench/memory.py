@@ -23,13 +23,12 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from raysynth.bench.fixtures import train_tiny_pixel_model
-from raysynth.bench.harness import load_average, write_result
+from raysynth.bench.harness import PeakRss, load_average, write_result
 
 MARKER = "RAYSYNTH-BENCH-MEMORY "
 
@@ -38,29 +37,6 @@ def _peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux and in bytes on macOS
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
-class _RssSampler(threading.Thread):
-    """Largest RSS seen by psutil every ``interval`` seconds until stopped."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        super().__init__(daemon=True)
-        import psutil
-
-        self.process = psutil.Process()
-        self.interval = interval
-        self.peak = 0
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self.halt.wait(self.interval)
-
-    def stop(self) -> float:
-        self.halt.set()
-        self.join()
-        return self.peak / 2**20
 
 
 def _child_main(args: str) -> None:
@@ -88,7 +64,10 @@ def _child_main(args: str) -> None:
         spec = generator_spec(cfg, a["pixel_folder"])
         rows = plan_rows(cfg, a["images"])
         before = _peak_rss_mb()
-        sampler = _RssSampler()
+        import psutil
+
+        process = psutil.Process()
+        sampler = PeakRss(lambda: process.memory_info().rss)
         sampler.start()
         start = time.perf_counter()
         stats = generate(rows, spec, a["out"], cfg.synthesis)
