@@ -109,7 +109,8 @@ def ledger_callback(path: AnyPath, num_classes: int):
                 METRIC: float(result[METRIC]),
                 "val_std": float(result["val_std"]),
                 "val_nll": float(result.get("val_nll", float("nan"))),
-                "finished_at": float(result.get("timestamp", time.time())),
+                "started_at": float(result.get("started_at", float("nan"))),
+                "finished_at": float(result.get("ended_at", result.get("timestamp", time.time()))),
                 # the trial's folder (relative to the tune root) and its result: a driver killed
                 # after this line and before the logs were copied leaves the folder to restore
                 "dir": relative_dir(trial.path, root),

@@ -113,12 +113,15 @@ def _trial(
     trial_dir = (root / "runs" / ctx.get_trial_id() if isinstance(root, RemotePath)
                  else Path(ctx.get_trial_dir()))
     threads = max(int(cfg.tune.cpus_per_trial), 1)
+    started = time.time()
     res = evaluate(
         data, "unicon", weights, cfg, stable_seed(cfg.seed, "search"), trial_dir, "unicon",
         threads=threads,
     )
     ray.tune.report(
-        {METRIC: res.mean, "val_std": res.std, "val_nll": res.nll, "accs": res.accs, "done": True}
+        {METRIC: res.mean, "val_std": res.std, "val_nll": res.nll, "accs": res.accs, "done": True,
+         # wall-clock span of the trial's work (Tune's own timestamp is whole seconds)
+         "started_at": started, "ended_at": time.time()}
     )
 
 
@@ -205,6 +208,7 @@ def search_weights(
             METRIC: float(row[METRIC]),
             "val_std": float(row["val_std"]),
             "val_nll": float(row.get("val_nll", float("nan"))),
+            "started_at": float(row.get("started_at", float("nan"))),
             "finished_at": float(row["finished_at"]),
             "trial_id": row["trial_id"],
         }
