@@ -1,5 +1,6 @@
 """Shared fixtures. Tiers: unit (no Ray), ray (local Ray, 2 CPUs), e2e (the CLI), gpu (CUDA),
-cluster (a 3-node Ray cluster whose nodes share no disk; `-m cluster`, tests/cluster/)."""
+cluster (a 3-node Ray cluster whose nodes share no disk, tests/cluster/: in the plain run where the
+machine can run it, `-m "not cluster"` to leave it out)."""
 
 from __future__ import annotations
 

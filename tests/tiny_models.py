@@ -253,13 +253,34 @@ def train_pixel_folder(folder: Path, class_names=("0", "1", "2")) -> str:
     return str(load_or_train(folder, x, y, cfg, class_names=list(class_names)))
 
 
+def unclip_pipeline(image_processor=None):
+    """A tiny Stable unCLIP img2img pipeline (v-prediction, 16×16 images, a 32×32 CLIP image
+    tower); ``image_processor``: its feature extractor (default: a 32-pixel CLIPImageProcessor)."""
+    from diffusers import DDPMScheduler, StableUnCLIPImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+        StableUnCLIPImageNormalizer,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    return StableUnCLIPImg2ImgPipeline(
+        feature_extractor=image_processor or CLIPImageProcessor(crop_size=32, size=32),
+        image_encoder=CLIPVisionModelWithProjection(
+            CLIPVisionConfig(image_size=32, patch_size=8, projection_dim=32, **SMALL)
+        ),
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=32),
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        tokenizer=tokenizer(),
+        text_encoder=text_encoder(),
+        unet=unet(class_embed_type="projection", projection_class_embeddings_input_dim=64),
+        scheduler=scheduler("v_prediction"),
+        vae=vae(),
+    )
+
+
 def hub_cached_sd(home: Path, hub_id: str, commit: str) -> Path:
     """A float32 tiny Stable Diffusion pipeline in the Hugging Face cache under ``home`` as
     ``hf download hub_id`` leaves it (blobs, a snapshot of symlinks, refs/main); returns the
     snapshot folder."""
-    import os
-    import shutil
-
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -269,6 +290,15 @@ def hub_cached_sd(home: Path, hub_id: str, commit: str) -> Path:
         scheduler=scheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
+    return hub_cache(home, hub_id, commit, pipe)
+
+
+def hub_cache(home: Path, hub_id: str, commit: str, pipe) -> Path:
+    """``pipe`` saved into the Hugging Face cache under ``home`` as ``hf download hub_id`` leaves
+    it (blobs, a snapshot of symlinks, refs/main); returns the snapshot folder."""
+    import os
+    import shutil
+
     repo = Path(home) / "hub" / f"models--{hub_id.replace('/', '--')}"
     saved = Path(home) / "saved"
     pipe.save_pretrained(saved)

@@ -23,15 +23,10 @@ Every process started here is stopped by killing exactly that process tree, by p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -39,53 +34,23 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+from ray_head import (
+    BIN,
+    HeadError,
+    base_env,
+    free_ports,
+    node_ports,
+    ray_job,
+    start_head,
+    stop_tree,
+)
 
-BIN = Path(sys.executable).parent  # this virtualenv: `ray`, `python`
 BUCKET = "raysynth"
-# Variables of the test process that must not leak into the cluster (another Ray to join, another
-# token, another S3 endpoint).
-DROPPED = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS",
-           "RAY_API_SERVER_ADDRESS", "RAY_TMPDIR", "AWS_PROFILE", "AWS_SESSION_TOKEN",
-           "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 # Names in a folder that only a run directory (or Ray Train's local results) puts there.
 RUN_MARKS = (".raysynth-run", "stages.json", "report.json", "synthesis.json", "ray_results")
 
 
-class HarnessError(RuntimeError):
-    pass
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def stop_tree(proc: subprocess.Popen | None) -> None:
-    """SIGTERM, then SIGKILL, to ``proc`` and every process under it, by pid."""
-    if proc is None:
-        return
-    try:
-        root = psutil.Process(proc.pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=3)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=10)
-    with contextlib.suppress(Exception):
-        proc.wait(timeout=5)
+HarnessError = HeadError
 
 
 @dataclass
@@ -161,8 +126,7 @@ class Cluster:
     workers: list[Worker] = field(default_factory=list)
 
     def job(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "ray"), "job", *args], cwd=self.root, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return ray_job(self.env, *args, cwd=self.root, timeout=timeout)
 
     def submit(self, job_id: str, working_dir: Path, entrypoint: list[str],
                env_vars: dict[str, str] | None = None, wait: bool = True,
@@ -218,6 +182,12 @@ class Cluster:
     def remove_worker(self, index: int) -> None:
         stop_tree(self.workers[index].proc)
 
+    def restore_workers(self) -> None:
+        """Start again every worker node that was removed or died."""
+        for w in self.workers:
+            if w.proc.poll() is not None:
+                self.restart_worker(w.index)
+
     def restart_worker(self, index: int) -> None:
         """A fresh worker node (empty private view) in place of a removed one."""
         stop_tree(self.workers[index].proc)
@@ -252,24 +222,6 @@ def _run_like(paths) -> list[str]:
         if any(part in RUN_MARKS or part.endswith(":") for part in parts):
             hits.append(p)
     return sorted(hits)
-
-
-def _wait_for_job_server(url: str, token: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + 180
-    request = urllib.request.Request(f"{url}/api/jobs/",
-                                     headers={"Authorization": f"Bearer {token}"})
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise HarnessError(f"`ray start --head` exited with {proc.returncode}:\n"
-                               f"{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1)
-    raise HarnessError(f"the job server at {url} did not come up:\n{log.read_text()[-3000:]}")
 
 
 def _alive_nodes(url: str, token: str) -> int:
@@ -309,12 +261,6 @@ def _wait_for_nodes(cluster: Cluster, retries: int = 4) -> None:
     logs = "\n".join(f"--- worker {w.index} (exit {w.proc.poll()}):\n{w.log.read_text()[-2000:]}"
                      for w in cluster.workers)
     raise HarnessError(f"{n} nodes did not join the cluster at {cluster.url}:\n{logs}")
-
-
-def _base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DROPPED}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def can_run() -> str | None:
@@ -358,47 +304,26 @@ def _start_cluster_once(s3: S3, workers: int, cpus_per_worker: int) -> Cluster:
     root = Path(tempfile.mkdtemp(prefix="rsc-", dir="/tmp"))
     head = cluster = None
     try:
-        token = secrets.token_hex(32)
-        token_file = root / "auth_token"
-        token_file.write_text(token)
-        token_file.chmod(0o600)
-        common = {**_base_env(), **s3.env, "RAY_AUTH_MODE": "token", "HF_HUB_OFFLINE": "1",
+        common = {**base_env(), **s3.env, "HF_HUB_OFFLINE": "1",
                   # the work (every Ray worker process) at the lowest priority; see _daemon
                   "RAY_worker_niceness": "19",
                   "RAY_TRAIN_V2_ENABLED": "1", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
-        env = {**common, "RAY_AUTH_TOKEN_PATH": str(token_file), "HOME": str(root / "home"),
-               "HF_HOME": str(root / "hf")}
         (root / "home").mkdir()
-        ports = free_ports(6)
-        gcs_port, dashboard = ports[0], ports[1]
-        log = root / "head.log"
-        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-               "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
-               "--dashboard-port", str(dashboard), *_node_ports(ports[2:]),
-               "--ray-client-server-port", str(free_ports(1)[0]),
-               "--num-cpus", "0", "--num-gpus", "0", "--temp-dir", str(root / "ray-head"),
-               "--disable-usage-stats"]
-        with open(log, "w") as out:
-            head = subprocess.Popen(cmd, env=env, cwd=root, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_daemon)
-        url = f"http://127.0.0.1:{dashboard}"
-        _wait_for_job_server(url, token, head, log)
-        from ray._private.services import get_node_ip_address
-
-        gcs = f"{get_node_ip_address()}:{gcs_port}"
-        worker_env = {**common, "RAY_AUTH_TOKEN": token, "HOME": str(root / "home"),
-                      "HF_HOME": str(root / "hf")}
-        cluster = Cluster(root, url, gcs, env, s3, token, head, worker_env, cpus_per_worker)
+        head = start_head(root, {**common, "HOME": str(root / "home"), "HF_HOME": str(root / "hf")},
+                          num_cpus=0, preexec_fn=_daemon)
+        worker_env = {**common, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": head.token,
+                      "HOME": str(root / "home"), "HF_HOME": str(root / "hf")}
+        cluster = Cluster(root, head.url, head.gcs, head.env, s3, head.token, head.proc,
+                          worker_env, cpus_per_worker)
         for i in range(workers):
-            cluster.workers.append(_start_worker(i, root, gcs, worker_env, cpus_per_worker))
+            cluster.workers.append(_start_worker(i, root, head.gcs, worker_env, cpus_per_worker))
         _wait_for_nodes(cluster)
         return cluster
     except BaseException:
         if cluster is not None:
             stop_cluster(cluster)
         else:
-            stop_tree(head)
+            stop_tree(head.proc if head is not None else None)
             shutil.rmtree(root, ignore_errors=True)
         raise
 
@@ -411,18 +336,10 @@ def _daemon() -> None:
     os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
-def _node_ports(ports: list[int]) -> list[str]:
-    """Ports Ray would otherwise take from fixed defaults, which two raylets on one machine share."""
-    agent, agent_grpc, metrics, runtime_env = ports
-    return ["--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port",
-            str(agent_grpc), "--metrics-export-port", str(metrics),
-            "--runtime-env-agent-port", str(runtime_env)]
-
-
 def _start_worker(i: int, root: Path, gcs: str, env: dict[str, str], cpus: int) -> Worker:
     private = root  # the tmpfs hides everything the head wrote under root
     ray_cmd = [str(BIN / "ray"), "start", "--block", "--address", gcs,
-               "--node-ip-address", "127.0.0.1", *_node_ports(free_ports(4)),
+               "--node-ip-address", "127.0.0.1", *node_ports(free_ports(4)),
                "--num-cpus", str(cpus), "--num-gpus", "1",
                "--resources", json.dumps({f"worker_{i}": 1}),
                "--temp-dir", str(root / "ray"), "--disable-usage-stats"]

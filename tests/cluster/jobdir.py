@@ -1,10 +1,16 @@
 """The folder a cluster test submits as the job's working_dir: the raysynth package of this
-checkout, the tiny models of tests/tiny_models.py and a small image folder, and the recipe.
+checkout, the tiny models of tests/tiny_models.py, a small image folder, and the recipes.
 
-With no shared disk, this is how a worker node gets the tiny models and the data today: Ray uploads
-the working_dir to the GCS and every node unpacks its own copy, which is the cwd of the job's
-driver and of every actor, trial and Train worker, so the recipe names them by relative paths
-(``./models/sd``) that resolve on every node. (A model store in the bucket is issue #14's work.)
+Two ways a worker node gets a model here, as on a real cluster:
+- the text-to-image SD pipeline and the CLIP model travel in the working_dir: Ray uploads it to the
+  GCS and every node unpacks its own copy (the cwd of the job's driver and of every actor, trial
+  and Train worker), so the recipes name them by relative paths (``./models/sd``). The generator's
+  folder is published to the model store all the same (the driver's absolute path is not on the
+  workers), and each worker copies it from there;
+- the unCLIP pipeline is only in the head's Hugging Face cache, under a hub id (``UNCLIP_ID``, as
+  ``hf download`` leaves it; the nodes run with HF_HUB_OFFLINE=1): the driver resolves it there and
+  publishes it to the model store in the bucket (``synthesis.generator.model_store`` empty: the run
+  directory's ``models/``), and each worker copies it into its own, empty HF_HOME.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from tiny_models import png, save_clip, save_sd
+from tiny_models import hub_cache, png, save_clip, save_sd, unclip_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("blue", "green", "red")
+UNCLIP_ID = "tiny-test/unclip"
+UNCLIP_COMMIT = "c" * 40
 
 # A text-to-image UniCon recipe on tiny models: feedback guidance from the real-split classifier,
 # the CLIP filter, a 2-trial weight search, and every Ray Train run on 2 workers.
@@ -48,6 +56,36 @@ TEXT2IMAGE = {
 }
 
 
+# AiR on the same tiny models (tests/ray/test_air_flow.py's recipe, one prompt-learning iteration,
+# no λ/β search): pseudo-labels by the CLIP on an actor pool, a LoRA adapter, generation with it.
+AIR = {
+    "flow": "air", "preset": "cluster-air",
+    "data": {"source": "imagefolder", "path": "./data/images", "image_size": 32, "k": 6,
+             "pool_per_class": 0, "val_per_class": 2, "test_per_class": 3},
+    "synthesis": {"quota": "fixed", "per_class": 2, "prompt": "{context} {class}",
+                  "context": "colors",
+                  "pool": {"batch_size": 3, "cpus_per_actor": 0.5, "gpus_per_actor": 1.0},
+                  "generator": {"kind": "text2image", "model": "./models/sd", "num_steps": 2,
+                                "image_size": 32, "device": "cpu"}},
+    "filter": {"device": "cpu", "pool": {"batch_size": 8, "cpus_per_actor": 0.5}},
+    "air": {"clip_model": "local-dir:./models/clip", "clip_pretrained": "", "top_k": 3,
+            "lora": {"steps": 4, "batch_size": 2}, "iterations": 1, "steps_per_iteration": 3,
+            "n_ctx": 4},
+}
+
+# unCLIP synthesis (`raysynth synthesize`), conditioned on the real images: one image per batch so
+# the generator actors are still sampling when a node is removed.
+UNCLIP = {
+    "preset": "cluster-unclip",
+    "data": TEXT2IMAGE["data"],
+    "synthesis": {"quota": "fixed", "per_class": 4, "prompt": "{class}",
+                  "pool": {"batch_size": 1, "cpus_per_actor": 0.5, "gpus_per_actor": 1.0},
+                  "generator": {"kind": "unclip", "model": UNCLIP_ID, "num_steps": 2,
+                                "image_size": 16, "device": "cpu"}},
+    "filter": {"enabled": False},
+}
+
+
 def _images(root: Path, per_class: int = 15) -> None:
     """Noisy 16×16 images whose dominant colour is their class."""
     rng = np.random.default_rng(0)
@@ -59,7 +97,12 @@ def _images(root: Path, per_class: int = 15) -> None:
             (root / name / f"{i}.png").write_bytes(png(img))
 
 
-def make_job_dir(folder: Path) -> Path:
+def make_job_dir(folder: Path, hf_home: Path) -> Path:
+    """The working dir in ``folder``; the unCLIP pipeline in the head's HF cache ``hf_home``."""
+    import torch
+
+    torch.manual_seed(0)
+    hub_cache(hf_home, UNCLIP_ID, UNCLIP_COMMIT, unclip_pipeline())
     folder.mkdir(parents=True)
     shutil.copytree(REPO / "raysynth", folder / "raysynth",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -67,6 +110,8 @@ def make_job_dir(folder: Path) -> Path:
     save_clip(folder / "models" / "clip", seed=3)
     _images(folder / "data" / "images")
     write_recipe(folder, "t2i.yaml", TEXT2IMAGE)
+    write_recipe(folder, "air.yaml", AIR)
+    write_recipe(folder, "unclip.yaml", UNCLIP)
     return folder
 
 

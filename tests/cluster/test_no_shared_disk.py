@@ -3,10 +3,15 @@ proof"; the cluster is ``harness.py``'s: a CPU-less head, two worker raylets in 
 namespaces with one logical GPU each, token authentication on, a moto S3 server as the only shared
 storage). Every run writes to ``--out s3://raysynth/runs/<name>``; each test checks the bucket,
 that the head's disk holds no run directory, and that nothing was written in a worker's private
-view outside its Ray temp dir.
+view outside its Ray temp dir and its caches.
 
 The head has no CPUs, so every task, actor, Tune trial and Ray Train worker runs on a worker node;
 only the job's driver runs on the head.
+
+One cluster for the whole module, and several proofs per job (the tier's time budget in CI): the
+text-to-image recipe is killed mid-search and mid-final-training and resumed each time; the unCLIP
+synthesis (its model only in the head's Hugging Face cache, so the workers get it through the model
+store) loses a worker node mid-synthesis.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 
 import pytest
 from harness import HarnessError
-from jobdir import CLASSES, TEXT2IMAGE, make_job_dir, write_recipe
+from jobdir import CLASSES, TEXT2IMAGE, UNCLIP_ID, write_recipe
 
 from raysynth.plan.rows import sample_id
 
@@ -35,11 +40,6 @@ DIGITS = ["--preset", "digits", "--set", "budget=smoke", "--set", "data.classes=
           "--set", "train.max_failures=0"]
 
 
-@pytest.fixture(scope="module")
-def job_dir(cluster):
-    return make_job_dir(cluster.root / "job")
-
-
 def _no_local_run_dirs(cluster) -> None:
     assert cluster.local_run_files() == [], "a run directory on the head's (driver's) disk"
     leaks = cluster.worker_run_files()
@@ -50,12 +50,24 @@ def _no_local_run_dirs(cluster) -> None:
 def _submit(cluster, job_dir, job_id: str, args: list[str], timeout: float = 2400) -> str:
     """Submit, wait for the job to end (the client does not follow it: a run outlives any
     client-side timeout on a busy machine) and check it succeeded; its log."""
-    sub = cluster.submit(job_id, job_dir, [*CLI, *args], wait=False)
-    assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
+    _start(cluster, job_dir, job_id, args)
     status = cluster.wait_for_end(job_id, timeout=timeout)
     logs = cluster.logs(job_id)
     assert status == "SUCCEEDED", logs[-6000:]
     return logs
+
+
+def _start(cluster, job_dir, job_id: str, args: list[str]) -> None:
+    sub = cluster.submit(job_id, job_dir, [*CLI, *args], wait=False)
+    assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
+
+
+def _kill_when(cluster, job_id: str, prefix: str, match, what: str) -> None:
+    """Stop the job (Ray kills its driver) once an object ``match`` accepts is in the bucket."""
+    if not _first_key(cluster, prefix, match, timeout=1800, job_id=job_id):
+        raise HarnessError(f"{job_id}: no {what} after 1800 s:\n{cluster.logs(job_id)[-4000:]}")
+    cluster.stop_job(job_id)
+    assert cluster.wait_for_end(job_id, timeout=600) == "STOPPED", cluster.logs(job_id)[-4000:]
 
 
 def _report(cluster, name: str) -> dict:
@@ -72,26 +84,79 @@ def _stamps(cluster, name: str) -> dict[str, tuple[float, int]]:
             for i in infos if i.type == fs.FileType.File}
 
 
-def test_text2image_recipe_on_nodes_without_a_shared_disk(cluster, job_dir):
+def _trials(cluster, name: str) -> list[str]:
+    return cluster.s3.read(f"runs/{name}/tune/trials.jsonl").decode().splitlines()
+
+
+def test_text2image_recipe_killed_mid_search_and_mid_final_training(cluster, job_dir):
     """Feedback guidance, the CLIP filter, the UniCon weight search (trials on the worker nodes)
-    and final training with train.num_workers=2, all results in the bucket."""
-    logs = _submit(cluster, job_dir, "t2i", ["run", "--config", "t2i.yaml",
-                                             "--out", cluster.s3.uri("runs/t2i")])
-    keys = cluster.s3.keys("runs/t2i")
-    assert {"report.json", "report.html", "config.yaml", "synthesis.json"} <= set(keys), keys
-    assert any(k.startswith("synthetic/") and k.endswith(".parquet") for k in keys), keys
+    and final training with train.num_workers=2, all results in the bucket. The driver is killed
+    (`ray job stop`) once the search has a finished trial, and again once final training has a
+    finished run; the same command with --resume on the same --out each time: the last one
+    SUCCEEDS, nothing finished is redone, the search ends with exactly tune.num_samples trials."""
+    recipe = {**TEXT2IMAGE, "tune": {**TEXT2IMAGE["tune"], "num_samples": 2, "max_concurrent": 1}}
+    write_recipe(job_dir, "t2i.yaml", recipe)
+    out = cluster.s3.uri("runs/t2i")
+    args = ["run", "--config", "t2i.yaml", "--out", out]
+
+    _start(cluster, job_dir, "t2i-1", args)
+    _kill_when(cluster, "t2i-1", "runs/t2i", lambda k: k == "tune/trials.jsonl", "finished trial")
+    synthesis = {k: v for k, v in _stamps(cluster, "t2i").items()
+                 if k.startswith(("real/", "synthetic/", "synthesis.json", "train/real"))}
+    assert any(k.startswith("synthetic/") for k in synthesis), synthesis
+    first_trials = _trials(cluster, "t2i")
+    assert len(first_trials) == 1
+
+    _start(cluster, job_dir, "t2i-2", [*args, "--resume"])
+    first_final = "train/supcon_real-r0/result.json"
+    _kill_when(cluster, "t2i-2", "runs/t2i", lambda k: k == first_final, "finished final run")
+    searched = {k: v for k, v in _stamps(cluster, "t2i").items()
+                if k.startswith(("tune/", "train/supcon_real-r0/result.json"))}
+
+    logs = _submit(cluster, job_dir, "t2i-3", [*args, "--resume"])
+    after = _stamps(cluster, "t2i")
+    # nothing finished was redone: the synthesis before the first kill, the search and the first
+    # final run before the second
+    assert {k: after.get(k) for k in synthesis} == synthesis
+    assert {k: after.get(k) for k in searched} == searched
+    trials = _trials(cluster, "t2i")
+    assert trials[:1] == first_trials and len(trials) == 2  # exactly tune.num_samples
+    assert "[4/6] search" in logs and "[5/6] final" in logs
+
+    keys = set(after)
+    assert {"report.json", "report.html", "config.yaml", "synthesis.json"} <= keys, keys
     assert any(k.startswith("tune/") and k.endswith("result.json") for k in keys), keys
     assert any(k.startswith("train/") and "checkpoint" in k for k in keys), keys
+    assert any(k.startswith("models/") and k.endswith("manifest.json") for k in keys), keys
     report = _report(cluster, "t2i")
     assert report["classes"] == list(CLASSES)
     assert report["tune"]["trials"] == 2
     assert report["synthesis"]["planned"] == 2 * len(CLASSES)
     for method in ("supcon_real", "supcon_mixed", "unicon"):
+        assert f"train/{method}-r0/result.json" in keys
         assert 0.0 <= report["accuracy"][method]["mean"] <= 1.0
-    assert "[3/6] synthesis" in logs
     _no_local_run_dirs(cluster)
 
 
+def test_air_flow_on_nodes_without_a_shared_disk(cluster, job_dir):
+    """AiR: pseudo-labels on the worker nodes, the LoRA adapter written to the bucket and read by
+    the generator actors there, prototypes and prompt learning; the report in the bucket."""
+    _submit(cluster, job_dir, "air", ["run", "--config", "air.yaml",
+                                             "--out", cluster.s3.uri("runs/air")])
+    keys = set(cluster.s3.keys("runs/air"))
+    assert {"report.json", "report.html", "air/lora/pytorch_lora_weights.safetensors",
+            "air/test.npz"} <= keys, sorted(keys)
+    assert any(k.startswith("synthetic/") and k.endswith(".parquet") for k in keys), keys
+    air = _report(cluster, "air")["air"]
+    assert air["synthetic"] == 2 * len(CLASSES) and air["unlabeled"] == 6 * len(CLASSES)
+    assert set(air["prototypes"]) == set(CLASSES)
+    assert [h["iteration"] for h in air["history"]] == [1]
+    for key in ("zero_shot", "fused", "prompt", "prompt_fused"):
+        assert 0.0 <= air["test_accuracy"][key] <= 1.0
+    _no_local_run_dirs(cluster)
+
+
+@pytest.mark.cluster_full
 def test_digits_preset_on_nodes_without_a_shared_disk(cluster, job_dir):
     """The pixel model trained on a worker, its folder read by the generator actors on others."""
     _submit(cluster, job_dir, "digits", ["run", *DIGITS, "--out", cluster.s3.uri("runs/digits")])
@@ -104,79 +169,52 @@ def test_digits_preset_on_nodes_without_a_shared_disk(cluster, job_dir):
     _no_local_run_dirs(cluster)
 
 
-def test_driver_killed_mid_search_resumes_without_redoing(cluster, job_dir):
-    """`ray job stop` kills the driver while the weight search runs; the same command with
-    --resume on the same --out completes, keeps every object the finished stages wrote, and the
-    search ends with exactly tune.num_samples trials."""
-    recipe = {**TEXT2IMAGE, "tune": {**TEXT2IMAGE["tune"], "num_samples": 4, "max_concurrent": 1}}
-    write_recipe(job_dir, "t2i-resume.yaml", recipe)
-    out = cluster.s3.uri("runs/resume")
-    args = ["run", "--config", "t2i-resume.yaml", "--out", out]
-    sub = cluster.submit("resume-1", job_dir, [*CLI, *args], wait=False)
-    assert sub.returncode == 0, sub.stderr[-3000:]
-    cluster.wait_for_log("resume-1", "[4/6] search")
-    if not _first_key(cluster, "runs/resume", lambda k: k == "tune/trials.jsonl", timeout=1800):
-        raise HarnessError(f"no finished trial after 1800 s:\n{cluster.logs('resume-1')[-4000:]}")
-    cluster.stop_job("resume-1")
-    cluster.wait_for_end("resume-1", timeout=2400)
-    before = _stamps(cluster, "resume")
-    finished = {k: v for k, v in before.items()
-                if k.startswith(("real/", "synthetic/", "synthesis.json"))}
-    assert finished, before
-    trials_before = cluster.s3.read("runs/resume/tune/trials.jsonl").decode().splitlines()
-    assert 1 <= len(trials_before) < 4
+def test_unclip_synthesis_loses_a_worker_node(cluster, job_dir):
+    """unCLIP conditioned on the real images in the bucket, its model only in the head's Hugging
+    Face cache (a hub id, offline): each worker copies it from the model store. A worker raylet (and
+    everything on it) is killed while the generator actors run; the synthesis completes on the
+    other node and every planned sample_id is in the bucket exactly once."""
+    import pyarrow.parquet as pq
 
-    _submit(cluster, job_dir, "resume-2", [*args, "--resume"])
-    after = _stamps(cluster, "resume")
-    assert {k: after.get(k) for k in finished} == finished  # nothing finished was redone
-    trials = cluster.s3.read("runs/resume/tune/trials.jsonl").decode().splitlines()
-    assert trials[:len(trials_before)] == trials_before and len(trials) == 4
-    assert _report(cluster, "resume")["tune"]["trials"] == 4
+    per_class = 4
+    out = cluster.s3.uri("runs/unclip")
+    _start(cluster, job_dir, "unclip", ["synthesize", "--config", "unclip.yaml", "--out", out])
+    cluster.wait_for_log("unclip", "[3/6] synthesis")
+    # the generator actors are sampling once a first part is in the bucket (or give it 60 s)
+    _first_key(cluster, "runs/unclip", lambda k: k.startswith("synthetic/"), timeout=60)
+    store = f"raysynth-models/{UNCLIP_ID.replace('/', '--')}/"
+    copies = {w.index: [f for f in w.private_files(cluster.root / "hf") if store in f]
+              for w in cluster.workers}
+    # remove a node that runs a generator actor (it copied the model from the store)
+    lost = next((i for i, files in copies.items() if files), 1)
+    cluster.remove_worker(lost)
+    assert cluster.wait_for_end("unclip", timeout=2400) == "SUCCEEDED", \
+        cluster.logs("unclip")[-6000:]
+    keys = cluster.s3.keys("runs/unclip")
+    parts = [k for k in keys if k.endswith(".parquet") and k.startswith("synthetic/")]
+    fs = cluster.s3.filesystem()
+    ids = [s for k in parts
+           for s in pq.read_table(f"raysynth/runs/unclip/{k}", filesystem=fs,
+                                  columns=["sample_id"])["sample_id"].to_pylist()]
+    planned = {sample_id(0, c, i) for c in CLASSES for i in range(per_class)}
+    assert sorted(ids) == sorted(planned)  # each exactly once
+    # the model reached the workers through the store: published once in the bucket, and the
+    # surviving node holds its own copy of it in its (first empty) HF_HOME
+    assert any(k.startswith("models/") and k.endswith("manifest.json") for k in keys), keys
+    survivor = cluster.workers[1 - lost].private_files(cluster.root / "hf")
+    assert any(store in f and f.endswith("model_index.json") for f in survivor), survivor
     _no_local_run_dirs(cluster)
 
 
-def test_worker_node_removed_mid_synthesis(cluster, job_dir):
-    """A worker raylet (and everything on it) is killed while the generator actors run; the
-    synthesis completes on the other node and every planned sample_id is in the bucket once."""
-    per_class = 6
-    recipe = {**TEXT2IMAGE, "filter": {**TEXT2IMAGE["filter"], "enabled": False},
-              "synthesis": {**TEXT2IMAGE["synthesis"], "per_class": per_class,
-                            "feedback": {"criterion": "none"},
-                            "pool": {**TEXT2IMAGE["synthesis"]["pool"], "batch_size": 1}}}
-    write_recipe(job_dir, "t2i-lose-node.yaml", recipe)
-    out = cluster.s3.uri("runs/lose-node")
-    sub = cluster.submit("lose-node", job_dir, [*CLI, "synthesize", "--config",
-                                                "t2i-lose-node.yaml", "--out", out], wait=False)
-    assert sub.returncode == 0, sub.stderr[-3000:]
-    cluster.wait_for_log("lose-node", "[3/6] synthesis")
-    # the generator actors are sampling once a first part is in the bucket (or give it 30 s)
-    _first_key(cluster, "runs/lose-node", lambda k: k.startswith("synthetic/"), timeout=30)
-    cluster.remove_worker(1)
-    try:
-        cluster.wait_for_end("lose-node", timeout=2400)
-        assert cluster.status("lose-node") == "SUCCEEDED", cluster.logs("lose-node")[-6000:]
-        import pyarrow.parquet as pq
-
-        parts = [k for k in cluster.s3.keys("runs/lose-node") if k.endswith(".parquet")
-                 and k.startswith("synthetic/")]
-        fs = cluster.s3.filesystem()
-        ids = [s for k in parts for s in pq.read_table(f"raysynth/runs/lose-node/{k}",
-                                                       filesystem=fs,
-                                                       columns=["sample_id"])["sample_id"]
-               .to_pylist()]
-        planned = {sample_id(0, c, i) for c in CLASSES for i in range(per_class)}
-        assert sorted(ids) == sorted(planned)  # each exactly once
-        _no_local_run_dirs(cluster)
-    finally:
-        cluster.restart_worker(1)
-
-
-def _first_key(cluster, prefix: str, match, timeout: float) -> str | None:
-    """The first object key under ``prefix`` that ``match`` accepts, within ``timeout``."""
+def _first_key(cluster, prefix: str, match, timeout: float, job_id: str | None = None):
+    """The first object key under ``prefix`` that ``match`` accepts, within ``timeout`` (None
+    also as soon as job ``job_id`` has ended)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         found = [k for k in cluster.s3.keys(prefix) if match(k)]
         if found:
             return found[0]
+        if job_id and cluster.status(job_id) in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return None
         time.sleep(2)
     return None

@@ -2,46 +2,27 @@
 (cluster/README.md "Token authentication"; DESIGN §5); a submission without the cluster's token, or
 with another one, is refused, and so is a driver joining the GCS with another token.
 
-The head is a separate Ray instance, started here with `ray start --head --block` in its own
-session, its own temp dir and free ports, so it never meets the `ray_local` instance of the other
-tests. It is stopped by killing exactly the processes it started (the `ray start` process and its
-descendants), never with `ray stop`, which kills every Ray process on the machine — other test
-runs' instances included.
-
-Token authentication, as Ray 2.60 does it (ray/_private/authentication/): every node and every
-client runs with RAY_AUTH_MODE=token; a process reads the token from RAY_AUTH_TOKEN, else the
-file named by RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token. The head and the authorised client
-here use a token file made for this test (RAY_AUTH_TOKEN_PATH), so ~/.ray/auth_token is neither
-read nor written. The job's driver inherits RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH from the head's
-environment, which is how it connects back to the GCS.
+The head is a separate Ray instance started by tests/ray_head.py (shared with tests/cluster's
+harness): its own session, temp dir and free ports, token authentication on, stopped by killing
+exactly the processes it started, never with `ray stop`. The job's driver inherits RAY_AUTH_MODE /
+RAY_AUTH_TOKEN_PATH from the head's environment, which is how it connects back to the GCS.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
+from ray_head import base_env, ray_job, start_head, stop_tree
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent  # the virtualenv of this test run: `ray`, `raysynth`
-AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS",
-             "RAY_API_SERVER_ADDRESS")
 
 # `raysynth run --preset digits` at the smoke budget, shrunk further to ~40 s on 2 busy cores:
 # 3 classes, a tiny pixel model, no filter, 2 search trials, short encoders.
@@ -54,97 +35,16 @@ RUN_ARGS = ["--preset", "digits", "--set", "budget=smoke", "--set", "data.classe
             "--set", "classifier.epochs=10"]
 
 
-@dataclass
-class Head:
-    url: str  # the job server (dashboard), bound to 127.0.0.1
-    gcs: str  # host:port of the GCS
-    env: dict[str, str]  # an authorised client's environment
-    tmp: Path
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the head: SIGTERM, then SIGKILL, to `ray start` and every process under it (GCS,
-    raylet, dashboard, workers, the job supervisor and the job's driver), by pid."""
-    try:
-        root = psutil.Process(proc.pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=2)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=10)
-
-
-def _wait_for_job_server(url: str, token: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + 180
-    request = urllib.request.Request(f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"`ray start --head` exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1)
-    pytest.fail(f"the job server at {url} did not come up:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def head():
     # A short temp dir: Ray's Unix sockets live under it, and their paths are limited to 107 bytes.
     tmp = Path(tempfile.mkdtemp(prefix="rsjob-", dir="/tmp"))
-    token = secrets.token_hex(32)
-    token_file = tmp / "auth_token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
-    env = {**_base_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
-    gcs, dashboard, agent, client, metrics, agent_grpc = _free_ports(6)
-    log = tmp / "head.log"
-    cmd = [str(BIN / "ray"), "start", "--head", "--block",
-           # Ray resolves a loopback --node-ip-address to the machine's address for its RPC
-           # ports; the job server (dashboard) is the one bound to 127.0.0.1 only.
-           "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-           "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port",
-           str(agent_grpc), "--ray-client-server-port", str(client),
-           "--metrics-export-port", str(metrics), "--num-cpus", "2", "--num-gpus", "0",
-           "--temp-dir", str(tmp / "ray"), "--disable-usage-stats"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    head = None
     try:
-        url = f"http://127.0.0.1:{dashboard}"
-        _wait_for_job_server(url, token, proc, log)
-        from ray._private.services import get_node_ip_address
-
-        # The address Ray put the GCS on: it replaces a loopback --node-ip-address by this one.
-        yield Head(url, f"{get_node_ip_address()}:{gcs}", env, tmp)
+        head = start_head(tmp, base_env(), num_cpus=2)
+        yield head
     finally:
-        _stop(proc)
+        stop_tree(head.proc if head is not None else None)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -165,17 +65,12 @@ def offline_runtime_env(tmp: Path) -> Path:
     return path
 
 
-def ray_job(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), "job", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def test_submitted_run_succeeds_and_writes_its_report(head):
     out = head.tmp / "runs" / "digits"  # absolute: the job's cwd is its copy of the working dir
     env_file = offline_runtime_env(head.tmp)
     sub = ray_job(head.env, "submit", "--address", head.url, "--submission-id", "rs-digits",
                   "--working-dir", ".", "--runtime-env", str(env_file), "--",
-                  "raysynth", "run", *RUN_ARGS, "--out", str(out), timeout=600)
+                  "raysynth", "run", *RUN_ARGS, "--out", str(out), cwd=ROOT, timeout=600)
     logs = sub.stdout + sub.stderr
     assert sub.returncode == 0, logs[-4000:]
     assert "Uploading package gcs://_ray_pkg_" in logs  # the working tree went up to the GCS
@@ -211,7 +106,7 @@ def test_submission_without_the_token_is_refused(head, credential):
     """The job server answers 401 to a request without a token (a client that was not told
     RAY_AUTH_MODE=token sends none) and 403 to one with another token; either way the CLI
     exits non-zero with Ray's AuthenticationError and no job is created."""
-    env = {**_base_env(), "HOME": str(head.tmp / "empty-home")}  # no ~/.ray/auth_token either
+    env = {**base_env(), "HOME": str(head.tmp / "empty-home")}  # no ~/.ray/auth_token either
     if credential == "missing":
         expected = "Missing authentication token"
     else:
@@ -230,7 +125,7 @@ def test_driver_without_the_token_cannot_join(head):
     """The GCS port (which Ray binds on every interface) asks for the token too: a driver
     connecting with another token is turned away with Ray's AuthenticationError."""
     probe = f"import ray; ray.init(address={head.gcs!r}); print('connected')"
-    env = {**_base_env(), "HOME": str(head.tmp / "empty-home"), "RAY_AUTH_MODE": "token",
+    env = {**base_env(), "HOME": str(head.tmp / "empty-home"), "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_gcs_server_port_wait_time_s": "2"}  # two attempts, not Ray's default retries
     proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import (
     SMALL,
     one_thread,  # noqa: F401
+    unclip_pipeline,
 )
 from tiny_models import png as _png
 from tiny_models import scheduler as _scheduler
@@ -69,16 +70,8 @@ def _flagging_safety_checker():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Tiny SD and unCLIP pipelines, LoRA adapters, a classifier and real images, saved once."""
-    from diffusers import (
-        DDPMScheduler,
-        StableDiffusionPipeline,
-        StableUnCLIPImg2ImgPipeline,
-    )
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
-        StableUnCLIPImageNormalizer,
-    )
+    from diffusers import StableDiffusionPipeline
     from peft import LoraConfig, get_peft_model_state_dict
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from raysynth.train.checkpoint import write_checkpoint
     from raysynth.train.models import build_model
@@ -96,19 +89,7 @@ def models(tmp_path_factory):
     )
     sd.save_pretrained(root / "sd")
 
-    unclip = StableUnCLIPImg2ImgPipeline(
-        feature_extractor=_image_processor(),
-        image_encoder=CLIPVisionModelWithProjection(
-            CLIPVisionConfig(image_size=32, patch_size=8, projection_dim=32, **SMALL)
-        ),
-        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=32),
-        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
-        tokenizer=_tokenizer(),
-        text_encoder=_text_encoder(),
-        unet=_unet(class_embed_type="projection", projection_class_embeddings_input_dim=64),
-        scheduler=_scheduler("v_prediction"),
-        vae=_vae(),
-    )
+    unclip = unclip_pipeline(_image_processor())
     unclip.save_pretrained(root / "unclip")
 
     def lora(unet, folder):
