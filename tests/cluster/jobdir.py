@@ -45,6 +45,9 @@ TEXT2IMAGE = {
     "filter": {"enabled": True, "embedder": "open_clip", "clip_model": "local-dir:./models/clip",
                "clip_pretrained": "", "max_rounds": 1, "pairs": 4,
                "pool": {"batch_size": 8, "cpus_per_actor": 0.5}},
+    # the real-split classifier (feedback guidance): 3 epochs, not end_to_end's 60 (with a Ray
+    # Train checkpoint per epoch put in the bucket, that stage took 147 s at load ~13)
+    "end_to_end": {"epochs": 3, "batch_size": 8},
     "encoder": {"arch": "small_cnn", "width": 4, "feat_dim": 8, "proj_dim": 8, "epochs": 2,
                 "batch_size": 8},
     "classifier": {"hidden": 8, "epochs": 3, "per_class": 4, "batch_size": 8},
@@ -73,14 +76,14 @@ AIR = {
             "n_ctx": 4},
 }
 
-# unCLIP synthesis (`raysynth synthesize`), conditioned on the real images: one image per batch so
-# the generator actors are still sampling when a node is removed.
+# unCLIP synthesis (`raysynth synthesize`), conditioned on the real images: one image per batch
+# and 20 steps each, so the generator actors are still sampling when a node is removed.
 UNCLIP = {
     "preset": "cluster-unclip",
     "data": TEXT2IMAGE["data"],
-    "synthesis": {"quota": "fixed", "per_class": 4, "prompt": "{class}",
+    "synthesis": {"quota": "fixed", "per_class": 6, "prompt": "{class}",
                   "pool": {"batch_size": 1, "cpus_per_actor": 0.5, "gpus_per_actor": 1.0},
-                  "generator": {"kind": "unclip", "model": UNCLIP_ID, "num_steps": 2,
+                  "generator": {"kind": "unclip", "model": UNCLIP_ID, "num_steps": 20,
                                 "image_size": 16, "device": "cpu"}},
     "filter": {"enabled": False},
 }

@@ -174,9 +174,7 @@ def test_unclip_synthesis_loses_a_worker_node(cluster, job_dir):
     Face cache (a hub id, offline): each worker copies it from the model store. A worker raylet (and
     everything on it) is killed while the generator actors run; the synthesis completes on the
     other node and every planned sample_id is in the bucket exactly once."""
-    import pyarrow.parquet as pq
-
-    per_class = 4
+    per_class = 6
     out = cluster.s3.uri("runs/unclip")
     _start(cluster, job_dir, "unclip", ["synthesize", "--config", "unclip.yaml", "--out", out])
     cluster.wait_for_log("unclip", "[3/6] synthesis")
@@ -188,22 +186,30 @@ def test_unclip_synthesis_loses_a_worker_node(cluster, job_dir):
     # remove a node that runs a generator actor (it copied the model from the store)
     lost = next((i for i, files in copies.items() if files), 1)
     cluster.remove_worker(lost)
+    written = _sample_ids(cluster, "unclip")
     assert cluster.wait_for_end("unclip", timeout=2400) == "SUCCEEDED", \
         cluster.logs("unclip")[-6000:]
-    keys = cluster.s3.keys("runs/unclip")
-    parts = [k for k in keys if k.endswith(".parquet") and k.startswith("synthetic/")]
-    fs = cluster.s3.filesystem()
-    ids = [s for k in parts
-           for s in pq.read_table(f"raysynth/runs/unclip/{k}", filesystem=fs,
-                                  columns=["sample_id"])["sample_id"].to_pylist()]
     planned = {sample_id(0, c, i) for c in CLASSES for i in range(per_class)}
-    assert sorted(ids) == sorted(planned)  # each exactly once
+    assert len(written) < len(planned), "the node was removed after the synthesis"
+    assert sorted(_sample_ids(cluster, "unclip")) == sorted(planned)  # each exactly once
+    keys = cluster.s3.keys("runs/unclip")
     # the model reached the workers through the store: published once in the bucket, and the
     # surviving node holds its own copy of it in its (first empty) HF_HOME
     assert any(k.startswith("models/") and k.endswith("manifest.json") for k in keys), keys
     survivor = cluster.workers[1 - lost].private_files(cluster.root / "hf")
-    assert any(store in f and f.endswith("model_index.json") for f in survivor), survivor
+    assert any(store in f and f.endswith("model_index.json") for f in survivor), (copies, survivor)
     _no_local_run_dirs(cluster)
+
+
+def _sample_ids(cluster, name: str) -> list[str]:
+    """Every sample_id of the run's synthetic table in the bucket (duplicates kept)."""
+    import pyarrow.parquet as pq
+
+    fs = cluster.s3.filesystem()
+    return [s for k in cluster.s3.keys(f"runs/{name}")
+            if k.startswith("synthetic/") and k.endswith(".parquet")
+            for s in pq.read_table(f"raysynth/runs/{name}/{k}", filesystem=fs,
+                                   columns=["sample_id"])["sample_id"].to_pylist()]
 
 
 def _first_key(cluster, prefix: str, match, timeout: float, job_id: str | None = None):
