@@ -1,6 +1,8 @@
-"""One no-shared-disk cluster (``harness.py``) for every test of tests/cluster/, started on first
-use and stopped at the end of the session; the tests skip with the reason when the machine cannot
-run it (not root, no ``unshare``, no moto).
+"""One no-shared-disk cluster (``harness.py``) for the tests of tests/cluster/ (one module),
+started on first use and stopped when the module ends — not at the end of the session: in the plain
+run, tests/cluster/ comes first and an idle 3-node cluster would otherwise sit through the rest of
+the suite. The tests skip with the reason when the machine cannot run it (not root, no
+``unshare``, no moto).
 
 They run in the plain `python -m pytest -q` (CI) wherever the machine can run them; `-m "not
 cluster"` deselects them. The tests marked ``cluster_full`` (the digits preset, a flow the others
@@ -24,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(request):
     why = can_run()
     if why:
@@ -40,7 +42,7 @@ def cluster(request):
         stop_cluster(c)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def job_dir(cluster):
     return make_job_dir(cluster.root / "job", cluster.root / "hf")
 
