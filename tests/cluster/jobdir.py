@@ -42,8 +42,12 @@ TEXT2IMAGE = {
                       "image_size": 16, "device": "cpu"},
         "feedback": {"criterion": "entropy", "scale": 0.05, "every": 1},
     },
+    # the CLIP filter runs (embedder actors on the workers) but accepts every image (cosine >= -1):
+    # a random tiny CLIP rejects them all, and the search and final training are to read
+    # synthetic rows from the bucket
     "filter": {"enabled": True, "embedder": "open_clip", "clip_model": "local-dir:./models/clip",
-               "clip_pretrained": "", "max_rounds": 1, "pairs": 4,
+               "clip_pretrained": "", "max_rounds": 1, "pairs": 4, "threshold": "fixed",
+               "fixed_threshold": -1.0,
                "pool": {"batch_size": 8, "cpus_per_actor": 0.5}},
     # the real-split classifier (feedback guidance): 3 epochs, not end_to_end's 60 (with a Ray
     # Train checkpoint per epoch put in the bucket, that stage took 147 s at load ~13)
