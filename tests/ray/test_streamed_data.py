@@ -16,6 +16,7 @@ from PIL import Image
 from raysynth import columns as col
 from raysynth.config import build_config
 from raysynth.data import SPLIT_NAMES, encode_png, load_dataset, make_splits, write_real
+from raysynth.data.store import read_table
 from raysynth.flows.prepare import prepare_real
 from raysynth.rundir import RunDir
 
@@ -70,7 +71,7 @@ def _streamed(cfg, out, monkeypatch):
 
 def _same_real(a, b):
     for split in SPLIT_NAMES:
-        want, got = (pq.read_table(p / "real" / f"{split}.parquet") for p in (a, b))
+        want, got = (read_table(p / "real" / f"{split}.parquet") for p in (a, b))
         assert got.num_rows == want.num_rows > 0
         for name in want.column_names:  # ids, labels, names, PNG bytes, split, source, group
             assert got[name].to_pylist() == want[name].to_pylist(), (split, name)
@@ -80,10 +81,9 @@ def _same_real(a, b):
     return meta_a
 
 
-@pytest.mark.parametrize("seed", [0, 7])
 def test_imagefolder_streamed_splits_equal_todays_and_driver_opens_no_image(
-        ray_local, digits, tmp_path, monkeypatch, seed):
-    cfg = build_config(overrides={**SPLIT, "seed": seed, "data.source": "imagefolder",
+        ray_local, digits, tmp_path, monkeypatch):
+    cfg = build_config(overrides={**SPLIT, "seed": 7, "data.source": "imagefolder",
                                   "data.path": str(digits / "folder"), "data.image_size": 12})
     old = _in_memory(cfg, tmp_path / "old")
     new, opened = _streamed(cfg, tmp_path / "new", monkeypatch)
@@ -106,3 +106,17 @@ def test_parquet_streamed_splits_equal_todays(ray_local, digits, tmp_path, monke
     assert meta["class_names"] == list(classes) and meta["channels"] == 1  # grey, found by tasks
     reasons = sorted(r.split(":")[0] for _, r in meta["skipped"])
     assert reasons == ["no image bytes (null)", "not a readable image"]  # rows 11 and 5
+
+
+def test_an_s3_imagefolder_is_read_by_the_tasks(ray_local, digits, s3_root, tmp_path, monkeypatch):
+    """data.path ``s3://…``: the tasks read through the filesystem the driver opened (its endpoint
+    and keys travel with it, so a worker started without them in its environment reads too)."""
+    for folder in sorted((digits / "folder").iterdir())[:3]:
+        for f in sorted(folder.iterdir())[:20]:
+            (s3_root / "imgs" / folder.name / f.name).write_bytes(f.read_bytes())
+    cfg = build_config(overrides={**SPLIT, "data.source": "imagefolder",
+                                  "data.path": str(s3_root / "imgs")})
+    old = _in_memory(cfg, tmp_path / "old")
+    new, opened = _streamed(cfg, tmp_path / "new", monkeypatch)
+    assert opened == 0
+    assert _same_real(old, new)["class_names"] == ["d0", "d1", "d2"]
