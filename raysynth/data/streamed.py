@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from raysynth import columns as col
 from raysynth import ray_data
@@ -35,7 +36,10 @@ from raysynth.data.store import CLASSES_FILE, ROW_GROUP_SIZE, classes_meta, writ
 from raysynth.errors import DataError
 from raysynth.files import remove_tree
 from raysynth.rundir import RunDir
+from raysynth.storage import is_remote
 
+# Local files (the source or the run directory) are read and written on the driver's node, where
+# they are; an object store's from any node.
 CHECK_ROWS = 256  # images per CheckImages call (a block): small enough to spread a small set
 
 
@@ -53,6 +57,10 @@ def _pool(blocks: int) -> Resources:
     return Resources(batch_size=1, min_actors=1, max_actors=max(1, min(blocks, cpus)))
 
 
+def _local(fs: pafs.FileSystem) -> bool:
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
 def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
 
@@ -67,7 +75,8 @@ def check_images(p: Pending) -> Checked:
                       DECODE: p.decode, col.SOURCE: p.sources})
     blocks = _blocks(table, CHECK_ROWS)
     ds = ray_data.map_pool(ray_data.from_tables(blocks), CheckImages, _pool(len(blocks)),
-                           {"fs": p.fs}, batch_format="pyarrow", batch_size=None)
+                           {"fs": p.fs}, batch_format="pyarrow", batch_size=None,
+                           on_driver_node=_local(p.fs))
     seen = 0
     for block in ray_data.iter_numpy(ds):
         pos = block[POS]
@@ -109,14 +118,15 @@ def write_splits(run: RunDir, listing: Listing, splits: Splits) -> None:
         kwargs = {"fs": listing.fs, "parts": parts, "channels": listing.channels,
                   "size": listing.size}
         ds = ray_data.map_pool(ray_data.from_tables(blocks), WriteRealParts, _pool(len(blocks)),
-                               kwargs, batch_format="pyarrow", batch_size=None)
+                               kwargs, batch_format="pyarrow", batch_size=None,
+                               on_driver_node=_local(listing.fs) or not is_remote(parts))
         written = sum(int(b["rows"].sum()) for b in ray_data.iter_numpy(ds))
         if written != sum(want.values()):
             raise DataError(f"{written} real rows written of {sum(want.values())}; run again")
     jobs = [pa.table({col.SPLIT: [s], "rows": [n]}) for s, n in want.items()]  # a block each
     merge = ray_data.map_pool(ray_data.from_tables(jobs), MergeRealSplits, _pool(len(jobs)),
                               {"parts": parts, "real": run.real}, batch_format="pyarrow",
-                              batch_size=None)
+                              batch_size=None, on_driver_node=not is_remote(parts))
     for _ in ray_data.iter_numpy(merge):
         pass
     write_json_atomic(classes_meta(listing, splits), run.real / CLASSES_FILE)
