@@ -128,3 +128,30 @@ def test_an_image_changed_since_the_listing_is_an_error_naming_it(tmp_path):
     with pytest.raises(DataError, match=r"\.png could be read when the data was listed but not"):
         WriteRealParts(LOCAL, tmp_path / "parts", 3, 0)(rows)
     assert not (tmp_path / "parts").exists()
+
+
+def test_the_listing_keeps_what_the_in_memory_loader_keeps(tmp_path):
+    """ImageFolder with context folders (data.group=folder) and a Parquet table with nulls, an
+    unreadable row and a class subset: the same rows, labels, sources, groups, skips, channels."""
+    from raysynth.data import load_dataset
+
+    for cls, ctx in (("cat", "snow"), ("cat", ""), ("dog", "grass"), ("dog", "snow")):
+        folder = tmp_path / "tree" / cls / ctx
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            (folder / f"{ctx or 'plain'}{i}.png").write_bytes(_png(40 * i + len(ctx)))
+    (tmp_path / "tree" / "dog" / "bad.png").write_bytes(b"\x89PNG broken")
+    pq.write_table(pa.table({
+        col.IMAGE: pa.array([_png(1), None, _png(3)[:25], _png(4), _png(5), _png(6)], pa.binary()),
+        col.LABEL: pa.array([2, 0, 0, 1, None, 0], pa.int64())}), tmp_path / "t.parquet")
+    for cfg, skips in (
+            (DataConfig(source="imagefolder", path=str(tmp_path / "tree"), group="folder"), 1),
+            (DataConfig(source="parquet", path=str(tmp_path / "t.parquet"), classes=("2", "0")),
+             3)):  # null image, null label, unreadable; label 1 is not selected
+        pending = list_source(cfg)
+        got, want = resolve(cfg, pending, _check(pending)), load_dataset(cfg)
+        assert got.labels.tolist() == want.labels.tolist() and len(got) > 0
+        assert (got.sources, got.group, got.class_names, got.skipped, got.channels) == (
+            want.sources, want.group, want.class_names, want.skipped, want.channels)
+        assert got.sample_ids == want.sample_ids and len(got.skipped) == skips
+        assert set(got.group) == ({"", "snow", "grass"} if skips == 1 else {""})
