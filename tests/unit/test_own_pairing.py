@@ -115,3 +115,12 @@ def test_own_pairing_needs_the_streamed_path():
     with pytest.raises(ConfigError, match=r"mix.pairing.*train.stream to auto or always"):
         build_config(overrides={"mix.enabled": True, "mix.pairing": "own",
                                 "train.stream": "never"})
+
+
+def test_own_pairing_streams_a_small_training_set_too():
+    from raysynth.flows.end_to_end import streams
+
+    own = {"mix.enabled": True, "mix.pairing": "own"}
+    assert streams(build_config(overrides=own), 100)
+    assert not streams(build_config(overrides={**own, "mix.pairing": "random"}), 100)
+    assert not streams(build_config(overrides={**own, "mix.enabled": False}), 100)
