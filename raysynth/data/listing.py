@@ -26,7 +26,7 @@ from raysynth.data.imageset import real_sample_id
 from raysynth.data.parquet import require_parquet
 from raysynth.data.sources import check_no_empty_class, list_folder_tree, pick_rows
 from raysynth.errors import DataError
-from raysynth.storage import fs_path
+from raysynth.storage import AnyPath, fs_path
 
 WHOLE_FILE = -1  # ``rows`` value of an image that is a whole file (ImageFolder)
 
@@ -46,7 +46,7 @@ class Pending:
     decode: np.ndarray
     meta: list[ParquetRow] = field(default_factory=list)
     has_names: bool = False
-    folders: dict = field(default_factory=dict)
+    folders: dict[str, AnyPath] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
