@@ -52,9 +52,11 @@ def stream_real(run: RunDir, cfg: DataConfig, seed: int) -> tuple[Listing, Split
     return listing, splits
 
 
-def _pool(blocks: int) -> Resources:
-    cpus = int(ray_data.cluster_resources().get("CPU", 1))
-    return Resources(batch_size=1, min_actors=1, max_actors=max(1, min(blocks, cpus)))
+def _pool(blocks: int, pinned: bool) -> Resources:
+    """Up to one 1-CPU actor per block, as many as the cluster (or, ``pinned``, the driver's
+    node) has CPUs."""
+    cpus = ray_data.driver_node_cpus() if pinned else ray_data.cluster_resources().get("CPU", 1)
+    return Resources(batch_size=1, min_actors=1, max_actors=max(1, min(blocks, int(cpus))))
 
 
 def _local(fs: pafs.FileSystem) -> bool:
@@ -74,9 +76,10 @@ def check_images(p: Pending) -> Checked:
     table = pa.table({POS: np.arange(n, dtype=np.int64), FILE: p.files, ROW: p.rows,
                       DECODE: p.decode, col.SOURCE: p.sources})
     blocks = _blocks(table, CHECK_ROWS)
-    ds = ray_data.map_pool(ray_data.from_tables(blocks), CheckImages, _pool(len(blocks)),
+    pinned = _local(p.fs)
+    ds = ray_data.map_pool(ray_data.from_tables(blocks), CheckImages, _pool(len(blocks), pinned),
                            {"fs": p.fs}, batch_format="pyarrow", batch_size=None,
-                           on_driver_node=_local(p.fs))
+                           on_driver_node=pinned)
     seen = 0
     for block in ray_data.iter_numpy(ds):
         pos = block[POS]
@@ -117,16 +120,18 @@ def write_splits(run: RunDir, listing: Listing, splits: Splits) -> None:
     if blocks:
         kwargs = {"fs": listing.fs, "parts": parts, "channels": listing.channels,
                   "size": listing.size}
-        ds = ray_data.map_pool(ray_data.from_tables(blocks), WriteRealParts, _pool(len(blocks)),
-                               kwargs, batch_format="pyarrow", batch_size=None,
-                               on_driver_node=_local(listing.fs) or not is_remote(parts))
+        pinned = _local(listing.fs) or not is_remote(parts)
+        ds = ray_data.map_pool(ray_data.from_tables(blocks), WriteRealParts,
+                               _pool(len(blocks), pinned), kwargs, batch_format="pyarrow",
+                               batch_size=None, on_driver_node=pinned)
         written = sum(int(b["rows"].sum()) for b in ray_data.iter_numpy(ds))
         if written != sum(want.values()):
             raise DataError(f"{written} real rows written of {sum(want.values())}; run again")
     jobs = [pa.table({col.SPLIT: [s], "rows": [n]}) for s, n in want.items()]  # a block each
-    merge = ray_data.map_pool(ray_data.from_tables(jobs), MergeRealSplits, _pool(len(jobs)),
-                              {"parts": parts, "real": run.real}, batch_format="pyarrow",
-                              batch_size=None, on_driver_node=not is_remote(parts))
+    pinned = not is_remote(parts)
+    merge = ray_data.map_pool(ray_data.from_tables(jobs), MergeRealSplits,
+                              _pool(len(jobs), pinned), {"parts": parts, "real": run.real},
+                              batch_format="pyarrow", batch_size=None, on_driver_node=pinned)
     for _ in ray_data.iter_numpy(merge):
         pass
     write_json_atomic(classes_meta(listing, splits), run.real / CLASSES_FILE)
