@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -166,6 +167,17 @@ def move_aside(src: str | AnyPath, dest: str | AnyPath) -> AnyPath:
     fsync_dir(src.parent)
     fsync_dir(dest.parent)
     return dest
+
+
+def remove_tree(path: str | AnyPath) -> None:
+    """Delete the folder ``path`` and everything in it, if it exists (scratch output only: what a
+    run keeps is moved aside, :func:`move_aside`, never deleted)."""
+    path = as_path(path)
+    if isinstance(path, RemotePath):
+        if path.exists():
+            path.rmtree()
+        return
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _remote_move(src: RemotePath, dest: RemotePath) -> RemotePath:

@@ -190,6 +190,15 @@ def cluster_resources() -> dict[str, float]:
     return dict(ray.cluster_resources())
 
 
+def driver_node_cpus() -> float:
+    """The CPUs of the node this driver runs on (what a pool pinned there can use)."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    return next((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes()
+                 if n["NodeID"] == here and n["Alive"]), float(cluster_resources().get("CPU", 1)))
+
+
 def call_in_actor(num_cpus: float, fn: Any) -> Any:
     """``fn()`` run inside a fresh actor given ``num_cpus`` CPUs (what a pool's actor sees, e.g.
     its torch threads); the actor is killed afterwards."""

@@ -471,9 +471,13 @@ class MixConfig:
 
     enabled: bool = False
     fraction: float = 0.5  # share of the training data that is mixed (DiffCoRe-Mix-50 / -100)
+    # random: a random accepted synthetic image of the same class | own: the image generated
+    # from it (the plan row's cond_id; eq. 6-8), read beside it from streamed tables
+    pairing: str = "random"
 
     def __post_init__(self) -> None:
         _check(0 < self.fraction <= 1, "mix.fraction", "must be in (0, 1]")
+        _check_choice(self.pairing, "mix.pairing", ("random", "own"))
 
 
 @dataclass(frozen=True)
@@ -566,6 +570,9 @@ class RunConfig:
         _check_choice(self.budget, "budget", BUDGETS)
         _check_choice(self.flow, "flow", ("unicon", "classifier", "air"))
         _check(self.seed >= 0, "seed", "must be >= 0")
+        _check(not (self.mix.enabled and self.mix.pairing == "own" and self.train.stream == "never"),
+               "mix.pairing", "own reads each real image's counterpart beside it from the "
+               "streamed tables; set train.stream to auto or always, or use mix.pairing=random")
 
 
 # What each budget changes (applied under the preset and --set, so explicit values win).

@@ -45,7 +45,7 @@ def read_image_rows(
         table = pq.read_table(f, columns=wanted, filesystem=fs)
         n = table.num_rows
         columns.append(set(present))
-        images = _image_column(table.column(col.IMAGE), f)
+        images = image_column(table.column(col.IMAGE), f)
         labels = _label_column(table.column(col.LABEL), f) if col.LABEL in present else [None] * n
         names = (
             table.column(col.CLASS_NAME).to_pylist() if col.CLASS_NAME in present else [None] * n
@@ -66,7 +66,7 @@ def _path_column(table: pa.Table, present: list[str]) -> list[str | None]:
     return [None] * table.num_rows
 
 
-def _image_column(column: pa.ChunkedArray, file: str) -> list[bytes | None]:
+def image_column(column: pa.ChunkedArray, file: str) -> list[bytes | None]:
     if pa.types.is_struct(column.type) and column.type.get_field_index("bytes") >= 0:
         column = column.combine_chunks().field("bytes")
     if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -42,7 +43,7 @@ def load_dataset(cfg: DataConfig) -> ImageSet:
         data = generated_set(cfg)
     else:  # DataConfig validates the choice; this guards a config built around it
         raise DataError(f"data.source={cfg.source!r}; choose digits, imagefolder or parquet")
-    _check_no_empty_class(data)
+    check_no_empty_class(data)
     return data
 
 
@@ -77,6 +78,41 @@ def _load_digits(cfg: DataConfig) -> ImageSet:
 
 def _load_imagefolder(cfg: DataConfig) -> ImageSet:
     """``root/<class>/**/<image>``: class = sub-folder name (sorted), files by extension."""
+    tree = list_folder_tree(cfg)
+    files = tree.files
+    channels = cfg.channels or 3
+    pngs, skipped = convert_images(
+        [str(f) for f in files], lambda i: files[i].read_bytes(), channels, cfg.image_size
+    )
+    keep = [i for i, png in enumerate(pngs) if png is not None]
+    log_skipped(skipped, len(files))
+    data = ImageSet(
+        images=[png for png in pngs if png is not None],
+        labels=np.array([tree.labels[i] for i in keep], dtype=np.int64),
+        class_names=tree.names,
+        sources=[str(files[i]) for i in keep],
+        skipped=skipped,
+        channels=channels,
+        group=[tree.groups[i] for i in keep],
+    )
+    check_no_empty_class(data, folders=tree.folders)
+    return data
+
+
+class FolderTree(NamedTuple):
+    """An ImageFolder tree listed (nothing read): the selected classes, their folders, and each
+    image file with its label and group."""
+
+    root: AnyPath
+    names: list[str]
+    folders: dict[str, AnyPath]
+    files: list[AnyPath]
+    labels: list[int]
+    groups: list[str]
+
+
+def list_folder_tree(cfg: DataConfig) -> FolderTree:
+    """List ``cfg.path`` as ImageFolder (``root/<class>/**/<image>``) without reading an image."""
     root = as_path(str(cfg.path))  # a local folder or a URI (s3://…) read through pyarrow
     if not root.exists():
         raise DataError(f"data.path {root} does not exist; point it at a folder of class folders")
@@ -98,23 +134,7 @@ def _load_imagefolder(cfg: DataConfig) -> ImageSet:
         files += found
         labels += [label] * len(found)
         groups += [folder_group(folders[name], f) if cfg.group else "" for f in found]
-    channels = cfg.channels or 3
-    pngs, skipped = convert_images(
-        [str(f) for f in files], lambda i: files[i].read_bytes(), channels, cfg.image_size
-    )
-    keep = [i for i, png in enumerate(pngs) if png is not None]
-    log_skipped(skipped, len(files))
-    data = ImageSet(
-        images=[png for png in pngs if png is not None],
-        labels=np.array([labels[i] for i in keep], dtype=np.int64),
-        class_names=names,
-        sources=[str(files[i]) for i in keep],
-        skipped=skipped,
-        channels=channels,
-        group=[groups[i] for i in keep],
-    )
-    _check_no_empty_class(data, folders={n: folders[n] for n in names})
-    return data
+    return FolderTree(root, names, {n: folders[n] for n in names}, files, labels, groups)
 
 
 def folder_group(class_folder: Path, file: Path) -> str:
@@ -145,6 +165,39 @@ def _load_parquet(cfg: DataConfig) -> ImageSet:
 
 def _rows_to_set(cfg: DataConfig, rows: list[ParquetRow], has_names: bool) -> ImageSet:
     """Resolve class names and order, select classes, skip bad rows, convert the rest."""
+    pick = pick_rows(cfg, rows, has_names)
+    kept = pick.kept
+    blobs = [row.image or b"" for row, _ in kept]
+    channels = cfg.channels or auto_channels(blobs)
+    pngs, bad = convert_images(
+        [r.source for r, _ in kept], blobs.__getitem__, channels, cfg.image_size
+    )
+    good = [j for j, png in enumerate(pngs) if png is not None]
+    log_skipped(pick.skipped + bad, len(rows))
+    return ImageSet(
+        images=[png for png in pngs if png is not None],
+        labels=np.array([pick.index[kept[j][1]] for j in good], dtype=np.int64),
+        class_names=pick.names,
+        sources=[kept[j][0].source for j in good],
+        skipped=pick.skipped + bad,
+        channels=channels,
+    )
+
+
+class RowPick(NamedTuple):
+    """Parquet rows resolved to classes: rows skipped for a null class or image (``(source,
+    reason)``), the kept ``(row, class name)`` of the selected classes in row order, the class
+    names in label order and each name's label."""
+
+    skipped: list[tuple[str, str]]
+    kept: list[tuple[ParquetRow, str]]
+    names: list[str]
+    index: dict[str, int]
+
+
+def pick_rows(cfg: DataConfig, rows: Sequence[ParquetRow], has_names: bool) -> RowPick:
+    """Class order (by ``label`` when there is one, else by name), the selected classes and the
+    rows they keep. Reads only ``image is None`` of each row, never its bytes."""
     skipped: list[tuple[str, str]] = []
     kept: list[tuple[ParquetRow, str]] = []  # (row, class name)
     label_of: dict[str, int] = {}
@@ -163,22 +216,7 @@ def _rows_to_set(cfg: DataConfig, rows: list[ParquetRow], has_names: bool) -> Im
     order = sorted({k for _, k in kept}, key=lambda n: (n not in label_of, label_of.get(n, 0), n))
     names = select_classes(order, cfg.classes)
     index = {n: c for c, n in enumerate(names)}
-    kept = [(row, k) for row, k in kept if k in index]
-    blobs = [row.image or b"" for row, _ in kept]
-    channels = cfg.channels or auto_channels(blobs)
-    pngs, bad = convert_images(
-        [r.source for r, _ in kept], blobs.__getitem__, channels, cfg.image_size
-    )
-    good = [j for j, png in enumerate(pngs) if png is not None]
-    log_skipped(skipped + bad, len(rows))
-    return ImageSet(
-        images=[png for png in pngs if png is not None],
-        labels=np.array([index[kept[j][1]] for j in good], dtype=np.int64),
-        class_names=names,
-        sources=[kept[j][0].source for j in good],
-        skipped=skipped + bad,
-        channels=channels,
-    )
+    return RowPick(skipped, [(row, k) for row, k in kept if k in index], names, index)
 
 
 def _check_label_name(
@@ -215,7 +253,7 @@ def select_classes(available: Sequence[str], requested: Sequence[str]) -> list[s
     return list(requested)
 
 
-def _check_no_empty_class(data: ImageSet, folders: dict[str, Path] | None = None) -> None:
+def check_no_empty_class(data: Any, folders: dict[str, AnyPath] | None = None) -> None:
     """A class with no readable image cannot be split: say which and what to do."""
     counts = np.bincount(data.labels, minlength=data.num_classes)
     empty = [n for n, c in zip(data.class_names, counts) if c == 0]

@@ -72,7 +72,13 @@ def write_real(run_dir: str | AnyPath, data: ImageSet, splits: Splits) -> AnyPat
     for split in SPLIT_NAMES:
         table = real_table(data, getattr(splits, split), split)
         write_table_atomic(table, real_path(run_dir, split))
-    meta = {
+    write_json_atomic(classes_meta(data, splits), out / CLASSES_FILE)
+    return out
+
+
+def classes_meta(data: Any, splits: Splits) -> dict[str, Any]:
+    """``classes.json`` of ``data`` (an ImageSet, or the streamed stage's ``Listing``)."""
+    return {
         "class_names": list(data.class_names),
         "channels": int(data.channels),
         "num_images": len(data),
@@ -80,8 +86,6 @@ def write_real(run_dir: str | AnyPath, data: ImageSet, splits: Splits) -> AnyPat
         "counts": splits.counts(data.labels, data.num_classes),
         "skipped": [[source, reason] for source, reason in data.skipped],
     }
-    write_json_atomic(meta, out / CLASSES_FILE)
-    return out
 
 
 def real_table(data: ImageSet, indices: Sequence[int] | np.ndarray, split: str) -> pa.Table:

@@ -82,3 +82,27 @@ def describe_table(
             counts[y] += 1
     return ImageTable(tuple(str(f) for f in files), tuple(int(c) for c in counts), channels,
                       image_size, accepted_only, frozenset(drop))
+
+
+def own_partners(table: ImageTable) -> dict[str, tuple[str, int]]:
+    """Each real ``sample_id`` → ``(file, row)`` of the synthetic image generated from it: the
+    first row of ``table`` (in file order, a row of the table: accepted, not a dropped repeat)
+    whose ``cond_id`` names it — DiffCoRe-Mix's counterpart G_i of I_i (``mix.pairing: own``).
+    Reads only ``sample_id``, ``cond_id`` and ``accepted``."""
+    out: dict[str, tuple[str, int]] = {}
+    for f in table.files:
+        names = pq.read_schema(f).names
+        if col.COND_ID not in names:
+            raise DataError(
+                f"mix.pairing=own pairs each real image with the image generated from it, named "
+                f"by {col.COND_ID!r}, but {f} has no such column (it has {', '.join(names)}); "
+                "use mix.pairing=random for tables without it")
+        need = [col.SAMPLE_ID, col.COND_ID] + ([col.ACCEPTED] if table.accepted_only else [])
+        t = pq.read_table(f, columns=need)
+        keep = (t[col.ACCEPTED].fill_null(False).to_pylist() if table.accepted_only
+                else [True] * t.num_rows)
+        for row, (sid, cond, ok) in enumerate(zip(t[col.SAMPLE_ID].to_pylist(),
+                                                  t[col.COND_ID].to_pylist(), keep)):
+            if ok and cond and (f, sid) not in table.drop:
+                out.setdefault(cond, (str(f), row))
+    return out

@@ -11,7 +11,7 @@ from typing import Any
 from raysynth import ray_data
 from raysynth.config.schema import RunConfig
 from raysynth.data.store import real_path
-from raysynth.data.tables import ImageTable, describe_table
+from raysynth.data.tables import ImageTable, describe_table, own_partners
 from raysynth.generate.table import parquet_files
 from raysynth.storage import spec_path
 from raysynth.train.arrays import LabeledArrays
@@ -50,7 +50,9 @@ def train_end_to_end(
         loop_cfg.update(real=real, synthetic=synthetic, eval=evaluate)
         return run_trainer(end_to_end_loop, loop_cfg, cfg.train, name, storage)
     assert isinstance(synthetic, ImageTable) and isinstance(evaluate, ImageTable)
-    loop_cfg["stream"] = StreamSpec(real.counts, synthetic.counts, channels, size)
+    own = mix_fraction > 0 and cfg.mix.pairing == "own" and len(synthetic) > 0
+    loop_cfg["stream"] = StreamSpec(real.counts, synthetic.counts, channels, size,
+                                    own_partners(synthetic) if own else None)
     datasets = {"real": _dataset(real), "eval": _dataset(evaluate, shuffle=False)}
     if len(synthetic):
         datasets["synthetic"] = _dataset(synthetic)
@@ -75,9 +77,12 @@ def _dataset(table: ImageTable, shuffle: bool = True) -> Any:
 
 
 def streams(cfg: RunConfig, rows: int) -> bool:
-    """Whether the end-to-end classifier streams a training set of ``rows`` rows."""
+    """Whether the end-to-end classifier streams a training set of ``rows`` rows (always when
+    DiffCoRe-Mix pairs each real image with its own counterpart: the streamed batches carry
+    their sample ids)."""
+    own = cfg.mix.enabled and cfg.mix.pairing == "own"
     return cfg.train.stream == "always" or (
-        cfg.train.stream == "auto" and rows > cfg.train.stream_above
+        cfg.train.stream == "auto" and (own or rows > cfg.train.stream_above)
     )
 
 

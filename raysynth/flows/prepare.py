@@ -20,7 +20,9 @@ import numpy as np
 from raysynth import progress as steps
 from raysynth.config.schema import RunConfig
 from raysynth.data import ImageSet, Splits, load_dataset, make_splits, to_tensor_array
+from raysynth.data.listing import streams
 from raysynth.data.store import read_real_splits, real_exists, real_path, write_real
+from raysynth.data.streamed import stream_real
 from raysynth.data.tables import ImageTable
 from raysynth.files import cached
 from raysynth.filter.loop import Loop, accepted_images
@@ -102,11 +104,14 @@ def prepare_real(run: RunDir, cfg: RunConfig) -> RealData:
     """Load the dataset and write ``real/`` (or read it back when it is already there)."""
     run.stage("data")
     if not real_exists(run.root):  # the data stage writes real/ (read back below)
-        images = load_dataset(cfg.data)
-        splits = make_splits(images, cfg.data, cfg.seed)
-        write_real(run.root, images, splits)
-        if images.skipped:
-            log.warning("skipped %d unreadable images (listed in the report)", len(images.skipped))
+        if streams(cfg.data):  # listed on the driver, read and written by Ray Data tasks
+            skipped = stream_real(run, cfg.data, cfg.seed)[0].skipped
+        else:
+            images = load_dataset(cfg.data)
+            write_real(run.root, images, make_splits(images, cfg.data, cfg.seed))
+            skipped = images.skipped
+        if skipped:
+            log.warning("skipped %d unreadable images (listed in the report)", len(skipped))
     images, splits = read_real_splits(run.root)
     return RealData(images, splits)
 

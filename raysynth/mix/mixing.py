@@ -51,19 +51,32 @@ def mix_batch(
     Rows whose class has no synthetic image stay unmixed. Returns the new batch (labels are
     unchanged: each row keeps its real image's label) and what was done.
     """
-    b, _, h, w = real.shape
-    dev = real.device
+    b = real.shape[0]
     pick = torch.full((b,), -1, dtype=torch.long)
     for c in labels.unique().tolist():
         pool = torch.nonzero(synthetic_labels.cpu() == c).flatten()
         rows = torch.nonzero(labels.cpu() == c).flatten()
         if len(pool):
             pick[rows] = pool[torch.randint(len(pool), (len(rows),), generator=gen)]
-    mixed = (torch.rand(b, generator=gen) < fraction) & (pick >= 0)
+    return mix_pairs(real, synthetic[pick.clamp_min(0).to(synthetic.device)], pick >= 0,
+                     fraction, gen)
+
+
+def mix_pairs(
+    real: torch.Tensor, partner: torch.Tensor, has: torch.Tensor, fraction: float,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, MixInfo]:
+    """Mix ``fraction`` of ``real: [B, C, H, W]`` row by row with ``partner`` (same shape) where
+    ``has`` [B] is true (eq. 6–8: pixel or patch, η ~ Bernoulli(0.5)); other rows stay real.
+    :func:`mix_batch` draws a same-class partner; the ``own`` pairing passes each real image's
+    own generated counterpart (``train.streams.PairedDecode``)."""
+    b, _, h, w = real.shape
+    dev = real.device
+    mixed = (torch.rand(b, generator=gen) < fraction) & has.cpu()
     pixel = torch.rand(b, generator=gen) < 0.5
     lam = torch.rand(b, generator=gen)
     masks = random_boxes(b, h, w, gen)
-    g = synthetic[pick.clamp_min(0).to(synthetic.device)].to(dev)
+    g = partner.to(dev)
     pix = lam[:, None, None, None].to(dev) * real + (1 - lam[:, None, None, None].to(dev)) * g
     m = masks.to(dev)
     patch = m * real + (1 - m) * g

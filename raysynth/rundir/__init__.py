@@ -98,10 +98,10 @@ class RunDir:
         """``real/``: the real splits (written by ``raysynth.data.store``)."""
         return self.sub(REAL)
 
-    @property
-    def real_embeddings(self) -> AnyPath:
-        """The filter's embeddings of the real train images."""
-        return self.real / "embeddings.npz"
+    real_embeddings = property(lambda self: self.real / "embeddings.npz",
+                               doc="The filter's embeddings of the real train images.")
+    real_parts = property(lambda self: self.real / "_parts", doc="real/_parts/: the streamed "
+                          "data stage's Parquet parts, merged into the splits, then removed")
 
     @property
     def synthetic(self) -> AnyPath:
@@ -122,9 +122,7 @@ class RunDir:
         """``tune/``: the weight search (trials, ledger, summary)."""
         return self.sub(TUNE)
 
-    @property
-    def tune_summary(self) -> AnyPath:
-        return self.tune / "summary.json"
+    tune_summary = property(lambda self: self.tune / "summary.json", doc="tune/summary.json")
 
     @property
     def train(self) -> AnyPath:

@@ -6,7 +6,7 @@ shard (one pass per epoch) followed by ``round(B·share)`` rows of the synthetic
 softmax adds the log of the batches' class prior, computed from the tables' per-class counts;
 the optimiser's rate follows ``end_to_end.schedule`` per epoch and the loss
 ``end_to_end.label_smoothing``; DiffCoRe-Mix mixes a share of the real rows with a synthetic image of their class drawn from the
-batch's synthetic rows. Each epoch's randomness comes from ``(seed, epoch)`` alone, so a resumed
+batch's synthetic rows, or (``mix.pairing: own``) with the image generated from each of them. Each epoch's randomness comes from ``(seed, epoch)`` alone, so a resumed
 run repeats what an uninterrupted one does.
 """
 
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from raysynth.config.schema import EndToEndConfig
-from raysynth.mix.mixing import mix_batch
+from raysynth.mix.mixing import mix_batch, mix_pairs
 from raysynth.train.classifier import batch_loss, counts_prior, group_accuracy, log_prior
 from raysynth.train.epochs import optimizer_step
 from raysynth.train.optim import lr_at
-from raysynth.train.streams import DecodeBatch, batches, endless
+from raysynth.train.streams import DecodeBatch, PairedDecode, batches, endless
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,17 @@ class StreamSpec:
     syn_counts: tuple[int, ...]
     channels: int
     image_size: int
+    # mix.pairing=own: real sample_id → (file, row) of its own generated image; None = random
+    partners: dict[str, tuple[str, int]] | None = None
 
     def decoder(self, what: str) -> DecodeBatch:
         return DecodeBatch(self.channels, self.image_size, what)
+
+    def real_decoder(self) -> DecodeBatch:
+        what = "the real train split"
+        if self.partners is None:
+            return self.decoder(what)
+        return PairedDecode(self.channels, self.image_size, what, self.partners)
 
 
 def fit_streamed(
@@ -64,7 +72,7 @@ def fit_streamed(
                                     share), device)
     n_syn = round(cfg.batch_size * share)
     n_real = cfg.batch_size - n_syn
-    real_decode, syn_decode = spec.decoder("the real train split"), spec.decoder("synthetic")
+    real_decode, syn_decode = spec.real_decoder(), spec.decoder("synthetic")
     aug = (aug_kind, cfg.label_smoothing)
     for epoch in epochs:
         for group in optimizer.param_groups:  # the schedule of train/optim.py, as fit_end_to_end
@@ -75,10 +83,13 @@ def fit_streamed(
             draws = endless(syn, n_syn, syn_decode, (seed * 100_003 + epoch) * 31 + rank, device)
         model.train()
         total, steps = 0.0, 0
-        for x, y in batches(shards["real"], n_real, real_decode, seed * 100_003 + epoch, device):
+        for x, y, *own in batches(shards["real"], n_real, real_decode, seed * 100_003 + epoch,
+                                  device):
             if draws is not None:
                 xs, ys = next(draws)
-                if mix_fraction:
+                if mix_fraction and own:  # mix.pairing=own: each with its own counterpart
+                    x, _ = mix_pairs(x, own[0], own[1], mix_fraction, gen)
+                elif mix_fraction:
                     x, _ = mix_batch(x, y, xs, ys, mix_fraction, gen)
                 x, y = torch.cat([x, xs]), torch.cat([y, ys])
             total += optimizer_step(optimizer, batch_loss(model, x, y, aug, gen, lp))

@@ -17,7 +17,9 @@ import torch
 
 from raysynth import columns as col
 from raysynth.data.images import UnreadableImageError, to_tensor_array
+from raysynth.data.real_tasks import read_images
 from raysynth.errors import DataError
+from raysynth.storage import fs_path
 
 COLUMNS = (col.SAMPLE_ID, col.LABEL, col.IMAGE)
 
@@ -42,6 +44,46 @@ class DecodeBatch:
         return torch.from_numpy(x), torch.from_numpy(np.array(batch[col.LABEL], np.int64))
 
 
+class PairedDecode(DecodeBatch):
+    """``collate_fn`` of the real rows under ``mix.pairing: own``: ``(x, y, g, has)``, where
+    ``g[i]`` is the synthetic image generated from row i (``partners``: sample_id → (file, row)
+    of the synthetic table, ``data.tables.own_partners``), read from its Parquet row group here
+    in the worker, and ``has[i]`` whether there is one (else ``g[i]`` is zeros)."""
+
+    def __init__(self, channels: int, size: int, what: str,
+                 partners: dict[str, tuple[str, int]]) -> None:
+        super().__init__(channels, size, what)
+        self.partners = partners
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+        x, y = super().__call__(batch)
+        refs = [self.partners.get(str(sid)) for sid in batch[col.SAMPLE_ID]]
+        g = torch.zeros_like(x)
+        for file, rows in _by_file(refs).items():
+            fs, where = fs_path(file)
+            blobs = read_images(fs, [where] * len(rows), [r for _, r in rows])
+            decoded = self._partner_images(blobs, file, [r for _, r in rows])
+            g[[i for i, _ in rows]] = torch.from_numpy(decoded)
+        return x, y, g, torch.tensor([r is not None for r in refs])
+
+    def _partner_images(self, blobs: list, file: str, rows: list[int]) -> np.ndarray:
+        try:
+            return to_tensor_array(blobs, self.channels, self.size)
+        except (UnreadableImageError, TypeError):
+            raise DataError(
+                f"synthetic: a partner image in {file} (rows {rows}) cannot be decoded (damaged "
+                "PNG); remove the row or regenerate it, then resume — the rows already written "
+                "stay") from None
+
+
+def _by_file(refs: list[tuple[str, int] | None]) -> dict[str, list[tuple[int, int]]]:
+    out: dict[str, list[tuple[int, int]]] = {}
+    for i, ref in enumerate(refs):
+        if ref is not None:
+            out.setdefault(ref[0], []).append((i, ref[1]))
+    return out
+
+
 def _first_unreadable(pngs: list, channels: int, size: int, ids: np.ndarray) -> str:
     for png, sid in zip(pngs, ids):
         try:
@@ -53,14 +95,14 @@ def _first_unreadable(pngs: list, channels: int, size: int, ids: np.ndarray) -> 
 
 def batches(
     shard: Any, batch_size: int, decode: DecodeBatch, seed: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """One pass over ``shard`` in ``batch_size`` batches (``seed``: the order of a shard that
     shuffles locally; Ray's shards arrive shuffled already)."""
     it = shard.iter_torch_batches(
         batch_size=batch_size, collate_fn=decode, local_shuffle_seed=seed, prefetch_batches=2,
     )
-    for x, y in it:
-        yield x.to(device), y.to(device)
+    for out in it:  # (x, y), or (x, y, g, has) from PairedDecode
+        yield tuple(t.to(device) for t in out)
 
 
 def endless(

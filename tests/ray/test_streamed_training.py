@@ -106,21 +106,28 @@ def test_corrupt_synthetic_png_names_the_row(ray_local, tables, tmp_path):
     cfg = build_config(overrides={"end_to_end.epochs": 1, "end_to_end.batch_size": 8,
                                   "encoder.arch": "small_cnn", "encoder.width": 4,
                                   "encoder.feat_dim": 8, "train.num_workers": 0})
-    with pytest.raises(DataError, match=r"'broken'.*cannot be decoded"):
+    earlier = {tmp_path / "m" / "earlier.pt": b"model", tmp_path / "c" / "earlier": b"ckpt"}
+    for path, content in earlier.items():  # what an earlier run left in the model's folders
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=r"'broken'.*cannot be decoded.*remove the row or "
+                                        r"regenerate it, then resume"):
         train_end_to_end(cfg, tables["real"], syn, tables["real"], {}, 2, 0, tmp_path / "m",
                          tmp_path / "c", tmp_path, "corrupt")
     assert pq.read_table(bad).num_rows == 2  # nothing written is touched
+    assert all(path.read_bytes() == content for path, content in earlier.items())
 
 
 def test_parquet_without_label_column_is_refused(tmp_path):
     path = tmp_path / "nolabel.parquet"
     pq.write_table(pa.table({col.SAMPLE_ID: ["a"], col.IMAGE: [b"x"]}), path)
-    with pytest.raises(DataError, match=r"nolabel.parquet has no label column"):
+    with pytest.raises(DataError, match=r"nolabel.parquet has no label column.*rewrite it"):
         describe_table([str(path)], 2, 1, SIZE, what="synthetic")
     assert path.is_file()
 
 
 def test_a_class_with_no_row_left_after_filtering_is_named(tables):
-    with pytest.raises(DataError, match=r"'cat'.*no real training image and no accepted"):
+    with pytest.raises(DataError, match=r"'cat'.*no real training image and no accepted "
+                                        r"synthetic image; lower the filter threshold or add"):
         check_classes(tables["syn"], tables["syn"], ["cat", "dog"])  # class 0: 0 + 0 rows
     check_classes(tables["real"], tables["syn"], ["cat", "dog"])
