@@ -84,6 +84,8 @@ def map_pool(
         extra["scheduling_strategy"] = _driver_node()
     upstream = _CLAIMS.get(ds, {})
     free = {k: v - upstream.get(k, 0.0) for k, v in free_resources().items()}
+    if on_driver_node:  # only that node's CPUs count: a CPU-less head gets 0-CPU actors
+        free["CPU"] = min(free.get("CPU", 0.0), driver_node_cpus())
     sized = fit_pool(pool, free)
     if sized != pool or pool.cpus_per_actor or pool.gpus_per_actor:
         log.info("%s pool: %s actor(s) of %g CPU, %g GPU (%.1f CPUs free after the stages "
