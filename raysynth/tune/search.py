@@ -90,6 +90,19 @@ def pick_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return min(enumerate(rows), key=lambda ir: (-round(ir[1][METRIC], 9), nll(ir[1]), ir[0]))[1]
 
 
+def observed_concurrency(rows: list[dict[str, Any]]) -> int | None:
+    """The most trials that ran at the same moment, from each trial's wall-clock span
+    (``started_at``, ``finished_at``); None when no row has a span (a ledger written before
+    trials recorded their start)."""
+    spans = [(r["started_at"], r["finished_at"]) for r in rows
+             if np.isfinite(r.get("started_at", float("nan")))]
+    if not spans:
+        return None
+    # at equal times an end sorts before a start: trials that merely touch do not overlap
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    return int(max(np.cumsum([d for _, d in events])))
+
+
 def best_so_far(values: list[float]) -> list[float]:
     return [float(v) for v in np.maximum.accumulate(values)] if values else []
 
@@ -216,4 +229,6 @@ def search_weights(
     ]
     if not rows:
         raise RuntimeError(f"no trial of the weight search finished; first errors: {errors[:3]}")
-    return SearchResult.from_rows(rows, resolve_concurrency(cfg), wall)
+    # what ran, not a second look at the free resources (trial actors may still hold CPUs now)
+    concurrency = observed_concurrency(rows) or resolve_concurrency(cfg)
+    return SearchResult.from_rows(rows, concurrency, wall)

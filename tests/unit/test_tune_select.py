@@ -1,9 +1,9 @@
-"""Which trial the weight search reports: highest validation accuracy, ties broken by the lower
-validation cross-entropy (then the earlier trial)."""
+"""What the weight search reports: the trial with the highest validation accuracy, ties broken by
+the lower validation cross-entropy (then the earlier trial); how many trials ran at once."""
 
 import math
 
-from raysynth.tune.search import pick_best
+from raysynth.tune.search import observed_concurrency, pick_best
 
 
 def _row(w, acc, nll=math.nan):
@@ -51,3 +51,18 @@ def test_trial_results_missing_from_the_run_directory_are_restored_from_the_ledg
         result = json.loads((tmp_path / name / "result.json").read_text())
         assert result == {"val_acc": acc, "config": {"w000": 0.5}}
     assert restore_trial_results(rows, tmp_path) == 0  # nothing left to restore
+
+
+def test_observed_concurrency_is_the_most_trials_running_at_once():
+    nan = float("nan")
+
+    def rows(*spans):
+        return [{"started_at": a, "finished_at": b} for a, b in spans]
+
+    assert observed_concurrency(rows((0, 1), (1, 2), (2, 3))) == 1  # touching is not overlapping
+    assert observed_concurrency(rows((0, 2), (1, 3), (2.5, 4))) == 2
+    assert observed_concurrency(rows((0, 5), (1, 2), (1.5, 3), (4, 6))) == 3
+    # a ledger from before trials recorded their start: unknown, the caller falls back
+    assert observed_concurrency(rows((nan, 1), (nan, 2))) is None
+    assert observed_concurrency([{"finished_at": 1.0}]) is None
+    assert observed_concurrency(rows((nan, 1), (0.5, 2), (1, 3))) == 2
