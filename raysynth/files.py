@@ -8,7 +8,8 @@ and a crash after the rename keeps the new one. The temporary file is removed wh
 On an object store (a ``raysynth.storage.RemotePath``: the run directory on ``s3://`` …) rename is
 not atomic, so a write is spooled locally and sent as one whole-object put once the ``with`` block
 ends without an error: the store shows the old object or the new one, never a part, and nothing
-at all when the write fails.
+at all when the write fails; an object the store keeps other than written (its size) is deleted
+and an error.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from raysynth.storage import AnyPath, RemotePath, as_path
+from raysynth.storage.remote import put
 
 T = TypeVar("T")
 
@@ -56,15 +58,14 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
 @contextmanager
 def _remote_open(path: RemotePath, mode: str) -> Iterator[IO[Any]]:
-    """Spool to a local temporary file; on success one whole-object put (shown on close)."""
+    """Spool to a local temporary file; on success one whole-object put (shown on close), checked
+    (``storage.remote.put``: an object stored other than written is deleted and an error)."""
     with tempfile.SpooledTemporaryFile(max_size=64 << 20, mode="w+b") as spool:
         f: IO[Any] = spool if "b" in mode else io.TextIOWrapper(spool, encoding="utf-8")
         yield f
         f.flush()
         spool.seek(0)
-        with path.fs.open_output_stream(path.path) as out:
-            while chunk := spool.read(8 << 20):
-                out.write(chunk)
+        put(path.fs, path.path, spool)
         if f is not spool:
             f.detach()
 

@@ -6,7 +6,9 @@ knows (``s3://``, ``gs://``, ``abfs://``, ``hdfs://``): a :class:`RemotePath`, t
 object the run directory hands out on shared storage (``/``, ``name``, ``parent``, ``exists``,
 ``is_file``, ``iterdir``, ``glob``, ``read_bytes``, ``open``). Endpoint and credentials come from
 the standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …) and from the URI's
-query options (``s3://bucket/run?endpoint_override=…``). A string with a ``scheme://`` that
+query options (``s3://bucket/run?endpoint_override=…``); S3 keys found in the environment are
+given to the filesystem explicitly, so a pickled ``RemotePath`` (or Train's storage filesystem)
+signs its puts in a process whose environment has none. A string with a ``scheme://`` that
 pyarrow does not know is an error, never a local folder named ``scheme:``.
 
 Modules: ``locations.py`` (a location → ``Path`` / ``RemotePath``, ``fs_path``, ``ray_storage``),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from raysynth.storage.locations import fs_path
-from raysynth.storage.remote import AnyPath, RemotePath
+from raysynth.storage.remote import AnyPath, RemotePath, put
 
 
 def download_dir(src: AnyPath, dest: Path) -> Path:
@@ -23,15 +23,14 @@ def download_dir(src: AnyPath, dest: Path) -> Path:
 
 
 def upload_dir(src: Path, dest: AnyPath, last: str | None = None) -> AnyPath:
-    """Copy the local folder ``src`` into ``dest``, each file one whole-object put; the file
+    """Copy the local folder ``src`` into ``dest``, each file one checked whole-object put; the file
     ``last`` (its marker of completeness, e.g. ``meta.json``) goes after every other one, so a
     reader that checks it never finds a half-copied folder."""
     fs, root = fs_path(dest)
     files = sorted(p for p in src.rglob("*") if p.is_file())
     files.sort(key=lambda p: p.relative_to(src).as_posix() == last)
     for f in files:
-        with fs.open_output_stream(f"{root}/{f.relative_to(src).as_posix()}") as out:
-            out.write(f.read_bytes())
+        put(fs, f"{root}/{f.relative_to(src).as_posix()}", f.read_bytes())
     return dest
 
 

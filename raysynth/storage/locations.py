@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from raysynth.errors import RaysynthError
-from raysynth.storage.remote import RemotePath
+from raysynth.storage.remote import RemotePath, StorageError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # The URI schemes pyarrow.fs.FileSystem.from_uri resolves (Arrow 26).
 KNOWN_SCHEMES = ("file", "local", "s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
-
-
-class StorageError(RaysynthError):
-    """A location names no filesystem raysynth can reach, or the filesystem refused."""
 
 
 def scheme(location: str | Any) -> str | None:
@@ -35,12 +31,39 @@ def is_remote(location: Any) -> bool:
     return scheme(location) not in (None, "file", "local")
 
 
+def _env_credentials() -> tuple[str, str, str | None] | None:
+    """The S3 keys of this process's environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN``), or None."""
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return (key, secret, os.environ.get("AWS_SESSION_TOKEN") or None) if key and secret else None
+
+
+def _filesystem(uri_root: str) -> pafs.FileSystem:
+    return _from_uri(uri_root, _env_credentials() if scheme(uri_root) == "s3" else None)
+
+
 @functools.lru_cache(maxsize=32)
-def _from_uri(uri_root: str) -> pafs.FileSystem:
+def _from_uri(uri_root: str, keys: tuple[str, str, str | None] | None) -> pafs.FileSystem:
     try:
-        return pafs.FileSystem.from_uri(uri_root)[0]
+        fs = pafs.FileSystem.from_uri(uri_root)[0]
     except (ValueError, OSError, ImportError) as e:
         raise StorageError(f"cannot open the filesystem of {uri_root!r}: {e}") from e
+    return _with_keys(fs, keys) if keys and isinstance(fs, pafs.S3FileSystem) else fs
+
+
+def _with_keys(fs: pafs.S3FileSystem, keys: tuple[str, str, str | None]) -> pafs.S3FileSystem:
+    """``fs`` with the environment's keys given explicitly, so they travel when it is pickled
+    (into an actor's spec, Ray Train's ``storage_filesystem``): pyarrow pickles only explicit
+    keys, and a process without them in its environment (a worker node, a Ray started before
+    they were set) would put unsigned. Keys the URI gives, anonymous access or a role to assume
+    are kept as they are; keys from a profile, the instance or a web identity stay each node's
+    own (they refresh there)."""
+    opts = fs.__reduce__()[1][0]  # the options pyarrow itself rebuilds the filesystem from
+    if opts["access_key"] or opts["anonymous"] or opts["role_arn"]:
+        return fs
+    key, secret, token = keys
+    return pafs.S3FileSystem(**{**opts, "access_key": key, "secret_key": secret,
+                                "session_token": token})
 
 
 def resolve(location: str | Path | RemotePath) -> tuple[pafs.FileSystem, str]:
@@ -104,7 +127,7 @@ def path(location: str | Path | RemotePath) -> Path | RemotePath:
     if not rest:
         raise StorageError(f"{text!r} names no bucket or folder; give e.g. {sch}://bucket/run")
     netloc = rest.split("/", 1)[0]
-    fs = _from_uri(f"{sch}://{netloc}" + (f"?{query}" if query else ""))
+    fs = _filesystem(f"{sch}://{netloc}" + (f"?{query}" if query else ""))
     fs_path_ = pafs.FileSystem.from_uri(base)[1] if sch not in ("s3", "gs", "gcs") else rest
     return RemotePath(fs, fs_path_.rstrip("/"), sch)
 

@@ -3,6 +3,7 @@ run directory uses (no ``__fspath__``: it never silently becomes a local path)."
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import io
 from collections.abc import Iterator
@@ -11,6 +12,36 @@ from types import SimpleNamespace
 from typing import IO, Any
 
 import pyarrow.fs as pafs
+
+from raysynth.errors import RaysynthError
+
+
+class StorageError(RaysynthError):
+    """A location names no filesystem raysynth can reach, or the filesystem refused."""
+
+
+def put(fs: pafs.FileSystem, path: str, data: bytes | IO[bytes]) -> int:
+    """One whole-object put of ``data`` (bytes, or a binary file read to its end), checked: an
+    object the store keeps at another size than was written (a store that kept an unsigned
+    put's ``aws-chunked`` framing as content) is deleted and a :class:`StorageError` — never
+    left corrupt. Returns the bytes written."""
+    written = 0
+    with fs.open_output_stream(path) as out:
+        if isinstance(data, bytes):
+            written = out.write(data) or len(data)
+        else:
+            while chunk := data.read(8 << 20):
+                out.write(chunk)
+                written += len(chunk)
+    kept = fs.get_file_info(path).size
+    if kept != written:
+        with contextlib.suppress(OSError):
+            fs.delete_file(path)
+        raise StorageError(
+            f"{fs.type_name}://{path}: the store kept {kept} bytes of the {written} written, so the object was "
+            f"deleted. An unsigned put does this: give this process credentials (on every node: "
+            f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an instance role)")
+    return written
 
 
 class RemotePath:
@@ -143,9 +174,7 @@ class RemotePath:
 
     def write_bytes(self, data: bytes) -> int:
         self._listed = None
-        with self.fs.open_output_stream(self.path) as f:
-            f.write(data)
-        return len(data)
+        return put(self.fs, self.path, data)
 
     def write_text(self, text: str, encoding: str = "utf-8") -> int:
         return self.write_bytes(text.encode(encoding))
