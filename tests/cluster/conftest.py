@@ -5,9 +5,7 @@ the suite. The tests skip with the reason when the machine cannot run it (not ro
 ``unshare``, no moto).
 
 They run in the plain `python -m pytest -q` (CI) wherever the machine can run them; `-m "not
-cluster"` deselects them. The tests marked ``cluster_full`` (the digits preset, a flow the others
-already cover stage by stage) run only when selected: `python -m pytest -q -m cluster
-tests/cluster`.
+cluster"` deselects them, `python -m pytest -q -m cluster tests/cluster` runs only them.
 """
 
 from __future__ import annotations
@@ -15,15 +13,6 @@ from __future__ import annotations
 import pytest
 from harness import can_run, shared_storage, start_cluster, stop_cluster
 from jobdir import make_job_dir
-
-
-def pytest_collection_modifyitems(config, items):
-    if "cluster" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="the full cluster tier only: select with -m cluster")
-    for item in items:
-        if item.get_closest_marker("cluster_full") is not None:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")

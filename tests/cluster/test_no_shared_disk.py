@@ -9,9 +9,10 @@ The head has no CPUs, so every task, actor, Tune trial and Ray Train worker runs
 only the job's driver runs on the head.
 
 One cluster for the whole module, and several proofs per job (the tier's time budget in CI): the
-text-to-image recipe is killed mid-search and mid-final-training and resumed each time; the unCLIP
-synthesis (its model only in the head's Hugging Face cache, so the workers get it through the model
-store) loses a worker node mid-synthesis.
+text-to-image recipe is killed mid-search and mid-final-training and resumed each time (the final
+run from its checkpoint in the bucket); the unCLIP synthesis (its model only in the head's Hugging
+Face cache, so the workers get it through the model store) loses a worker node mid-synthesis; the
+digits preset synthesizes with its pixel model (trained by the driver, read from the bucket).
 """
 
 from __future__ import annotations
@@ -28,16 +29,13 @@ from raysynth.plan.rows import sample_id
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 CLI = ["python", "-m", "raysynth.cli"]
-# `--preset digits` at the smoke budget, shrunk as tests/e2e/test_job_submit.py does, with the
-# Train runs on 2 workers.
+# `--preset digits` at the smoke budget, shrunk as tests/e2e/test_job_submit.py does (only
+# `synthesize` runs it here).
 DIGITS = ["--preset", "digits", "--set", "budget=smoke", "--set", "data.classes=0,1,2",
           "--set", "data.k=8", "--set", "synthesis.generator.pixel_train_steps=40",
           "--set", "synthesis.generator.pixel_channels=[8,16]",
-          "--set", "synthesis.generator.num_steps=8", "--set", "filter.enabled=false",
-          "--set", "tune.num_samples=2", "--set", "tune.max_concurrent=2",
-          "--set", "encoder.epochs=4", "--set", "encoder.width=8",
-          "--set", "classifier.epochs=10", "--set", "train.num_workers=2",
-          "--set", "train.max_failures=0"]
+          "--set", "synthesis.generator.num_steps=8", "--set", "filter.enabled=false"]
+FINAL_RUNS = tuple(f"{m}-r" for m in ("supcon_real", "supcon_mixed", "unicon"))
 
 
 def _no_local_run_dirs(cluster) -> None:
@@ -70,6 +68,53 @@ def _kill_when(cluster, job_id: str, prefix: str, match, what: str) -> None:
     assert cluster.wait_for_end(job_id, timeout=600) == "STOPPED", cluster.logs(job_id)[-4000:]
 
 
+def _final_checkpoints(cluster, name: str) -> dict[str, dict[str, int]]:
+    """The final training runs' Ray Train checkpoints in the bucket: run (``supcon_real-r0``, …)
+    → checkpoint folder → the epoch its ``state.json`` records (the metrics-only checkpoint of a
+    run's last report has none)."""
+    out: dict[str, dict[str, int]] = {}
+    for k in cluster.s3.keys(f"runs/{name}/train"):
+        run, _, rest = k.partition("/")
+        folder, _, file = rest.partition("/")
+        if run.startswith(FINAL_RUNS) and folder.startswith("checkpoint_") and file == "state.json":
+            state = json.loads(cluster.s3.read(f"runs/{name}/train/{k}"))
+            out.setdefault(run, {})[folder] = int(state["epoch"])
+    return out
+
+
+def _registered(cluster, name: str, run: str) -> str | None:
+    """The newest checkpoint Ray Train has registered for ``run`` (its controller's snapshot in
+    the bucket, what a new run of the same name resumes from): its folder name, when that holds a
+    training state (not the metrics-only checkpoint of the last report)."""
+    keys = set(cluster.s3.keys(f"runs/{name}/train/{run}"))
+    if "checkpoint_manager_snapshot.json" not in keys:
+        return None
+    snapshot = json.loads(cluster.s3.read(f"runs/{name}/train/{run}/checkpoint_manager_snapshot.json"))
+    folder = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    return folder if f"{folder}/state.json" in keys else None
+
+
+def _kill_mid_final(cluster, job_id: str, name: str, timeout: float = 1800) -> None:
+    """Stop the job once Ray Train has registered a checkpoint of a final training run that has
+    no result yet (a checkpoint put in the bucket but not yet registered when the driver dies is
+    not one Ray Train resumes from: its controller had not recorded it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        keys = set(cluster.s3.keys(f"runs/{name}/train"))
+        runs = {k.split("/")[0] for k in keys if k.startswith(FINAL_RUNS)}
+        if any(f"{run}/result.json" not in keys and _registered(cluster, name, run)
+               for run in runs):
+            cluster.stop_job(job_id)
+            assert cluster.wait_for_end(job_id, timeout=600) == "STOPPED", \
+                cluster.logs(job_id)[-4000:]
+            return
+        if cluster.status(job_id) in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(0.5)
+    raise HarnessError(f"{job_id}: no registered checkpoint of an unfinished final run:\n"
+                       f"{cluster.logs(job_id)[-4000:]}")
+
+
 def _report(cluster, name: str) -> dict:
     return json.loads(cluster.s3.read(f"runs/{name}/report.json"))
 
@@ -91,9 +136,11 @@ def _trials(cluster, name: str) -> list[str]:
 def test_text2image_recipe_killed_mid_search_and_mid_final_training(cluster, job_dir):
     """Feedback guidance, the CLIP filter, the UniCon weight search (trials on the worker nodes)
     and final training with train.num_workers=2, all results in the bucket. The driver is killed
-    (`ray job stop`) once the search has a finished trial, and again once final training has a
-    finished run; the same command with --resume on the same --out each time: the last one
-    SUCCEEDS, nothing finished is redone, the search ends with exactly tune.num_samples trials."""
+    (`ray job stop`) once the search has a finished trial, and again once a final training run
+    has a Ray Train checkpoint in the bucket and no result; the same command with --resume on the
+    same --out each time: the last one SUCCEEDS, nothing finished is redone, the search ends with
+    exactly tune.num_samples trials, and the interrupted final run continues from its checkpoint
+    in the bucket (its first epoch after the resume is one after a checkpointed epoch, not 0)."""
     recipe = {**TEXT2IMAGE, "tune": {**TEXT2IMAGE["tune"], "num_samples": 2, "max_concurrent": 1}}
     write_recipe(job_dir, "t2i.yaml", recipe)
     out = cluster.s3.uri("runs/t2i")
@@ -108,17 +155,31 @@ def test_text2image_recipe_killed_mid_search_and_mid_final_training(cluster, job
     assert len(first_trials) == 1
 
     _start(cluster, job_dir, "t2i-2", [*args, "--resume"])
-    first_final = "train/supcon_real-r0/result.json"
-    _kill_when(cluster, "t2i-2", "runs/t2i", lambda k: k == first_final, "finished final run")
+    _kill_mid_final(cluster, "t2i-2", "t2i")
     searched = {k: v for k, v in _stamps(cluster, "t2i").items()
-                if k.startswith(("tune/", "train/supcon_real-r0/result.json"))}
+                if k.startswith("tune/") or (k.startswith("train/") and k.endswith("/result.json"))}
+    before = _final_checkpoints(cluster, "t2i")
+    # unfinished runs → the epoch of the checkpoint Ray Train registered last (resumes from)
+    interrupted = {run: ckpts[_registered(cluster, "t2i", run)] for run, ckpts in before.items()
+                   if f"train/{run}/result.json" not in searched
+                   and _registered(cluster, "t2i", run) in ckpts}
+    assert interrupted, f"no unfinished final run had a registered checkpoint: {before}"
 
     logs = _submit(cluster, job_dir, "t2i-3", [*args, "--resume"])
     after = _stamps(cluster, "t2i")
-    # nothing finished was redone: the synthesis before the first kill, the search and the first
-    # final run before the second
+    # nothing finished was redone: the synthesis before the first kill, the search and the
+    # finished final runs before the second
     assert {k: after.get(k) for k in synthesis} == synthesis
     assert {k: after.get(k) for k in searched} == searched
+    # the interrupted run resumed from the killed job's checkpoint that Ray Train finds in the
+    # bucket: its checkpoints after the resume are of the epochs after that one (none again
+    # from epoch 0)
+    resumed = _final_checkpoints(cluster, "t2i")
+    epochs = recipe["encoder"]["epochs"]
+    for run, last in interrupted.items():
+        new = sorted(e for f, e in resumed[run].items() if f not in before[run])
+        assert new == list(range(last + 1, epochs)), (run, last, before[run], resumed[run])
+        assert f"train/{run}/result.json" in after
     trials = _trials(cluster, "t2i")
     assert trials[:1] == first_trials and len(trials) == 2  # exactly tune.num_samples
     assert "[4/6] search" in logs and "[5/6] final" in logs
@@ -156,16 +217,19 @@ def test_air_flow_on_nodes_without_a_shared_disk(cluster, job_dir):
     _no_local_run_dirs(cluster)
 
 
-@pytest.mark.cluster_full
 def test_digits_preset_on_nodes_without_a_shared_disk(cluster, job_dir):
-    """The pixel model trained on a worker, its folder read by the generator actors on others."""
-    _submit(cluster, job_dir, "digits", ["run", *DIGITS, "--out", cluster.s3.uri("runs/digits")])
+    """The digits preset's own path: the pixel diffusion model trained by the driver, its folder
+    put in the bucket (``generator/``) and read there by the generator actors on the worker
+    nodes. `raysynth synthesize` (the search and final training on worker nodes are the
+    text-to-image test's)."""
+    _submit(cluster, job_dir, "digits", ["synthesize", *DIGITS,
+                                         "--out", cluster.s3.uri("runs/digits")])
     keys = cluster.s3.keys("runs/digits")
-    assert {"report.json", "report.html"} <= set(keys), keys
     assert any(k.startswith("generator/") for k in keys), keys  # the pixel model
-    report = _report(cluster, "digits")
-    assert report["preset"] == "digits" and report["classes"] == ["0", "1", "2"]
-    assert report["tune"]["trials"] == 2 and report["synthesis"]["planned"] == 12
+    synthesis = json.loads(cluster.s3.read("runs/digits/synthesis.json"))
+    assert synthesis["planned"] == 3 * 4, synthesis  # 3 classes, k/2 = 4 images each
+    ids = _sample_ids(cluster, "digits")
+    assert len(ids) == len(set(ids)) == synthesis["planned"]
     _no_local_run_dirs(cluster)
 
 
