@@ -117,3 +117,15 @@ def _convert(pil: Image.Image, channels: int) -> Image.Image:
         rgba = pil.convert("RGBA")
         pil = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return pil.convert("L" if channels == 1 else "RGB")
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def image_size_of(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` of an image: a PNG's from its header (nothing decoded), any other
+    format by decoding it."""
+    if data[:8] == _PNG and data[12:16] == b"IHDR":
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return height, width
+    return tuple(decode_png(data).shape[:2])  # type: ignore[return-value]

@@ -5,6 +5,7 @@ synthetic rows."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,13 @@ def train_end_to_end(
 
 
 Inputs = LabeledArrays | ImageTable
+
+
+def empty_like(x: Inputs) -> Inputs:
+    """No synthetic rows, in the form of ``x``."""
+    if isinstance(x, LabeledArrays):
+        return LabeledArrays.empty_like(x)
+    return replace(x, files=(), counts=(0,) * len(x.counts), drop=frozenset())
 
 
 def _shape(x: Inputs) -> tuple[int, int]:
