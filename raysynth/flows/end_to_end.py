@@ -84,11 +84,11 @@ def _dataset(table: ImageTable, shuffle: bool = True) -> Any:
     return ray_data.shuffled(ds) if shuffle else ds
 
 
-def streams(cfg: RunConfig, rows: int) -> bool:
+def streams(cfg: RunConfig, rows: int, mixes: bool = True) -> bool:
     """Whether the end-to-end classifier streams a training set of ``rows`` rows (always when
     DiffCoRe-Mix pairs each real image with its own counterpart: the streamed batches carry
-    their sample ids)."""
-    own = cfg.mix.enabled and cfg.mix.pairing == "own"
+    their sample ids; ``mixes=False``: a run without synthetic rows, which mixes nothing)."""
+    own = mixes and cfg.mix.enabled and cfg.mix.pairing == "own"
     return cfg.train.stream == "always" or (
         cfg.train.stream == "auto" and (own or rows > cfg.train.stream_above)
     )

@@ -73,10 +73,11 @@ def train_real_classifier(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     folder = run.real_classifier
     if has_checkpoint(folder):  # recovers one whose replacement a kill interrupted
         return folder
-    shape = (real.num_classes, real.channels, real.image_size)
-    train: Inputs = real_table(run.root, "train", *shape)
-    if streams(cfg, len(train)):  # read by the Train workers from real/*.parquet
-        val: Inputs = real_table(run.root, "val", *shape)
+    train: Inputs
+    val: Inputs
+    if streams(cfg, sum(real.train_counts()), mixes=False):  # Train workers read real/*.parquet
+        shape = (real.num_classes, real.channels, real.image_size)
+        train, val = (real_table(run.root, split, *shape) for split in ("train", "val"))
     else:
         train, val = real.arrays("train"), real.arrays("val")
     metrics = train_end_to_end(
