@@ -18,6 +18,7 @@ from raysynth import columns as col
 from raysynth.cli import main
 from raysynth.config.schema import DataConfig
 from raysynth.data import SPLIT_NAMES, ImageSet, encode_png, make_splits, write_real
+from raysynth.flows.air import split_set
 from raysynth.flows.real import RealData
 
 
@@ -64,6 +65,10 @@ def test_real_data_read_back_holds_no_image_and_decodes_the_same_arrays(tmp_path
                     memory.real_train("t.parquet"))
     assert back.image_size == 6 and back.counts()["train"] == [4, 3, 2]
     assert back.group_counts() and back.contexts("val") is not None
+    unlabeled = split_set(back, "val")  # AiR's view of a split: its bytes, ids, true labels
+    assert unlabeled.images == [data.images[i] for i in splits.val]
+    assert unlabeled.sample_ids == [f"real-{i:06d}" for i in splits.val]
+    assert np.array_equal(unlabeled.true_labels, data.labels[splits.val])
     want = {split: memory.arrays(split) for split in SPLIT_NAMES}
     opened["images"].clear()
     for split in SPLIT_NAMES:  # decoded only when asked, to the very same arrays
