@@ -1,5 +1,5 @@
 """What the driver knows of the real splits (:class:`RealData`): labels, sample ids, groups,
-sources, class names, channels, image size and per-split counts — read from the small columns of
+class names, channels, image size and per-split counts — read from the small columns of
 ``real/<split>.parquet`` and ``classes.json``, never the image bytes. A split's images are read
 and decoded only where a caller asks for them (:meth:`RealData.arrays`: the few-shot in-memory
 paths — UniCon, the pixel generator, the closed loop's measurement); the streamed paths read the
@@ -24,12 +24,12 @@ from raysynth.filter.rounds import RealTrain
 from raysynth.storage import AnyPath
 from raysynth.train.arrays import LabeledArrays
 
-SMALL_COLUMNS = (col.SAMPLE_ID, col.LABEL, col.SOURCE, col.GROUP)  # all but image, name, split
+SMALL_COLUMNS = (col.SAMPLE_ID, col.LABEL, col.GROUP)  # not image, class_name, split, source
 
 
 @dataclass
 class RealData:
-    """The real splits without their images: every row's label, sample id, group and source,
+    """The real splits without their images: every row's label, sample id and group,
     indexed by ``splits`` (rows ordered train, pool, val, test); ``split_images(split)`` reads
     a split's image bytes when asked."""
 
@@ -38,7 +38,6 @@ class RealData:
     labels: np.ndarray
     sample_ids: list[str]
     group: list[str]
-    sources: list[str]
     splits: Splits
     skipped: list[tuple[str, str]]
     split_images: Callable[[str], list[bytes]]  # a split's PNG bytes, read when called
@@ -67,7 +66,7 @@ class RealData:
         return cls(
             list(meta["class_names"]), int(meta["channels"]),
             np.asarray(column(col.LABEL), np.int64), column(col.SAMPLE_ID), column(col.GROUP),
-            column(col.SOURCE), Splits(**ranges, groups=groups),
+            Splits(**ranges, groups=groups),
             [(s, r) for s, r in meta.get("skipped", [])],
             lambda split: read_split(root, split, [col.IMAGE])[col.IMAGE].to_pylist(), size,
         )
@@ -82,7 +81,7 @@ class RealData:
 
         return cls(
             list(data.class_names), data.channels, data.labels, list(data.sample_ids),
-            list(data.group), list(data.sources), splits, list(data.skipped),
+            list(data.group), splits, list(data.skipped),
             lambda split: [data.images[i] for i in getattr(splits, split)], size,
         )
 
