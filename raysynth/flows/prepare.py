@@ -37,7 +37,7 @@ from raysynth.flows.measurement import measurement
 from raysynth.flows.real import RealData
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.rundir import RunDir
-from raysynth.rundir.names import ALLOCATION_JSONL
+from raysynth.rundir.names import ALLOCATION_JSONL, REAL_CLASSIFIER_RUN
 from raysynth.storage import as_path, spec_path
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.checkpoint import has_checkpoint
@@ -82,7 +82,7 @@ def train_real_classifier(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
         train, val = real.arrays("train"), real.arrays("val")
     metrics = train_end_to_end(
         cfg, train, empty_like(train), val, real.splits.groups, real.num_classes, cfg.seed,
-        folder, run.train / "real_classifier.ckpt", run.train, "real_classifier",
+        folder, run.train / "real_classifier.ckpt", run.train, REAL_CLASSIFIER_RUN,
     )
     log.info("real-split classifier: validation accuracy %.3f", metrics.get("overall", float("nan")))
     return folder
@@ -237,7 +237,9 @@ def synthesis_stage(
             cfg.synthesis, cfg.filter, cfg.seed, run.synthetic, run.real_embeddings,
             device=cfg.filter.device,
         )
-        loop = replace(measurement(cfg, real, classifier), log=run.root / ALLOCATION_JSONL)
+        loop = None  # the per-round measurement (decoding the real splits): closed loop only
+        if cfg.synthesis.closed_loop:
+            loop = replace(measurement(cfg, real, classifier), log=run.root / ALLOCATION_JSONL)
         result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier,
                             loop)
         write_sample_grid(run.synthetic, run.samples_png, real.num_classes)
