@@ -151,12 +151,16 @@ class Pipeline:
                 self._ping(pool, pool.start())
         return self
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 30.0) -> None:
+        """Kill every actor and wait (up to ``wait_s``) until each is known dead, so that a pool
+        sized next from the free resources sees theirs."""
         import ray
 
-        for pool in self.pools:
-            for handle in pool.actors.values():
-                ray.kill(handle, no_restart=True)
+        handles = [h for pool in self.pools for h in pool.actors.values()]
+        for handle in handles:
+            ray.kill(handle, no_restart=True)
+        if handles:  # a call on a killed actor fails once Ray knows it is dead
+            ray.wait([h.pid.remote() for h in handles], num_returns=len(handles), timeout=wait_s)
         self.pools, self._pings = [], {}
 
     def __enter__(self) -> Pipeline:
