@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from raysynth.ray_data import (
     TASKS_IN_FLIGHT,
     PoolStage,
     driver_node_strategy,
+    free_resources,
     size_pool,
 )
 
@@ -139,15 +141,25 @@ class Pipeline:
         self._pings: dict[Any, tuple[_Pool, Any]] = {}  # ready ref → pool, actor id
 
     def open(self) -> Pipeline:
+        """Size the pools as :func:`~raysynth.ray_data.map_pool` sizes a pipeline's (each from
+        what is free after the ``min_actors`` of the ones before it) and start them: each pool's
+        ``min_actors``, then — first pool first — as many more, up to its fitted ``max_actors``,
+        as the CPUs and GPUs left over hold (what Ray Data's autoscaling pools grow to)."""
         claimed = {"CPU": 0.0, "GPU": 0.0}
-        for s in self.stages:  # sized as map_pool sizes a pipeline's pools, each after the last
+        for s in self.stages:
             sized = size_pool(getattr(s.fn, "__name__", "actor"), s.pool, claimed,
                               s.on_driver_node)
-            claimed = {"CPU": claimed["CPU"] + sized.max_actors * sized.cpus_per_actor,
-                       "GPU": claimed["GPU"] + sized.max_actors * sized.gpus_per_actor}
+            claimed = {"CPU": claimed["CPU"] + sized.min_actors * sized.cpus_per_actor,
+                       "GPU": claimed["GPU"] + sized.min_actors * sized.gpus_per_actor}
             self.pools.append(_Pool(s, sized))
+        left = {k: v - claimed[k] for k, v in free_resources().items()}
         for pool in self.pools:
-            for _ in range(pool.sized.max_actors):
+            n, need = pool.sized, {"CPU": pool.sized.cpus_per_actor, "GPU": pool.sized.gpus_per_actor}
+            more = min([n.max_actors - n.min_actors,
+                        *(math.floor(left[k] / need[k] + 1e-9) for k in need if need[k] > 0)])
+            more = max(0, more)
+            left = {k: left[k] - more * need[k] for k in left}
+            for _ in range(n.min_actors + more):
                 self._ping(pool, pool.start())
         return self
 

@@ -18,8 +18,9 @@ written. Per path:
   of its first block through the generator, filter and writer (a floor no start-up removes);
 - ``round_s``: the median over rounds of a round's first to last part written (its images
   being made); ``ratio`` = ``gap_s / round_s`` (the issue's target: ≤ 0.1 warm);
-- ``first_block_s``: a first-stage block's share of ``round_s`` (block rows / round rows), the
-  floor of ``gap_s`` on one generator actor;
+- ``first_block_s``: a round's first block's share of ``round_s`` (its rows / the round's: one
+  generator batch, :func:`~raysynth.generate.stage.plan_blocks`), the floor of ``gap_s``: a
+  round's plan waits for the round before it, so its first images take one batch to make;
 - per round: ``start``, ``first``, ``last``, ``end`` (s from the path's start) and images.
 
 ``same_images``: both paths wrote the same rows with the same bytes.
@@ -44,7 +45,7 @@ from raysynth.bench.harness import load_average, write_result
 from raysynth.bench.synthesis import same_images
 from raysynth.config import build_config
 from raysynth.filter.stage import FilterScorer
-from raysynth.generate.stage import batches_per_block, generate
+from raysynth.generate.stage import generate, plan_blocks
 from raysynth.generate.warm import WarmGenerate
 from raysynth.ray_data import PoolStage
 
@@ -95,7 +96,7 @@ def run(out: str | None = None, rounds: int = 4, per_class: int = 8) -> dict[str
             warm = _timed_rounds(lambda rows, name, on: warm_generate(rows, name, on), plans)
         identical = same_images(root / "cold", root / "warm")
     n = len(plans[0])
-    block = s.pool.batch_size * batches_per_block(n, s.pool.batch_size, s.pool.max_actors)
+    block = len(plan_blocks(plans[0], s.pool)[0])
     result = {
         "name": "rounds",
         "cold": figures(cold, block),

@@ -90,10 +90,15 @@ def still_to_make(rows: list[dict[str, Any]], out_root: Any) -> tuple[list[dict[
 def plan_blocks(todo: list[dict[str, Any]], pool: Resources) -> list[Any]:
     """The plan rows as Arrow blocks of whole generator batches
     (:func:`batches_per_block`), so the actor pool can spread the work (no all-to-all
-    repartition); the generator is called once per batch within a block."""
+    repartition); the generator is called once per batch within a block. The first block is a
+    single batch: a round's first images are written after one batch, not one block (the gap
+    between rounds, ``raysynth bench rounds``), with no new batch shape for the generator."""
     plan = plan_table(todo)
-    rows_per_block = pool.batch_size * batches_per_block(len(plan), pool.batch_size, pool.max_actors)
-    return [plan.slice(i, rows_per_block) for i in range(0, len(plan), rows_per_block)]
+    b = pool.batch_size
+    per_block = b * batches_per_block(len(plan), b, pool.max_actors)
+    first = min(b, per_block)
+    return [plan.slice(0, first)] + [plan.slice(i, per_block)
+                                     for i in range(first, len(plan), per_block)]
 
 
 def writers_for(pool: Resources) -> int:
