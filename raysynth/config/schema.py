@@ -366,15 +366,20 @@ class FeedbackConfig:
 @dataclass(frozen=True)
 class LoopConfig:
     """Closed-loop allocation knobs (``synthesis.loop``): the measurement after each round (a
-    quick end-to-end classifier on real ∪ accepted-so-far, scored on the validation split) and
+    linear probe or a quick classifier on real ∪ accepted-so-far, scored on the validation split) and
     the policies' exploration and stop rule (``raysynth.plan.allocation``)."""
 
+    # what scores each round: auto (probe where the run trains a real-split classifier, else
+    # classifier) | probe (a linear probe on that classifier's features: deterministic, < 1 s)
+    # | classifier (the quick end-to-end classifier, measure_epochs epochs)
+    measure: str = "auto"
     measure_epochs: int = 20  # epochs of the quick classifier (end_to_end.* otherwise)
     explore: float = 0.1  # exploration weight (closed_loop, ucb)
     stop_z: float = 1.0  # closed_loop stops a class whose accuracy moved <= z standard errors
     patience: int = 2  # ... over this many rounds in which it received images
 
     def __post_init__(self) -> None:
+        _check_choice(self.measure, "synthesis.loop.measure", ("auto", "probe", "classifier"))
         _check(self.measure_epochs >= 1, "synthesis.loop.measure_epochs", "must be >= 1")
         _check(self.explore >= 0, "synthesis.loop.explore", "must be >= 0")
         _check(self.stop_z >= 0, "synthesis.loop.stop_z", "must be >= 0")

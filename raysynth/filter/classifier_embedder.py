@@ -79,6 +79,14 @@ class ClassifierEmbedder:
         emb = unit_rows(torch.cat(feats) if feats else torch.zeros(0, self.dim), self.dim)
         return emb, (torch.cat(probs).numpy() if probs else None)
 
+    @torch.inference_mode()
+    def embed_arrays(self, x: np.ndarray) -> np.ndarray:
+        """``[N, dim]`` unit-norm features of images already decoded as training arrays
+        (``[N, C, H, W]`` float32, as :func:`to_tensor_array` makes them)."""
+        feats = [self._features(torch.from_numpy(x[i : i + self.batch_size]).to(self.device))
+                 .float().cpu() for i in range(0, len(x), self.batch_size)]
+        return unit_rows(torch.cat(feats) if feats else torch.zeros(0, self.dim), self.dim)
+
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         raise ConfigError(
             "the classifier embedder has no text tower; text scores and zero-shot labels need "

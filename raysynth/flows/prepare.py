@@ -25,13 +25,13 @@ from raysynth.data.store import read_real_splits, real_exists, real_path, write_
 from raysynth.data.streamed import stream_real
 from raysynth.data.tables import ImageTable
 from raysynth.files import cached
-from raysynth.filter.loop import Loop, accepted_images
+from raysynth.filter.loop import accepted_images
 from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
 from raysynth.flows.end_to_end import accepted_table, train_end_to_end
+from raysynth.flows.measurement import measurement
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.rundir import RunDir
 from raysynth.rundir.names import ALLOCATION_JSONL
-from raysynth.seeding import stable_seed
 from raysynth.storage import AnyPath, as_path, spec_path
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.checkpoint import has_checkpoint
@@ -285,7 +285,7 @@ def synthesis_stage(
             cfg.synthesis, cfg.filter, cfg.seed, run.synthetic, run.real_embeddings,
             device=cfg.filter.device,
         )
-        loop = replace(measurement(cfg, real), log=run.root / ALLOCATION_JSONL)
+        loop = replace(measurement(cfg, real, classifier), log=run.root / ALLOCATION_JSONL)
         result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier,
                             loop)
         write_sample_grid(run.synthetic, run.samples_png, real.num_classes)
@@ -301,28 +301,6 @@ def accepted_arrays(root: Path, real: RealData) -> LabeledArrays:
     """The accepted synthetic images as training arrays (decoded on the driver: few-shot scale),
     in ``sample_id`` order (:func:`raysynth.filter.loop.accepted_images`)."""
     return accepted_images(root, real.channels, real.image_size)
-
-
-def measurement(cfg: RunConfig, real: RealData) -> Loop:
-    """The closed loop's per-round measurement: the end-to-end classifier (``synthesis.loop.
-    measure_epochs`` epochs) on real train ∪ the accepted images, scored on the validation split
-    (the test split stays untouched). No trust: the learned UniCon weights come after this stage
-    (a caller that has weights passes them as ``Loop.trust``)."""
-    from raysynth.train.augment import resolve_kind
-    from raysynth.train.measure import quick_scores
-    from raysynth.train.models import encoder_config
-
-    train, val = real.arrays("train"), real.arrays("val")
-    size = int(train.x.shape[-1])
-    enc = encoder_config(cfg.encoder.arch, real.channels, size, cfg.encoder.width,
-                         cfg.encoder.feat_dim, cfg.encoder.pretrained)
-    aug, seed = resolve_kind(cfg.encoder.augment, size), stable_seed(cfg.seed, "measure")
-
-    def measure(synthetic: LabeledArrays) -> Any:
-        return quick_scores(train, synthetic, val, real.num_classes, enc, cfg.end_to_end,
-                            cfg.synthesis.loop.measure_epochs, aug, seed)
-
-    return Loop(measure, Path())
 
 
 def synthetic_inputs(
