@@ -1,8 +1,6 @@
 """Warm actor pools: the stages of a pipeline (:class:`~raysynth.ray_data.PoolStage`) started
 once and fed block after block, round after round — the long-lived counterpart of
-:func:`raysynth.ray_data.map_pool`, whose pools live as long as one dataset.
-
-A synthesis of many rounds (quota regeneration, the closed loop) built a new Ray Data pipeline
+:func:`raysynth.ray_data.map_pool`, whose pools live as long as one dataset. A synthesis of many rounds (quota regeneration, the closed loop) built a new Ray Data pipeline
 per round, so every round started new generator, filter and writer actors and each loaded its
 model again (on a GPU, a Stable Diffusion per actor per round). :class:`Pipeline` starts each
 stage's pool once — sized as ``map_pool`` sizes it (:func:`~raysynth.ray_data.size_pool`: from
@@ -44,7 +42,7 @@ from raysynth.ray_data import (
 
 log = logging.getLogger("raysynth.ray_data")
 
-MAX_TRIES = 4  # pushes of one block through the stages (a lost actor or node each time)
+MAX_TRIES = 4  # a block lost this many times (an actor, node or object each time) stops the run
 
 
 class StageHost:
@@ -207,12 +205,11 @@ class _Run:
 
     def __init__(self, pipe: Pipeline, blocks: list[pa.Table], per_round: list[Any],
                  on_output: Callable[[pa.Table], None] | None) -> None:
-        self.pipe, self.blocks, self.on_output = pipe, blocks, on_output
-        self.per_round = per_round
+        self.pipe, self.blocks, self.on_output, self.per_round = pipe, blocks, on_output, per_round
         self.waiting: list[collections.deque] = [collections.deque() for _ in pipe.pools]
         self.waiting[0].extend((i, blocks[i]) for i in range(len(blocks)))
         self.flight: dict[Any, tuple[int, int, Any, Any]] = {}  # rows ref → block, stage, actor, out
-        self.tries: collections.Counter = collections.Counter({i: 1 for i in range(len(blocks))})
+        self.tries: collections.Counter = collections.Counter()  # block → times lost
         self.rows = 0
 
     def loop(self) -> int:
@@ -268,19 +265,21 @@ class _Run:
         """A stage's call on a block ended: pass its output on, or count the block done (1);
         redo the block from the first stage if an actor or an object was lost."""
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray import exceptions as x
 
+        # lost work (an actor, worker, node or object), not an error of the stage's code
+        retryable = (x.RayActorError, x.ObjectLostError, x.NodeDiedError, x.WorkerCrashedError)
         block, s, actor, out = self.flight.pop(ref)
         pool = self.pipe.pools[s]
         pool.load[actor] -= 1
         try:
             ray.get(ref)
-        except _retryable() as e:
-            died = isinstance(e, RayActorError) and not isinstance(e, RayTaskError)
+        except retryable as e:
+            died = isinstance(e, x.RayActorError) and not isinstance(e, x.RayTaskError)
             if died and (new := pool.replace(actor)) is not None:  # the actor that ran it
                 self.pipe._ping(pool, new)
             self.tries[block] += 1
-            if self.tries[block] > MAX_TRIES:
+            if self.tries[block] >= MAX_TRIES:
                 raise RuntimeError(f"a block failed {MAX_TRIES} times in a row: {e}") from e
             log.warning("redoing a block lost at stage %s: %s", pool.stage.fn.__name__,
                         type(e).__name__)
@@ -294,11 +293,3 @@ class _Run:
         if self.on_output is not None:
             self.on_output(table)
         return 1
-
-
-def _retryable() -> tuple[type, ...]:
-    """Errors that mean a block's work was lost (an actor, worker, node or object), not that
-    its code failed: the block is redone."""
-    from ray import exceptions as x
-
-    return (x.RayActorError, x.ObjectLostError, x.NodeDiedError, x.WorkerCrashedError)
