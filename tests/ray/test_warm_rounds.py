@@ -84,10 +84,10 @@ def test_rounds_share_one_set_of_actors_and_write_each_id_once(ray_local, pixel_
 def test_killed_warm_generator_loses_and_duplicates_nothing(ray_local, pixel_folder, tmp_path):
     from ray._private.state import actors
 
-    cfg, spec = _spec(pixel_folder, **{"synthesis.pool.max_actors": 2,
+    cfg, spec = _spec(pixel_folder, **{"synthesis.pool.min_actors": 2, "synthesis.pool.max_actors": 2,
                                        "synthesis.generator.num_steps": 20})
-    rounds = [plan_round(cfg.synthesis, CLASSES, REAL_IDS, {c: 6 for c in range(3)}, cfg.seed, r)
-              for r in range(2)]
+    rounds = [plan_round(cfg.synthesis, CLASSES, REAL_IDS, {c: n for c in range(3)}, cfg.seed, r)
+              for r, n in enumerate((6, 2))]
     before = set(actors())
     stats = []
     with WarmGenerate(spec, tmp_path / "s", cfg.synthesis) as generate:
@@ -107,7 +107,7 @@ def test_killed_warm_generator_loses_and_duplicates_nothing(ray_local, pixel_fol
         stats.append(generate(rounds[1], "round-001"))  # the pools still serve the next round
         survivors = generate.pids()[0]
     assert killed is not None, "no generator actor was seen"
-    assert [s.generated for s in stats] == [18, 18]
+    assert [s.generated for s in stats] == [18, 6]
     assert killed["Pid"] not in survivors and survivors
     assert len(_named(_actors_since(before), "DiffusionGenerator")) == 3  # 2 + its replacement
     ids = read_table(tmp_path / "s", [col.SAMPLE_ID])[col.SAMPLE_ID].to_pylist()
