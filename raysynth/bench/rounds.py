@@ -8,8 +8,8 @@ Both paths run the same rounds of plan rows (the ``digits`` preset: its generato
 sampling steps, batch size and pools, 8 images for each of 10 classes a round — ``k/2`` of its
 ``k = 16``) through the same generator and the product's filter stage
 (:class:`~raysynth.filter.stage.FilterScorer` on a freshly initialised classifier, as the
-``filter`` bench builds it) into the synthetic table. The driver stamps each part as it is
-written. Per path:
+``filter`` bench builds it) into the synthetic table. A part's time is its file's modification
+time (written under a temporary name, then renamed into place). Per path:
 
 - ``gap_s``: the median over rounds 1.. of the time from a round's last part written to the next
   round's first part written. Nothing runs between the rounds here (the closed loop's
@@ -50,16 +50,17 @@ from raysynth.generate.warm import WarmGenerate
 from raysynth.ray_data import PoolStage
 
 
-def _timed_rounds(run_round: Any, rounds: list[list[dict]]) -> list[dict[str, Any]]:
-    """Each round's start, first and last part written and end (seconds from the first start)."""
-    t0 = time.perf_counter()
+def _timed_rounds(run_round: Any, rounds: list[list[dict]], folder: Path) -> list[dict[str, Any]]:
+    """Each round's start, first and last part written (the parts' modification times: written
+    once, renamed into place) and end, in seconds from the first round's start."""
+    t0 = time.time()
     out = []
     for r, rows in enumerate(rounds):
-        parts: list[float] = []
-        start = time.perf_counter() - t0
-        run_round(rows, f"round-{r:03d}", lambda n, parts=parts: parts.append(time.perf_counter() - t0))
+        start = time.time() - t0
+        run_round(rows, f"round-{r:03d}")
+        parts = sorted(p.stat().st_mtime - t0 for p in (folder / f"round-{r:03d}").glob("*.parquet"))
         out.append({"start": start, "first": parts[0], "last": parts[-1],
-                    "end": time.perf_counter() - t0, "images": len(rows)})
+                    "end": time.time() - t0, "images": len(rows), "parts": len(parts)})
     return out
 
 
@@ -90,10 +91,10 @@ def run(out: str | None = None, rounds: int = 4, per_class: int = 8) -> dict[str
         # warm-up: imports and Ray Data's first execution, on neither path's folder
         generate(plans[0][:s.pool.batch_size], spec, root / "warm-up", s, [stage])
         cold = _timed_rounds(
-            lambda rows, name, on: generate(rows, spec, root / "cold", s, [stage], name,
-                                            on_written=on), plans)
+            lambda rows, name: generate(rows, spec, root / "cold", s, [stage], name), plans,
+            root / "cold")
         with WarmGenerate(spec, root / "warm", s, [stage]) as warm_generate:
-            warm = _timed_rounds(lambda rows, name, on: warm_generate(rows, name, on), plans)
+            warm = _timed_rounds(warm_generate, plans, root / "warm")
         identical = same_images(root / "cold", root / "warm")
     n = len(plans[0])
     block = len(plan_blocks(plans[0], s.pool)[0])
