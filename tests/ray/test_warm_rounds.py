@@ -2,12 +2,10 @@
 writer actors once and feeds them round after round — every planned sample_id still written
 exactly once, also when a warm generator actor is killed mid-round."""
 
-import os
-import signal
-import threading
 import time
 
 import pytest
+from kill_actor import kill_while_working
 from tiny_models import train_pixel_folder
 
 from raysynth import columns as col
@@ -91,19 +89,8 @@ def test_killed_warm_generator_loses_and_duplicates_nothing(ray_local, pixel_fol
     before = set(actors())
     stats = []
     with WarmGenerate(spec, tmp_path / "s", cfg.synthesis) as generate:
-        worker = threading.Thread(target=lambda: stats.append(generate(rounds[0], "round-000")))
-        worker.start()
-        killed = None
-        deadline = time.time() + 120
-        while killed is None and time.time() < deadline and worker.is_alive():
-            for a in _named(_actors_since(before), "DiffusionGenerator"):
-                if a["State"] == "ALIVE" and a["Pid"]:
-                    time.sleep(1.0)  # let it take a block first
-                    os.kill(a["Pid"], signal.SIGKILL)  # the actor's process dies mid-round
-                    killed = a
-                    break
-            time.sleep(0.2)
-        worker.join(timeout=300)
+        killed = kill_while_working(lambda: stats.append(generate(rounds[0], "round-000")),
+                                    "DiffusionGenerator", frozenset(before))
         stats.append(generate(rounds[1], "round-001"))  # the pools still serve the next round
         survivors = generate.pids()[0]
     assert killed is not None, "no generator actor was seen"
