@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI sets it (raysynth/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the suite shares 2 cores with Ray workers
 
 
 @pytest.fixture(scope="session")
