@@ -254,8 +254,8 @@ def _study_allocation(args: argparse.Namespace, sets: dict[str, Any]) -> int:
     return 0
 
 
-BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter", "gpu", "learn")
-NEEDS_RAY = ("tune", "synthesis", "filter", "gpu")
+BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter", "gpu", "learn", "rounds")
+NEEDS_RAY = ("tune", "synthesis", "filter", "gpu", "rounds")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
