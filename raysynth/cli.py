@@ -160,7 +160,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     preset = args.preset or (None if args.config else "digits")
     cfg = build_config(preset, args.config, parse_set(args.set))
-    from raysynth.flows import flow
     from raysynth.flows.run import check
 
     # a missing model fails here, before Ray starts or anything is written (--dry-run: listed)
@@ -179,8 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_head(md.read_text()) if md.is_file() else report)  # job logs stay short
         print(f"report: {out / REPORT_HTML} (all of it: {md})")
         return 0
-    from raysynth.data import load_dataset, make_splits
     from raysynth.data.split_files import describe_splits
+    from raysynth.flows.run import describe_data
 
     print(dump_yaml(cfg))
     for line in models:
@@ -189,21 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"data: {printable(cfg.data.path)} is not on this machine; not checked")
         return 0
     print("\n".join(printable(line) for line in describe_splits(cfg.data)))
-    images = load_dataset(cfg.data)
-    splits = make_splits(images, cfg.data, cfg.seed)
-    flow(cfg.flow).check(cfg, images.num_classes)
-    counts = splits.counts(images.labels, images.num_classes)
-    print(f"data: {len(images)} images, {images.num_classes} classes, {images.channels} channel(s)")
-    if images.skipped:
-        print(f"skipped {len(images.skipped)} unreadable image(s):")
-        for src, why in images.skipped:
-            print(f"  {printable(src)}: {printable(why)}")
-    for name in ("train", "pool", "val", "test"):
-        print(f"  {name}: {sum(counts[name])} images, per class {counts[name]}")
-    if splits.groups:
-        print(f"  long-tail groups: {splits.groups}")
-    if images.group_names:
-        print(f"  groups (contexts): {', '.join(map(printable, images.group_names))}")
+    print("\n".join(describe_data(cfg)))
     return 0
 
 
@@ -269,8 +254,8 @@ def _study_allocation(args: argparse.Namespace, sets: dict[str, Any]) -> int:
     return 0
 
 
-BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter", "gpu", "learn")
-NEEDS_RAY = ("tune", "synthesis", "filter", "gpu")
+BENCHES = ("loss", "tune", "guidance", "synthesis", "memory", "filter", "gpu", "learn", "rounds")
+NEEDS_RAY = ("tune", "synthesis", "filter", "gpu", "rounds")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -81,18 +81,9 @@ def map_pool(
     elif batch_size is None:
         extra["batch_size"] = None
     if on_driver_node:
-        extra["scheduling_strategy"] = _driver_node()
+        extra["scheduling_strategy"] = driver_node_strategy()
     upstream = _CLAIMS.get(ds, {})
-    free = {k: v - upstream.get(k, 0.0) for k, v in free_resources().items()}
-    if on_driver_node:  # only that node's CPUs count: a CPU-less head gets 0-CPU actors
-        free["CPU"] = min(free.get("CPU", 0.0), driver_node_cpus())
-    sized = fit_pool(pool, free)
-    if sized != pool or pool.cpus_per_actor or pool.gpus_per_actor:
-        log.info("%s pool: %s actor(s) of %g CPU, %g GPU (%.1f CPUs free after the stages "
-                 "before it)", getattr(fn, "__name__", "actor"),
-                 sized.min_actors if sized.min_actors == sized.max_actors
-                 else f"{sized.min_actors}-{sized.max_actors}",
-                 sized.cpus_per_actor, sized.gpus_per_actor, free.get("CPU", 0.0))
+    sized = size_pool(getattr(fn, "__name__", "actor"), pool, upstream, on_driver_node)
     out = ds.map_batches(
         fn,
         fn_constructor_kwargs=kwargs or {},
@@ -107,6 +98,45 @@ def map_pool(
         "GPU": upstream.get("GPU", 0.0) + sized.min_actors * sized.gpus_per_actor,
     }
     return out
+
+
+def size_pool(
+    name: str, pool: Resources, claimed: dict[str, float], on_driver_node: bool = False
+) -> Resources:
+    """``pool`` fitted (:func:`fit_pool`) to the resources free after the pools before it
+    (``claimed``); a pool pinned to the driver's node to that node's CPUs (a CPU-less head
+    gets 0-CPU actors). Used by :func:`map_pool` and the warm pools (:mod:`raysynth.warm_pools`)."""
+    free = {k: v - claimed.get(k, 0.0) for k, v in free_resources().items()}
+    if on_driver_node:
+        free["CPU"] = min(free.get("CPU", 0.0), driver_node_cpus())
+    sized = fit_pool(pool, free)
+    if sized != pool or pool.cpus_per_actor or pool.gpus_per_actor:
+        log.info("%s pool: %s actor(s) of %g CPU, %g GPU (%.1f CPUs free after the stages "
+                 "before it)", name,
+                 sized.min_actors if sized.min_actors == sized.max_actors
+                 else f"{sized.min_actors}-{sized.max_actors}",
+                 sized.cpus_per_actor, sized.gpus_per_actor, free.get("CPU", 0.0))
+    return sized
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PoolStage:
+    """One actor-pool stage of a pipeline, as :func:`map_pool` takes it: the callable class,
+    its pool, its constructor kwargs, the batch format and size (``POOL_BATCH``: the pool's;
+    ``None`` or ``"default"``: a call per block) and whether it is pinned to the driver's node.
+    Called on a dataset it is that ``map_pool`` (a cold, per-dataset pool); the warm pools
+    (:mod:`raysynth.warm_pools`) start it once and feed it round after round."""
+
+    fn: type
+    pool: Resources
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_format: str = "numpy"
+    batch_size: Any = POOL_BATCH
+    on_driver_node: bool = False
+
+    def __call__(self, ds: Any) -> Any:
+        return map_pool(ds, self.fn, self.pool, self.kwargs, self.batch_format, self.batch_size,
+                        self.on_driver_node)
 
 
 # What the pools mapped so far onto a dataset hold at least (min_actors × resources): a pool
@@ -153,7 +183,7 @@ def show_progress(on: bool) -> None:
     logging.getLogger("ray.data").setLevel(logging.INFO if on else logging.WARNING)
 
 
-def _driver_node() -> Any:
+def driver_node_strategy() -> Any:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

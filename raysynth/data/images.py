@@ -117,3 +117,19 @@ def _convert(pil: Image.Image, channels: int) -> Image.Image:
         rgba = pil.convert("RGBA")
         pil = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return pil.convert("L" if channels == 1 else "RGB")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from a PNG's header (nothing decoded); None when ``data`` does not
+    start like a PNG."""
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+
+
+def image_size_of(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` of an image: a PNG's from its header, any other format decoded."""
+    return png_size(data) or tuple(decode_png(data).shape[:2])  # type: ignore[return-value]

@@ -206,3 +206,12 @@ def _listing(p: Pending, keep: list[int], labels: list[int], names: list[str], c
     return Listing(names, np.array(labels, np.int64), [p.sources[i] for i in keep], groups,
                    [p.files[i] for i in keep], p.rows[keep] if keep else np.zeros(0, np.int64),
                    p.fs, channels, cfg.image_size, skipped)
+
+
+def listed(cfg: DataConfig) -> Listing:
+    """``cfg``'s source listed and resolved as if every listed image were readable and not null
+    (``--dry-run``: nothing is opened; the data stage's tasks find the unreadable ones, and a
+    Parquet source's automatic channel count)."""
+    pending = list_source(cfg)
+    n = len(pending)
+    return resolve(cfg, pending, Checked(np.zeros(n, bool), [""] * n, np.full(n, -1, np.int8)))

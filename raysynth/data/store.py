@@ -120,17 +120,7 @@ def read_classes(run_dir: str | AnyPath) -> dict[str, Any]:
 def read_real(run_dir: str | AnyPath, split: str) -> ImageSet:
     """One split of the real data as an :class:`ImageSet` (ids and sources kept)."""
     meta = read_classes(run_dir)
-    path = real_path(run_dir, split)
-    if not path.is_file():
-        raise RunDirError(f"{path} is missing; re-run the data stage on {run_dir}")
-    fs, where = fs_path(path)
-    table = pq.read_table(where, filesystem=fs)
-    missing = [c for c in col.REAL_COLUMNS if c not in table.column_names and c != col.GROUP]
-    if missing:
-        raise RunDirError(
-            f"{path} lacks columns {', '.join(missing)} (has {', '.join(table.column_names)}); "
-            "it was written by another version; re-run the data stage in a new run directory"
-        )
+    table = read_split(run_dir, split)
     return ImageSet(
         images=table.column(col.IMAGE).to_pylist(),
         labels=table.column(col.LABEL).to_numpy().astype(np.int64),
@@ -141,6 +131,39 @@ def read_real(run_dir: str | AnyPath, split: str) -> ImageSet:
         sample_ids=table.column(col.SAMPLE_ID).to_pylist(),
         group=table.column(col.GROUP).to_pylist() if col.GROUP in table.column_names else [],
     )
+
+
+def read_split(
+    run_dir: str | AnyPath, split: str, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """``real/<split>.parquet`` (only ``columns``, e.g. the small ones without ``image``); a
+    missing file or column is a :class:`RunDirError` saying what to do."""
+    path = real_path(run_dir, split)
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing; re-run the data stage on {run_dir}")
+    fs, where = fs_path(path)
+    names = pq.read_schema(where, filesystem=fs).names
+    wanted = list(columns or col.REAL_COLUMNS)
+    missing = [c for c in wanted if c not in names and c != col.GROUP]
+    if missing:
+        raise RunDirError(
+            f"{path} lacks columns {', '.join(missing)} (has {', '.join(names)}); "
+            "it was written by another version; re-run the data stage in a new run directory"
+        )
+    return pq.read_table(where, columns=[c for c in wanted if c in names], filesystem=fs)
+
+
+def first_real_image(run_dir: str | AnyPath) -> bytes | None:
+    """The bytes of the first stored real image (train split first; None: no image at all),
+    read from one row group, never a whole split."""
+    for split in SPLIT_NAMES:
+        fs, where = fs_path(real_path(run_dir, split))
+        with fs.open_input_file(where) as fh:
+            pf = pq.ParquetFile(fh)
+            if pf.metadata.num_rows:
+                batch = next(pf.iter_batches(batch_size=1, columns=[col.IMAGE]))
+                return batch.column(0)[0].as_py()
+    return None
 
 
 def read_real_splits(run_dir: str | AnyPath) -> tuple[ImageSet, Splits]:

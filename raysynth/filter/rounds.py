@@ -27,11 +27,11 @@ from raysynth.filter.select import most_representative
 from raysynth.filter.stage import EmbedderSpec, FilterScorer, FilterSpec, ImageEmbedder
 from raysynth.filter.threshold import class_thresholds, first_real_ids
 from raysynth.generate.generators import GeneratorSpec
-from raysynth.generate.stage import generate
 from raysynth.generate.table import iter_tables
+from raysynth.generate.warm import WarmGenerate
 from raysynth.plan.quotas import GroupLayout, group_quotas, plan_round, quotas
 from raysynth.progress import counter
-from raysynth.ray_data import iter_numpy, map_pool, read_parquet
+from raysynth.ray_data import PoolStage, iter_numpy, map_pool, read_parquet
 from raysynth.seeding import stable_seed
 from raysynth.storage import AnyPath, spec_path
 
@@ -161,23 +161,24 @@ def accepted_per_class(
     return acc, rej
 
 
-def filter_stage(job: Synthesis, real: RealTrain, classifier_folder: Path | None) -> tuple[Any, Any]:
-    """The stage after the generators (a Dataset → Dataset function) and the thresholds τ."""
+def filter_stage(job: Synthesis, real: RealTrain, classifier_folder: Path | None
+                 ) -> tuple[PoolStage, Any]:
+    """The stage after the generators (its actor pool) and the thresholds τ."""
     f = job.filter
     if not f.enabled:
         nan = np.full(real.num_classes, np.nan)
-        return (lambda ds: map_pool(ds, AcceptAll, ACCEPT_ALL_POOL, batch_size="default")), nan
+        return PoolStage(AcceptAll, ACCEPT_ALL_POOL, batch_size="default"), nan
     espec = EmbedderSpec(f, spec_path(classifier_folder) if classifier_folder else "", real.channels,
                          real.image_size, job.device)
     emb = real_embeddings(real, espec, f.pool, job.embeddings)
     tau = thresholds(f, real, emb, job.seed)
     first = first_real_ids(real.ids_by_class) if f.reference == "first_real" else None
     fspec = FilterSpec(espec, emb, tau, tuple(real.class_names), first)
-    return (lambda ds: map_pool(ds, FilterScorer, f.pool, {"spec": fspec})), tau
+    return PoolStage(FilterScorer, f.pool, {"spec": fspec}), tau
 
 
-def run_rounds(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: Any,
-               want: np.ndarray, layout: GroupLayout | None = None) -> tuple[int, int]:
+def run_rounds(job: Synthesis, real: RealTrain, generate: WarmGenerate, want: np.ndarray,
+               layout: GroupLayout | None = None) -> tuple[int, int]:
     """Generate round after round until every class has ``want`` accepted images (or the last
     round); returns the rounds run and the images this call generated (a resumed run skips the
     ones already written)."""
@@ -192,8 +193,7 @@ def run_rounds(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: 
                           job.seed, r, layout=layout)
         log.info("synthesis round %d: %d images for %d classes", r, len(rows), len(counts))
         with counter(f"synthesis round {r}", len(rows), "images", log_every=len(rows)) as bar:
-            stats = generate(rows, gen_spec, job.out, job.synthesis, [stage], f"round-{r:03d}",
-                             on_written=lambda n: bar.update(n))
+            stats = generate(rows, f"round-{r:03d}", on_written=lambda n: bar.update(n))
             now, _ = accepted_per_class(job.out, real.num_classes, before_round=r + 1)
             bar.update(stats.skipped, accepted=int((now - acc).sum()))
         generated += stats.generated
@@ -203,8 +203,8 @@ def run_rounds(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: 
     return rounds, generated
 
 
-def closed_loop(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage: Any,
-                quota: dict[int, int], loop: Loop) -> tuple[np.ndarray, int, dict[str, Any]]:
+def closed_loop(job: Synthesis, real: RealTrain, generate: WarmGenerate, quota: dict[int, int],
+                loop: Loop) -> tuple[np.ndarray, int, dict[str, Any]]:
     """The measured allocation rounds (:mod:`raysynth.filter.loop`); returns the images each
     class was allocated, the images this call generated and the ``allocation`` summary."""
     s = job.synthesis
@@ -215,7 +215,7 @@ def closed_loop(job: Synthesis, real: RealTrain, gen_spec: GeneratorSpec, stage:
         return plan_round(s, list(real.class_names), real.ids_by_class, counts, job.seed, r, start)
 
     def run_round(rows: list[dict[str, Any]], r: int) -> int:
-        n = generate(rows, gen_spec, job.out, s, [stage], f"round-{r:03d}").generated
+        n = generate(rows, f"round-{r:03d}").generated
         generated[0] += n
         return n
 
@@ -239,17 +239,17 @@ def synthesize(
     quota = ({c: sum(n for _, n in g) for c, g in layout.items()} if layout
              else quotas(job.synthesis, real.counts()))
     stage, tau = filter_stage(job, real, classifier_folder)
-    allocation = None
-    if job.synthesis.closed_loop:
-        if loop is None or layout:
-            raise ConfigError("synthesis.allocation / rounds / budget (the closed loop) need the "
-                              "per-round measurement and work per class, not per group: this "
-                              "flow does not provide the one, or synthesis.per_group is set")
-        want, generated, allocation = closed_loop(job, real, gen_spec, stage, quota, loop)
-        rounds = len(allocation["counts"])
-    else:
-        want = np.array([quota.get(c, 0) for c in range(real.num_classes)])
-        rounds, generated = run_rounds(job, real, gen_spec, stage, want, layout)
+    if job.synthesis.closed_loop and (loop is None or layout):
+        raise ConfigError("synthesis.allocation / rounds / budget (the closed loop) need the "
+                          "per-round measurement and work per class, not per group: this "
+                          "flow does not provide the one, or synthesis.per_group is set")
+    with WarmGenerate(gen_spec, job.out, job.synthesis, [stage]) as generate:  # for every round
+        if loop is not None and job.synthesis.closed_loop:
+            want, generated, allocation = closed_loop(job, real, generate, quota, loop)
+            rounds = len(allocation["counts"])
+        else:
+            want, allocation = np.array([quota.get(c, 0) for c in range(real.num_classes)]), None
+            rounds, generated = run_rounds(job, real, generate, want, layout)
     acc, rej = accepted_per_class(job.out, real.num_classes)
     unfilled = np.maximum(want - acc, 0)
     if unfilled.any():

@@ -32,7 +32,8 @@ from raysynth.data.unlabeled import UnlabeledSet, load_unlabeled
 from raysynth.errors import ConfigError, DataError
 from raysynth.files import atomic_save_npz, atomic_write_json, cached, finite, read_json
 from raysynth.flows.job import Job
-from raysynth.flows.prepare import RealData, generator_spec, publish_model, synthesis_stage
+from raysynth.flows.prepare import generator_spec, publish_model, synthesis_stage
+from raysynth.flows.real import RealData
 from raysynth.generate.table import read_table
 from raysynth.pseudolabel.prototypes import accuracies, prototypes
 from raysynth.pseudolabel.top_k import top_k_per_class
@@ -97,13 +98,13 @@ def embed_pool(cfg: RunConfig) -> Resources:
 
 def split_set(real: RealData, split: str) -> UnlabeledSet:
     """A real split as an unlabeled set whose true labels are kept for measuring."""
-    idx = getattr(real.splits, split)
+    idx = real.rows(split)
     return UnlabeledSet(
-        images=[real.images.images[i] for i in idx],
-        sources=[real.images.sample_ids[i] for i in idx],
+        images=real.split_images(split),
+        sources=[real.sample_ids[i] for i in idx],
         channels=real.channels,
-        sample_ids=[real.images.sample_ids[i] for i in idx],
-        true_labels=real.images.labels[idx],
+        sample_ids=[real.sample_ids[i] for i in idx],
+        true_labels=real.labels[idx],
     )
 
 

@@ -93,14 +93,23 @@ def result_of(report: dict[str, Any]) -> dict[str, Any]:
     if "classifier" in report:
         acc = report["classifier"]["with_synthetic"]
         overall, few = acc["overall"]["mean"], (acc.get("few") or {}).get("mean")
+        real = report["classifier"].get("real_only")
+        base = None if real is None else (real["overall"]["mean"],
+                                          (real.get("few") or {}).get("mean"))
     else:
         overall, few = report["accuracy"]["unicon"]["mean"], None
+        real = report["accuracy"].get("supcon_real")
+        base = None if real is None else (real["mean"], None)
     alloc = syn.get("allocation") or {}
     return {
         "overall": 100 * overall, "few": None if few is None else 100 * few,
         "generated": syn.get("generated", 0), "accepted": syn.get("accepted", 0),
         "curve": [(p["generated"], p.get("val_accuracy")) for p in alloc.get("curve", [])],
         "per_class_allocated": {n: v["quota"] for n, v in (syn.get("per_class") or {}).items()},
+        # the same run's baseline without synthetic images (real only; SupCon-Real for UniCon)
+        "baseline": None if base is None else {
+            "overall": 100 * base[0], "few": None if base[1] is None else 100 * base[1],
+            "generated": 0, "accepted": 0},
     }
 
 
@@ -120,7 +129,11 @@ def aggregate(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+BASELINE = "no synthetic images"  # the table's row of the runs' own baseline
+
+
 def table_markdown(policies: dict[str, Any], preset: str) -> str:
+    """The table of :func:`aggregate`'s rows (``BASELINE`` first when present)."""
     few = any("few" in v for v in policies.values())
     head = "| policy | overall (%) |" + (" few (%) |" if few else "") + " generated | accepted |"
     lines = [f"# Allocation study: {preset}", "",
@@ -158,8 +171,13 @@ def run_allocation_study(preset: str, policies: list[str], seeds: int, out: str 
     summary = {"preset": preset, "seeds": seeds, "policies": aggregate(results),
                "runs": {p: [{k: v for k, v in r.items() if k != "curve"} for r in rs]
                         for p, rs in results.items()}}
+    # every policy of a seed shares the real split, so its first policy's baseline stands for all
+    base = [r["baseline"] for r in results[policies[0]] if r.get("baseline")]
+    if base:
+        summary["baseline"] = aggregate({BASELINE: base})[BASELINE]
+    rows = {**({BASELINE: summary["baseline"]} if base else {}), **summary["policies"]}
     atomic_write_json(out / "allocation.json", summary)
-    atomic_write_text(out / "allocation.md", table_markdown(summary["policies"], preset))
+    atomic_write_text(out / "allocation.md", table_markdown(rows, preset))
     curves = {f"{p} (seed {s})": results[p][s]["curve"] for p in policies for s in range(seeds)}
     atomic_write_bytes(out / "allocation.png", curves_chart(curves, "validation accuracy (%)"))
     return summary

@@ -5,7 +5,7 @@ only, per class group (many/medium/few) on the test split."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,10 @@ from raysynth.config.schema import RunConfig
 from raysynth.data.tables import ImageTable
 from raysynth.errors import DataError
 from raysynth.files import cached
-from raysynth.flows.end_to_end import Inputs, real_table, streams, train_end_to_end
+from raysynth.flows.end_to_end import Inputs, empty_like, real_table, streams, train_end_to_end
 from raysynth.flows.job import Job
 from raysynth.flows.prepare import accepted_arrays, synthetic_inputs
 from raysynth.seeding import stable_seed
-from raysynth.train.arrays import LabeledArrays
 from raysynth.train.protocol import class_groups, fold_class_groups
 
 log = logging.getLogger("raysynth.flows")
@@ -110,13 +109,6 @@ def compare(
                  ", ".join(f"{k} {v['mean']:.3f}" for k, v in res.items()
                            if k != "per_class" and not k.startswith("group:")))
     return {"real_only": real_only, "with_synthetic": with_syn}
-
-
-def empty_like(x: Inputs) -> Inputs:
-    """No synthetic rows, in the form of ``x``."""
-    if isinstance(x, LabeledArrays):
-        return LabeledArrays.empty_like(x)
-    return replace(x, files=(), counts=(0,) * len(x.counts), drop=frozenset())
 
 
 def classifier_runs(

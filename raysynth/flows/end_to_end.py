@@ -5,6 +5,7 @@ synthetic rows."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,13 @@ def train_end_to_end(
 Inputs = LabeledArrays | ImageTable
 
 
+def empty_like(x: Inputs) -> Inputs:
+    """No synthetic rows, in the form of ``x``."""
+    if isinstance(x, LabeledArrays):
+        return LabeledArrays.empty_like(x)
+    return replace(x, files=(), counts=(0,) * len(x.counts), drop=frozenset())
+
+
 def _shape(x: Inputs) -> tuple[int, int]:
     if isinstance(x, LabeledArrays):
         return int(x.x.shape[1]), int(x.x.shape[-1])
@@ -76,11 +84,11 @@ def _dataset(table: ImageTable, shuffle: bool = True) -> Any:
     return ray_data.shuffled(ds) if shuffle else ds
 
 
-def streams(cfg: RunConfig, rows: int) -> bool:
+def streams(cfg: RunConfig, rows: int, mixes: bool = True) -> bool:
     """Whether the end-to-end classifier streams a training set of ``rows`` rows (always when
     DiffCoRe-Mix pairs each real image with its own counterpart: the streamed batches carry
-    their sample ids)."""
-    own = cfg.mix.enabled and cfg.mix.pairing == "own"
+    their sample ids; ``mixes=False``: a run without synthetic rows, which mixes nothing)."""
+    own = mixes and cfg.mix.enabled and cfg.mix.pairing == "own"
     return cfg.train.stream == "always" or (
         cfg.train.stream == "auto" and (own or rows > cfg.train.stream_above)
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raysynth.config.schema import RunConfig
-from raysynth.flows.prepare import RealData
+from raysynth.flows.real import RealData
 from raysynth.rundir import RunDir
 
 log = logging.getLogger("raysynth.flows")

@@ -14,7 +14,7 @@ from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays
 
 if TYPE_CHECKING:
-    from raysynth.flows.prepare import RealData
+    from raysynth.flows.real import RealData
 
 
 def measurement(cfg: RunConfig, real: RealData, classifier: Path | None) -> Loop:

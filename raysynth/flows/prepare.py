@@ -10,8 +10,7 @@ aside outputs computed under other values of the config sections the step depend
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,92 +18,39 @@ import numpy as np
 
 from raysynth import progress as steps
 from raysynth.config.schema import RunConfig
-from raysynth.data import ImageSet, Splits, load_dataset, make_splits, to_tensor_array
-from raysynth.data.listing import streams
-from raysynth.data.store import read_real_splits, real_exists, real_path, write_real
+from raysynth.data import listing, load_dataset, make_splits
+from raysynth.data.store import real_exists, real_path, write_real
 from raysynth.data.streamed import stream_real
 from raysynth.data.tables import ImageTable
 from raysynth.files import cached
 from raysynth.filter.loop import accepted_images
-from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
-from raysynth.flows.end_to_end import accepted_table, train_end_to_end
+from raysynth.filter.rounds import Synthesis, synthesize
+from raysynth.flows.end_to_end import (
+    Inputs,
+    accepted_table,
+    empty_like,
+    real_table,
+    streams,
+    train_end_to_end,
+)
 from raysynth.flows.measurement import measurement
+from raysynth.flows.real import RealData
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.rundir import RunDir
-from raysynth.rundir.names import ALLOCATION_JSONL
-from raysynth.storage import AnyPath, as_path, spec_path
+from raysynth.rundir.names import ALLOCATION_JSONL, REAL_CLASSIFIER_RUN
+from raysynth.storage import as_path, spec_path
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.checkpoint import has_checkpoint
 
 log = logging.getLogger("raysynth.flows")
 
 
-@dataclass
-class RealData:
-    """The real splits, decoded once on the driver (few-shot data is small)."""
-
-    images: ImageSet
-    splits: Splits
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.images.class_names)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.images.class_names)
-
-    @property
-    def channels(self) -> int:
-        return self.images.channels
-
-    def arrays(self, split: str) -> LabeledArrays:
-        idx = getattr(self.splits, split)
-        x = to_tensor_array([self.images.images[i] for i in idx], self.channels)
-        return LabeledArrays(x, self.images.labels[idx])
-
-    def ids_by_class(self, split: str = "train") -> dict[int, list[str]]:
-        out: dict[int, list[str]] = {c: [] for c in range(self.num_classes)}
-        for i in getattr(self.splits, split):
-            out[int(self.images.labels[i])].append(self.images.sample_ids[i])
-        return out
-
-    def train_counts(self) -> list[int]:
-        return self.splits.counts(self.images.labels, self.num_classes)["train"]
-
-    @property
-    def image_size(self) -> int:
-        return int(self.arrays_shape()[-1])
-
-    def arrays_shape(self) -> tuple[int, ...]:
-        return to_tensor_array(self.images.images[:1], self.channels).shape
-
-    def real_train(self, table: AnyPath) -> RealTrain:
-        """What the filter's rounds need of the train split (``table``: its Parquet file)."""
-        return RealTrain(
-            tuple(self.class_names), self.ids_by_class(), self.channels, self.image_size, table,
-            self.group_counts(), tuple(self.images.group_names),
-        )
-
-    def contexts(self, split: str) -> tuple[list[str], list[str]] | None:
-        """Each row's group in ``split`` and the class names; None when the data has no groups."""
-        groups = [self.images.group[i] for i in getattr(self.splits, split)]
-        return (groups, self.class_names) if any(groups) else None
-
-    def group_counts(self) -> dict[int, dict[str, int]]:
-        """Train images per class and group (context); {} when the data has no groups."""
-        out: dict[int, Counter] = {}
-        for i in self.splits.train:
-            if self.images.group[i]:
-                out.setdefault(int(self.images.labels[i]), Counter())[self.images.group[i]] += 1
-        return {c: dict(sorted(n.items())) for c, n in sorted(out.items())}
-
-
 def prepare_real(run: RunDir, cfg: RunConfig) -> RealData:
-    """Load the dataset and write ``real/`` (or read it back when it is already there)."""
+    """Load the dataset and write ``real/`` (or find it there); returns what the driver needs
+    of the splits (:class:`RealData`: their small columns, no image)."""
     run.stage("data")
     if not real_exists(run.root):  # the data stage writes real/ (read back below)
-        if streams(cfg.data):  # listed on the driver, read and written by Ray Data tasks
+        if listing.streams(cfg.data):  # listed on the driver, read and written by Ray Data tasks
             skipped = stream_real(run, cfg.data, cfg.seed)[0].skipped
         else:
             images = load_dataset(cfg.data)
@@ -112,25 +58,31 @@ def prepare_real(run: RunDir, cfg: RunConfig) -> RealData:
             skipped = images.skipped
         if skipped:
             log.warning("skipped %d unreadable images (listed in the report)", len(skipped))
-    images, splits = read_real_splits(run.root)
-    return RealData(images, splits)
+    return RealData.read(run.root)  # labels, ids, groups; no image read
 
 
 def train_real_classifier(run: RunDir, cfg: RunConfig, real: RealData) -> Path:
     """The end-to-end classifier trained on the real train split only (``train/real_classifier``).
 
     Its penultimate features embed images for the filter (digits), it guides feedback synthesis,
-    and it is the real-only baseline of the classifier flow.
+    and it is the real-only baseline of the classifier flow. Streamed (``train.stream``) from
+    ``real/train.parquet`` into the Train workers like the classifier flow's runs, or trained on
+    the split decoded here.
     """
     run.stage("real_classifier")
     folder = run.real_classifier
     if has_checkpoint(folder):  # recovers one whose replacement a kill interrupted
         return folder
-    train = real.arrays("train")
+    train: Inputs
+    val: Inputs
+    if streams(cfg, sum(real.train_counts()), mixes=False):  # Train workers read real/*.parquet
+        shape = (real.num_classes, real.channels, real.image_size)
+        train, val = (real_table(run.root, split, *shape) for split in ("train", "val"))
+    else:
+        train, val = real.arrays("train"), real.arrays("val")
     metrics = train_end_to_end(
-        cfg, train, LabeledArrays.empty_like(train), real.arrays("val"), real.splits.groups,
-        real.num_classes, cfg.seed, folder, run.train / "real_classifier.ckpt", run.train,
-        "real_classifier",
+        cfg, train, empty_like(train), val, real.splits.groups, real.num_classes, cfg.seed,
+        folder, run.train / "real_classifier.ckpt", run.train, REAL_CLASSIFIER_RUN,
     )
     log.info("real-split classifier: validation accuracy %.3f", metrics.get("overall", float("nan")))
     return folder
@@ -285,7 +237,9 @@ def synthesis_stage(
             cfg.synthesis, cfg.filter, cfg.seed, run.synthetic, run.real_embeddings,
             device=cfg.filter.device,
         )
-        loop = replace(measurement(cfg, real, classifier), log=run.root / ALLOCATION_JSONL)
+        loop = None  # the per-round measurement (decoding the real splits): closed loop only
+        if cfg.synthesis.closed_loop:
+            loop = replace(measurement(cfg, real, classifier), log=run.root / ALLOCATION_JSONL)
         result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier,
                             loop)
         write_sample_grid(run.synthetic, run.samples_png, real.num_classes)

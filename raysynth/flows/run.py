@@ -18,8 +18,10 @@ from raysynth.errors import ConfigError
 from raysynth.files import atomic_write_json
 from raysynth.flows import flow
 from raysynth.flows.job import Job, Progress
-from raysynth.flows.prepare import RealData, check_models, prepare_real
+from raysynth.flows.prepare import check_models, prepare_real
+from raysynth.flows.real import RealData
 from raysynth.rundir import RunDir
+from raysynth.text import printable
 
 
 def check(cfg: RunConfig, until: str | None = None, dry_run: bool = False) -> list[str]:
@@ -66,6 +68,37 @@ def run_flow(
         logging.getLogger("raysynth").removeHandler(handler)
 
 
+def describe_data(cfg: RunConfig) -> list[str]:
+    """``--dry-run``'s lines on the data: counts per split and class, skipped images, groups.
+    An ImageFolder or Parquet source is listed as the data stage lists it (labels and paths,
+    no image opened); the bundled, generated and published-list sources are loaded."""
+    from raysynth.data import load_dataset, make_splits
+    from raysynth.data.listing import listed, streams
+
+    streamed = streams(cfg.data)
+    data = listed(cfg.data) if streamed else load_dataset(cfg.data)
+    splits = make_splits(data, cfg.data, cfg.seed)
+    flow(cfg.flow).check(cfg, data.num_classes)
+    counts = splits.counts(data.labels, data.num_classes)
+    channels = (f"{data.channels} channel(s)" if not streamed or cfg.data.channels
+                or cfg.data.source == "imagefolder" else "channels found by the data stage")
+    lines = [f"data: {len(data)} images, {data.num_classes} classes, {channels}"]
+    if streamed:
+        lines.append("  (listed, not opened: the data stage skips unreadable images, which may "
+                     "lower these counts)")
+    if data.skipped:
+        lines.append(f"skipped {len(data.skipped)} unreadable image(s):")
+        lines += [f"  {printable(src)}: {printable(why)}" for src, why in data.skipped]
+    lines += [f"  {name}: {sum(counts[name])} images, per class {counts[name]}"
+              for name in ("train", "pool", "val", "test")]
+    if splits.groups:
+        lines.append(f"  long-tail groups: {splits.groups}")
+    names = sorted({g for g in data.group if g})
+    if names:
+        lines.append(f"  groups (contexts): {', '.join(map(printable, names))}")
+    return lines
+
+
 def _header(cfg: RunConfig, real: RealData) -> dict[str, Any]:
     return {
         "preset": cfg.preset,
@@ -73,8 +106,8 @@ def _header(cfg: RunConfig, real: RealData) -> dict[str, Any]:
         "classes": real.class_names,
         "split": "test",
         "data": {
-            "skipped": [list(s) for s in real.images.skipped],
-            "counts": real.splits.counts(real.images.labels, real.num_classes),
+            "skipped": [list(s) for s in real.skipped],
+            "counts": real.counts(),
             "groups": real.splits.groups,
         },
     }

@@ -19,7 +19,7 @@ from raysynth.config.schema import Resources, SynthesisConfig
 from raysynth.generate.actor import DiffusionGenerator, plan_table
 from raysynth.generate.generators import GeneratorSpec
 from raysynth.generate.table import PartWriter, existing_ids
-from raysynth.ray_data import from_tables, map_pool
+from raysynth.ray_data import PoolStage, from_tables, map_pool
 from raysynth.storage import as_path
 
 log = logging.getLogger("raysynth.generate")
@@ -67,32 +67,59 @@ def generate(
     part of ``n`` images is written (progress)."""
     t0 = time.perf_counter()
     out_root = as_path(out_root)  # local or on the run directory's store
+    todo, stats = still_to_make(rows, out_root)
+    if todo:
+        pool = cfg.pool
+        ds = from_tables(plan_blocks(todo, pool))
+        ds = map_pool(ds, generator, pool, {"spec": spec})
+        for stage in stages:
+            ds = stage(ds)
+        write_synthetic(ds, out_root / name, writers=writers_for(pool), on_written=on_written)
+    return finished(stats, name, t0)
+
+
+def still_to_make(rows: list[dict[str, Any]], out_root: Any) -> tuple[list[dict[str, Any]],
+                                                                       GenerationStats]:
+    """The rows whose ``sample_id`` is not written under ``out_root`` yet (resume), and the
+    round's stats so far."""
     done = existing_ids(out_root)
     todo = [r for r in rows if r[col.SAMPLE_ID] not in done]
-    stats = GenerationStats(len(rows), len(rows) - len(todo), 0, 0.0)
-    if not todo:
-        stats.wall_s = time.perf_counter() - t0
-        return stats
+    return todo, GenerationStats(len(rows), len(rows) - len(todo), len(todo), 0.0)
+
+
+def plan_blocks(todo: list[dict[str, Any]], pool: Resources) -> list[Any]:
+    """The plan rows as Arrow blocks of whole generator batches
+    (:func:`batches_per_block`), so the actor pool can spread the work (no all-to-all
+    repartition); the generator is called once per batch within a block. The first block is a
+    single batch: a round's first images are written after one batch, not one block (the gap
+    between rounds, ``raysynth bench rounds``), with no new batch shape for the generator."""
     plan = plan_table(todo)
-    # Whole batches per block, so the actor pool can spread the work (no all-to-all
-    # repartition); Ray Data calls the generator once per batch within a block.
-    pool = cfg.pool
-    rows_per_block = pool.batch_size * batches_per_block(len(plan), pool.batch_size, pool.max_actors)
-    ds = from_tables([plan.slice(i, rows_per_block) for i in range(0, len(plan), rows_per_block)])
-    ds = map_pool(ds, generator, pool, {"spec": spec})
-    for stage in stages:
-        ds = stage(ds)
-    write_synthetic(ds, out_root / name, writers=-(-pool.max_actors // 4), on_written=on_written)
-    stats.generated = len(todo)
+    b = pool.batch_size
+    per_block = b * batches_per_block(len(plan), b, pool.max_actors)
+    first = min(b, per_block)
+    return [plan.slice(0, first)] + [plan.slice(i, per_block)
+                                     for i in range(first, len(plan), per_block)]
+
+
+def writers_for(pool: Resources) -> int:
+    """Synthetic writer actors for a generator pool: one per four generators."""
+    return -(-pool.max_actors // 4)
+
+
+def finished(stats: GenerationStats, name: str, t0: float) -> GenerationStats:
     stats.wall_s = time.perf_counter() - t0
-    log.info(
-        "%s: generated %d images (%d already there) in %.1f s",
-        name,
-        len(todo),
-        stats.skipped,
-        stats.wall_s,
-    )
+    if stats.generated:
+        log.info("%s: generated %d images (%d already there) in %.1f s", name, stats.generated,
+                 stats.skipped, stats.wall_s)
     return stats
+
+
+def writer_stage(path: Any, writers: int = 1) -> PoolStage:
+    """The synthetic writers as a pool stage: ``writers`` zero-CPU :class:`PartWriter` actors on
+    the driver's node, a call per block (:func:`write_synthetic`)."""
+    n = max(1, writers)
+    return PoolStage(PartWriter, Resources(min_actors=n, max_actors=n, cpus_per_actor=0),
+                     {"path": as_path(path)}, "pyarrow", batch_size=None, on_driver_node=True)
 
 
 def write_synthetic(
@@ -114,11 +141,7 @@ def write_synthetic(
     needed); the images reach it through the object store, and the driver process itself only
     sees one small row per part.
     """
-    writer_pool = Resources(min_actors=max(1, writers), max_actors=max(1, writers), cpus_per_actor=0)
-    ds = map_pool(
-        ds, PartWriter, writer_pool, {"path": as_path(path)}, "pyarrow", batch_size=None,
-        on_driver_node=True,
-    )
+    ds = writer_stage(path, writers)(ds)
     written = 0
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         n = int(sum(b["rows"]))

@@ -20,6 +20,7 @@ from PIL import Image
 
 import raysynth.report.air as air_report
 from raysynth import columns as col
+from raysynth.data.images import png_size
 from raysynth.data.store import read_classes, real_path
 from raysynth.errors import RunDirError
 from raysynth.generate.table import iter_tables
@@ -155,6 +156,9 @@ def make_thumb(data: bytes | None, title: str, caption: str = "") -> Thumb | Non
     """PNG bytes fit for embedding: small PNGs as they are, anything else re-encoded smaller."""
     if not data:
         return None  # flagged by the safety checker: no image was kept
+    size = png_size(data)
+    if size is not None and max(size) <= MAX_EMBED_PX:  # a small PNG: embedded undecoded
+        return Thumb(data, title, caption)
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()

@@ -27,13 +27,19 @@ TUNE = "tune"
 TRAIN = "train"
 AIR = "air"
 
+# Ray Train's own folder of the real-split classifier's run (under train/), apart from the model
+# folder train/real_classifier: a model written over Ray Train's folder removes the marker file
+# its workers check before they report (with train.num_workers >= 1)
+REAL_CLASSIFIER_RUN = "real_classifier.run"
+
 # The outputs of each stage of the ledger (``stages.json``; which config sections each depends on:
 # ``raysynth.config.stages``), relative to the run directory.
 _FINAL_RUNS = tuple(f"{TRAIN}/{m}-r*" for m in
                     ("supcon_real", "supcon_mixed", "unicon", "real_only", "with_synthetic"))
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "data": (REAL,),
-    "real_classifier": (f"{TRAIN}/real_classifier", f"{TRAIN}/real_classifier.ckpt"),
+    "real_classifier": (f"{TRAIN}/real_classifier", f"{TRAIN}/real_classifier.ckpt",
+                        f"{TRAIN}/{REAL_CLASSIFIER_RUN}"),
     "synthesis": (SYNTHETIC, SYNTHESIS_JSON, SAMPLES_PNG, f"{REAL}/embeddings.npz",
                   ALLOCATION_JSONL),
     "search": (TUNE,),

@@ -75,14 +75,16 @@ def _imagefolder_args(root):
             "--set", "data.test_per_class=1"]
 
 
-def test_corrupt_image_is_skipped_and_named(tmp_path):
+def test_dry_run_lists_an_imagefolder_without_reading_its_images(tmp_path):
+    """--dry-run lists the tree as the data stage does (a corrupt or empty file is found and
+    named by the data stage's tasks: tests/ray/test_streamed_data.py)."""
     root = _folder(tmp_path)
     (root / "cat" / "broken.png").write_bytes(b"\x89PNG not really")
     (root / "dog" / "empty.jpg").write_bytes(b"")
     proc = raysynth(*_imagefolder_args(root))
     assert proc.returncode == 0, proc.stderr
-    assert "skipped 2 unreadable image(s)" in proc.stdout
-    assert "broken.png" in proc.stdout and "empty.jpg" in proc.stdout
+    assert "data: 10 images, 2 classes, 3 channel(s)" in proc.stdout
+    assert "listed, not opened" in proc.stdout and "skipped" not in proc.stdout
 
 
 def test_empty_class_folder(tmp_path):

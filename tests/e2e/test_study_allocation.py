@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 TINY = ["--set", "budget=smoke", "--set", "data.classes=0,1,2", "--set", "data.k=12",
         "--set", "synthesis.budget=18", "--set", "synthesis.rounds=2",
         "--set", "synthesis.loop.measure_epochs=3", "--set", "end_to_end.epochs=3",
@@ -39,5 +41,10 @@ def test_study_allocation_tiny(tmp_path):
                    if not p.name.startswith(".")) for n in ("balance", "closed_loop")]
     assert keys[0] == keys[1] and len(keys[0]) == 1
     assert (out / "allocation.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| closed_loop |" in (out / "allocation.md").read_text()
+    md = (out / "allocation.md").read_text()
+    assert "| closed_loop |" in md and "| no synthetic images |" in md
+    real = json.loads((out / "seed-0" / "balance" / "report.json").read_text())
+    real = real["classifier"]["real_only"]["few"]["mean"]
+    assert summary["baseline"]["few"]["mean"] == pytest.approx(100 * real)  # the runs' real-only
+    assert summary["baseline"]["generated"] == 0
     assert "closed_loop" in done.stdout

@@ -120,3 +120,56 @@ def test_an_s3_imagefolder_is_read_by_the_tasks(ray_local, digits, s3_root, tmp_
     new, opened = _streamed(cfg, tmp_path / "new", monkeypatch)
     assert opened == 0
     assert _same_real(old, new)["class_names"] == ["d0", "d1", "d2"]
+
+
+def _blob(args) -> bytes | str:
+    """What an ``Image.open`` call opened: the bytes of a file-like object, or the path."""
+    src = args[0] if args else b""
+    return src.getvalue() if hasattr(src, "getvalue") else str(src)
+
+
+def test_a_streamed_classifier_run_decodes_no_real_image_on_the_driver(
+        ray_local, digits, tmp_path, monkeypatch):
+    """Flow ``classifier`` with ``train.stream: always`` from an ImageFolder, data stage to
+    report: the real splits are written by Ray Data tasks, read back as their small columns, and
+    the real-split classifier (the filter's embedder here) and both final classifiers read them
+    in the Train workers — the driver opens no real image. (It opens synthetic ones: the sample
+    grid and the recognition rate of the synthesis stage.)"""
+    from tiny_models import save_sd
+
+    from raysynth.flows.run import run_flow
+    from raysynth.generate.table import read_table as read_synthetic
+
+    sd = save_sd(tmp_path / "sd")
+    cfg = build_config(overrides={
+        "flow": "classifier", "seed": 5, "data.source": "imagefolder",
+        "data.path": str(digits / "folder"), "data.classes": ["d0", "d1", "d7"],
+        "data.image_size": 16, "data.k": 6, "data.pool_per_class": 0,
+        "data.val_per_class": 2, "data.test_per_class": 3,
+        "synthesis.quota": "fixed", "synthesis.per_class": 2,
+        "synthesis.generator.kind": "text2image", "synthesis.generator.model": sd,
+        "synthesis.generator.num_steps": 2, "synthesis.generator.image_size": 16,
+        "synthesis.pool.batch_size": 6, "synthesis.pool.cpus_per_actor": 0.5,
+        "filter.embedder": "classifier", "filter.max_rounds": 1,
+        "filter.pool.cpus_per_actor": 0.5,
+        "encoder.arch": "small_cnn", "encoder.width": 4, "encoder.feat_dim": 8,
+        "encoder.augment": "none", "end_to_end.epochs": 1, "end_to_end.batch_size": 8,
+        "protocol.n_contr": 1, "train.stream": "always", "train.num_workers": 1})
+    opened: list[bytes | str] = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(_blob(a))
+                        or real_open(*a, **k))
+    report = run_flow(cfg, tmp_path / "run")
+    monkeypatch.setattr(Image, "open", real_open)
+
+    out = tmp_path / "run"
+    real = {b for s in SPLIT_NAMES
+            for b in read_table(out / "real" / f"{s}.parquet")[col.IMAGE].to_pylist()}
+    synthetic = set(read_synthetic(out / "synthetic")[col.IMAGE].to_pylist())
+    assert len(real) == 3 * (6 + 2 + 3) and synthetic
+    assert not [b for b in opened if b in real or str(digits) in str(b)]  # no real image
+    assert opened and all(b in synthetic for b in opened)  # the sample grid, recognition rate
+    assert (out / "train" / "real_classifier").is_dir()
+    for variant in ("real_only", "with_synthetic"):
+        assert 0.0 <= report["classifier"][variant]["overall"]["mean"] <= 1.0
+    assert report["data"]["counts"]["train"] == [6, 6, 6]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from kill_actor import kill_while_working
 from tiny_models import train_pixel_folder
 
 from raysynth import columns as col
@@ -71,32 +72,13 @@ def test_pool_writes_each_planned_id_once_and_resumes(ray_local, pixel_folder, t
 
 
 def test_killed_generation_actor_loses_and_duplicates_nothing(ray_local, pixel_folder, tmp_path):
-    import os
-    import signal
-    import threading
-    import time
-
-    from ray._private.state import actors
-
     cfg, spec = _spec(pixel_folder, **{"synthesis.pool.batch_size": 2, "synthesis.pool.max_actors": 2,
                                        "synthesis.generator.num_steps": 20})
     rows = _plan(cfg, 10)
     done = {}
-    worker = threading.Thread(
-        target=lambda: done.setdefault("stats", generate(rows, spec, tmp_path / "s", cfg.synthesis))
-    )
-    worker.start()
-    killed = None
-    deadline = time.time() + 120
-    while killed is None and time.time() < deadline and worker.is_alive():
-        for actor_id, a in actors().items():
-            if a["State"] == "ALIVE" and "DiffusionGenerator" in a["ActorClassName"]:
-                time.sleep(1.0)  # let it take a batch first
-                os.kill(a["Pid"], signal.SIGKILL)  # the actor's process dies mid-batch
-                killed = actor_id
-                break
-        time.sleep(0.2)
-    worker.join(timeout=300)
+    killed = kill_while_working(
+        lambda: done.setdefault("stats", generate(rows, spec, tmp_path / "s", cfg.synthesis)),
+        "DiffusionGenerator")
     assert killed is not None, "no generator actor was seen"
     assert done["stats"].generated == len(rows)
     ids = read_table(tmp_path / "s", [col.SAMPLE_ID])[col.SAMPLE_ID].to_pylist()

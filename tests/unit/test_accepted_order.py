@@ -9,7 +9,8 @@ import pyarrow as pa
 from raysynth import columns as col
 from raysynth.config.schema import DataConfig
 from raysynth.data import encode_png, load_dataset, make_splits
-from raysynth.flows.prepare import RealData, accepted_arrays
+from raysynth.flows.prepare import accepted_arrays
+from raysynth.flows.real import RealData
 from raysynth.generate.schema import SYNTHETIC_SCHEMA
 from raysynth.generate.table import PartWriter
 
@@ -33,8 +34,8 @@ def _write(root, blocks: list[list[str]]) -> None:
 
 def test_accepted_images_come_in_sample_id_order_whatever_the_parts(tmp_path):
     images = load_dataset(DataConfig(k=2, pool_per_class=0, val_per_class=0, test_per_class=0))
-    real = RealData(images, make_splits(images, DataConfig(k=2, pool_per_class=0,
-                                                           val_per_class=0, test_per_class=0), 0))
+    cfg = DataConfig(k=2, pool_per_class=0, val_per_class=0, test_per_class=0)
+    real = RealData.from_images(images, make_splits(images, cfg, 0))
     ids = [f"syn-{n}" for n in range(6)]
     _write(tmp_path / "a", [ids[:3], ids[3:]])
     _write(tmp_path / "b", [[ids[5], ids[1]], [ids[0], ids[4], ids[2], ids[3]]])

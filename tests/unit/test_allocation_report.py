@@ -37,9 +37,13 @@ def test_summary_and_charts_of_a_loop():
 def test_study_table_and_schema():
     def run(overall, few, gen):
         report = {"classifier": {"with_synthetic": {"overall": {"mean": overall},
-                                                    "few": {"mean": few}}},
+                                                    "few": {"mean": few}},
+                                 "real_only": {"overall": {"mean": 0.95}, "few": {"mean": 0.875}}},
                   "synthesis": {"generated": gen, "accepted": gen}}
         return result_of(report)
+
+    assert run(0.9, 0.8, 200)["baseline"] == {"overall": 95.0, "few": 87.5, "generated": 0,
+                                              "accepted": 0}
 
     agg = aggregate({"balance": [run(0.9, 0.8, 200), run(0.8, 0.6, 200)],
                      "closed_loop": [run(0.9, 0.9, 150), run(0.9, 0.9, 170)]})
@@ -48,8 +52,10 @@ def test_study_table_and_schema():
     assert agg["closed_loop"]["generated"] == 160 and agg["closed_loop"]["accepted"] == 160
     md = table_markdown(agg, "digits-lt")
     assert "| closed_loop | 90.00 ± 0.00 | 90.00 ± 0.00 | 160 | 160 |" in md
-    unicon = {"accuracy": {"unicon": {"mean": 0.5}}, "synthesis": {"generated": 4}}
+    unicon = {"accuracy": {"unicon": {"mean": 0.5}, "supcon_real": {"mean": 0.25}},
+              "synthesis": {"generated": 4}}
     assert "few" not in aggregate({"fixed": [result_of(unicon)]})["fixed"]  # balanced: no few
+    assert result_of(unicon)["baseline"]["overall"] == 25.0  # SupCon-Real, the same protocol
 
 
 def test_study_arguments_are_checked():

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2] / "raysynth"
 # Lowest first; a module may import its own layer or a lower one.
 LAYERS = [
     {"columns", "errors", "seeding", "devices", "files", "storage", "text", "config", "rundir", "ray_data",
-     "presets", "progress", "__init__"},
+     "warm_pools", "presets", "progress", "__init__"},
     {"data"},
     {"plan", "train", "mix"},
     {"generate", "filter", "tune", "pseudolabel"},
@@ -20,10 +20,11 @@ LAYERS = [
     {"bench"},
     {"cli"},
 ]
-# Modules that may import Ray: the adapter, the Train and Tune builders, the CLI, and the memory
+# Modules that may import Ray: the adapters (Ray Data, the warm actor pools), the Train and Tune builders, the CLI, and the memory
 # bench's child process (it starts its own local Ray to measure the driver's memory).
 RAY_MODULES = {
     "raysynth.ray_data",
+    "raysynth.warm_pools",
     "raysynth.train.session",
     "raysynth.tune.tuner",
     "raysynth.tune.search",

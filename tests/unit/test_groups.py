@@ -12,7 +12,7 @@ from raysynth import columns as col
 from raysynth.config.schema import SynthesisConfig
 from raysynth.data import ImageSet, Splits, encode_png
 from raysynth.errors import ConfigError, DataError
-from raysynth.flows.prepare import RealData
+from raysynth.flows.real import RealData
 from raysynth.plan.quotas import group_quotas, plan_round
 from raysynth.report.groups import worst_group_table
 from raysynth.report.markdown import build_markdown
@@ -26,7 +26,7 @@ def _real() -> RealData:
     png = encode_png(np.zeros((2, 2), np.uint8))
     data = ImageSet(images=[png] * 7, labels=labels, class_names=["cat", "dog"],
                     sources=[f"s{i}" for i in range(7)], channels=1, group=groups)
-    return RealData(data, Splits(train=np.arange(6), pool=[], val=[], test=[6]))
+    return RealData.from_images(data, Splits(train=np.arange(6), pool=[], val=[], test=[6]))
 
 
 def test_top_up_per_class_and_group_with_a_prompt_per_group():
