@@ -149,8 +149,11 @@ def run(
         plan = [("stream-small", sizes[0], "stream", 1), ("memory-small", sizes[0], "memory", 1),
                 ("stream-large", sizes[1], "stream", 1), ("stream-2workers", sizes[0], "stream", 2)]
         for name, n, mode, workers in plan:
+            # Ray's logical CPUs: one per Train worker plus one for the Ray Data tasks that feed
+            # them (with as many workers as CPUs, Train's placement group holds every CPU and
+            # the dataset's read tasks wait forever — the 2-worker run hung so on 2 CPUs)
             args = {**base, **data[n], "mode": mode, "workers": workers,
-                    "out": str(root / f"run-{name}")}
+                    "cpus": max(base["cpus"], workers + 1), "out": str(root / f"run-{name}")}
             runs[name] = {**_measure(args, timeout), "images": n}
     small, large = runs["stream-small"], runs["stream-large"]
     result = {
@@ -163,7 +166,8 @@ def run(
                     "ratio": ">= 0.8", "scaling": ">= 1.5 on 2 idle cores"},
         "runs": runs,
         "sizes": list(sizes), "classes": classes, "image_size": size, "channels": channels,
-        "batch": batch, "model": f"small_cnn width {width}", "ray_cpus": 2,
+        "batch": batch, "model": f"small_cnn width {width}",
+        "ray_cpus": {name: max(2, w + 1) for name, _, _, w in plan},
         "wall_s": time.perf_counter() - started,
         "load_avg": {"before": load_before, "after": load_average()},
     }
