@@ -28,5 +28,7 @@ OWN_PROB = "own_prob"  # probability of the row's own class (AiR's most represen
 # Columns the embedder stages add to the rows they pass on (never written to a table)
 EMBEDDING = "embedding"
 PROBS = "probs"
+# … and the contrastive encoder's streamed training rows (real ∪ synthetic): a synthetic row
+IS_SYNTHETIC = "is_synthetic"
 
 REAL_COLUMNS = (SAMPLE_ID, LABEL, CLASS_NAME, IMAGE, SPLIT, SOURCE, GROUP)

@@ -271,6 +271,19 @@ def image_table(
     return ds.select_columns(list(columns))
 
 
+def flagged_union(first: Any, second: Any | None, flag: str) -> Any:
+    """``first`` ∪ ``second`` (None: ``first`` alone) with a boolean column ``flag``: false on
+    ``first``'s rows, true on ``second``'s (the contrastive encoder's real and synthetic rows)."""
+    import pyarrow as pa
+
+    def flagged(ds: Any, value: bool) -> Any:
+        return ds.add_column(flag, lambda t: pa.array([value] * t.num_rows, pa.bool_()),
+                             batch_format="pyarrow")
+
+    out = flagged(first, False)
+    return out if second is None else out.union(flagged(second, True))
+
+
 def shuffled(ds: Any) -> Any:
     """``ds`` with its rows in a new random order each time it is read (Ray Data's all-to-all
     shuffle: rows pass through the object store, which spills to disk when they do not fit)."""

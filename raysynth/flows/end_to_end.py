@@ -54,9 +54,9 @@ def train_end_to_end(
     own = mix_fraction > 0 and cfg.mix.pairing == "own" and len(synthetic) > 0
     loop_cfg["stream"] = StreamSpec(real.counts, synthetic.counts, channels, size,
                                     own_partners(synthetic) if own else None)
-    datasets = {"real": _dataset(real), "eval": _dataset(evaluate, shuffle=False)}
+    datasets = {"real": table_dataset(real), "eval": table_dataset(evaluate, shuffle=False)}
     if len(synthetic):
-        datasets["synthetic"] = _dataset(synthetic)
+        datasets["synthetic"] = table_dataset(synthetic)
     return run_trainer(end_to_end_loop, loop_cfg, cfg.train, name, storage, datasets, ("real",))
 
 
@@ -76,7 +76,7 @@ def _shape(x: Inputs) -> tuple[int, int]:
     return x.channels, x.image_size
 
 
-def _dataset(table: ImageTable, shuffle: bool = True) -> Any:
+def table_dataset(table: ImageTable, shuffle: bool = True) -> Any:
     """The Ray Dataset of ``table``'s rows; shuffled anew each time a worker reads it (a full
     shuffle: real splits and synthetic parts are stored class by class, so a local shuffle
     buffer would leave batches of a few classes)."""

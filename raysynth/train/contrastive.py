@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 
 from raysynth.config.schema import EncoderConfig
+from raysynth.errors import DataError
 from raysynth.train.arrays import LabeledArrays
 from raysynth.train.augment import two_views
 from raysynth.train.epochs import EpochHook, train_epochs
 from raysynth.train.losses import contrastive_loss
 from raysynth.train.models import ContrastiveModel, ProjectionHead, build_encoder
+from raysynth.train.streams import batches
 
 METHODS = ("supcon_real", "supcon_mixed", "unicon")
 
@@ -54,23 +57,74 @@ def fit_encoder(
     a gather). Each epoch's randomness is seeded from ``(seed, epoch)``, so a resumed run repeats
     exactly what an uninterrupted one does.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     x, y, is_syn = _training_rows(real, synthetic, method)
-    mode = "unicon" if method == "unicon" else "supcon"
-    w = _unicon_weights(weights, num_classes, device) if mode == "unicon" else None
-
-    torch.manual_seed(seed)
-    model = new_contrastive_model(model_cfg)
-    model = prepare(model) if prepare else model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = restore(model, opt) if restore else 0
-
+    model, opt, start, w, mode = _start(method, weights, num_classes, cfg, model_cfg, seed, device,
+                                        prepare, restore)
     rows = tuple(torch.from_numpy(a).to(device) for a in (x, y, is_syn))
     losses = partial(_batch_losses, model, rows, w, mode, cfg, aug_kind, (rank, world_size))
     train_epochs(model, opt, range(start, cfg.epochs), seed, len(y), losses, on_epoch)
     model = model.module if hasattr(model, "module") else model
     return model.eval()
+
+
+def fit_encoder_streamed(
+    shard: Any,
+    decode: Callable[[dict], tuple[torch.Tensor, ...]],
+    method: str,
+    weights: np.ndarray | None,
+    num_classes: int,
+    cfg: EncoderConfig,
+    model_cfg: dict,
+    aug_kind: str,
+    seed: int,
+    device: torch.device,
+    *,
+    prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    restore: Callable[[torch.nn.Module, torch.optim.Optimizer], int] | None = None,
+    on_epoch: EpochHook | None = None,
+) -> ContrastiveModel:
+    """:func:`fit_encoder` on a Train worker's shard of the training rows (``shard``: anything
+    with Ray Data's ``iter_torch_batches``; ``decode`` its ``collate_fn``, giving ``(x, y,
+    is_synthetic)``). The shard holds the rows ``method`` trains on (real rows, plus for
+    ``supcon_mixed``/``unicon`` the accepted synthetic ones, flagged) and arrives shuffled anew
+    each pass; an epoch is one pass over it, in batches of ``cfg.batch_size`` (two views each,
+    drawn from the epoch's generator). Equal shards keep DDP ranks in step."""
+    model, opt, start, w, mode = _start(method, weights, num_classes, cfg, model_cfg, seed, device,
+                                        prepare, restore)
+
+    def losses(_perm: torch.Tensor, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        for x, y, is_syn in batches(shard, cfg.batch_size, decode, seed, device):
+            if len(y) >= 2:  # a single row has no contrast (as in the in-memory batches)
+                yield _loss(model, x, y, is_syn, w, mode, cfg, aug_kind, gen)
+
+    train_epochs(model, opt, range(start, cfg.epochs), seed, 0, losses, on_epoch)
+    model = model.module if hasattr(model, "module") else model
+    return model.eval()
+
+
+def _start(
+    method: str,
+    weights: np.ndarray | None,
+    num_classes: int,
+    cfg: EncoderConfig,
+    model_cfg: dict,
+    seed: int,
+    device: torch.device,
+    prepare: Callable[[torch.nn.Module], torch.nn.Module] | None,
+    restore: Callable[[torch.nn.Module, torch.optim.Optimizer], int] | None,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, int, torch.Tensor | None, str]:
+    """The seeded model (prepared, restored), its optimiser, the first epoch to train, UniCon's
+    weights (None for SupCon) and the loss mode of ``method``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    mode = "unicon" if method == "unicon" else "supcon"
+    w = _unicon_weights(weights, num_classes, device) if mode == "unicon" else None
+    torch.manual_seed(seed)
+    model = new_contrastive_model(model_cfg)
+    model = prepare(model) if prepare else model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = restore(model, opt) if restore else 0
+    return model, opt, start, w, mode
 
 
 def _training_rows(
@@ -116,13 +170,42 @@ def _batch_losses(
         b = perm[i : i + cfg.batch_size]
         if len(b) < 2:
             continue  # a single row has no contrast; BatchNorm cannot train on it either
-        views = two_views(xt[b], aug_kind, gen)  # [B, 2, C, H, W]
-        feats = model(views.flatten(0, 1)).view(len(b), 2, -1)
-        yield contrastive_loss(
-            feats,
-            yt[b],
-            synthetic=st[b],
-            class_weights=w,
-            mode=mode,
-            temperature=cfg.temperature,
-        )
+        yield _loss(model, xt[b], yt[b], st[b], w, mode, cfg, aug_kind, gen)
+
+
+def _loss(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    is_syn: torch.Tensor,
+    w: torch.Tensor | None,
+    mode: str,
+    cfg: EncoderConfig,
+    aug_kind: str,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """The contrastive loss of one batch, two views of each of its rows."""
+    views = two_views(x, aug_kind, gen)  # [B, 2, C, H, W]
+    feats = model(views.flatten(0, 1)).view(len(y), 2, -1)
+    return contrastive_loss(
+        feats, y, synthetic=is_syn, class_weights=w, mode=mode, temperature=cfg.temperature
+    )
+
+
+@torch.no_grad()
+def embed_shard(
+    model: ContrastiveModel, shard: Any, decode: Callable[[dict], tuple[torch.Tensor, ...]],
+    space: str, device: torch.device, batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features ``[N, D]`` and labels ``[N]`` of every row of ``shard`` (``decode``:
+    ``(x, y, key)``, :class:`~raysynth.train.streams.KeyedDecode`), in key order whatever order
+    the rows were read in; only the features are kept, never the images."""
+    feats, labels, keys = [], [], []
+    for x, y, key in shard.iter_torch_batches(batch_size=batch_size, collate_fn=decode):
+        feats.append(model.embed(x.to(device), space))
+        labels.append(y.to(device))
+        keys.append(key)
+    if not keys:
+        raise DataError(f"{getattr(decode, 'what', 'a split')} has no rows: nothing to embed")
+    order = torch.argsort(torch.cat(keys)).to(device)
+    return torch.cat(feats)[order], torch.cat(labels)[order]

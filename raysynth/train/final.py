@@ -11,8 +11,7 @@ from typing import Any
 from raysynth.config.schema import RunConfig
 from raysynth.progress import counter
 from raysynth.seeding import stable_seed
-from raysynth.train.arrays import ProtocolData
-from raysynth.train.protocol import class_groups, evaluate
+from raysynth.train.protocol import Data, class_groups, evaluate
 
 log = logging.getLogger("raysynth.flows")
 
@@ -20,10 +19,12 @@ METHODS = ("supcon_real", "supcon_mixed", "unicon")
 
 
 def final_accuracies(
-    test: ProtocolData, weights: list[float], cfg: RunConfig, storage: Path
+    test: Data, weights: list[float], cfg: RunConfig, storage: Path
 ) -> dict[str, dict[str, Any]]:
     """SupCon-Real, SupCon-Mixed and UniCon at ``weights``, same protocol, test split; each
     method's summary has its accuracy per class (``per_class``) beside the overall one.
+    ``test`` is arrays (:class:`ProtocolData`) or datasets the Train workers read
+    (:class:`~raysynth.train.protocol.StreamedData`).
 
     Each encoder run is resumable: a finished run is never redone, an interrupted one continues
     from its last checkpoint.

@@ -19,9 +19,10 @@ from raysynth.train.classifier import (
     fit_mlp,
     group_accuracy,
 )
-from raysynth.train.contrastive import fit_encoder
+from raysynth.train.contrastive import embed_shard, fit_encoder, fit_encoder_streamed
 from raysynth.train.session import TrainSession
 from raysynth.train.streamed import StreamSpec, evaluate_streamed, fit_streamed
+from raysynth.train.streams import FlaggedDecode, KeyedDecode
 
 
 def _threads(config: dict[str, Any]) -> None:
@@ -32,15 +33,18 @@ def _threads(config: dict[str, Any]) -> None:
 def contrastive_run_loop(config: dict[str, Any]) -> None:
     """One encoder run of UniCon's Alg. 1, then ``n_classif`` classifier runs on its embeddings.
 
-    Keys: ``data`` (:class:`ProtocolData`, synthetic already drawn for this run), ``method``,
-    ``weights`` (per class, or None), ``encoder`` (EncoderConfig), ``classifier``
+    Keys: ``data`` (:class:`ProtocolData`, synthetic already drawn for this run) or ``stream``
+    (:class:`StreamSpec`: the trainer's datasets ``train`` — this method's rows, flagged and
+    split across the workers —, ``pool`` and ``eval``, with ``num_classes`` and ``groups``),
+    ``method``, ``weights`` (per class, or None), ``encoder`` (EncoderConfig), ``classifier``
     (ClassifierConfig), ``model_cfg``, ``aug_kind``, ``seed``, ``n_classif``, optional
     ``checkpoint_dir`` / ``checkpoint_every`` (resume), ``save_dir`` (final model), ``threads``.
     Reports ``accs`` (one eval accuracy per classifier run), ``nlls`` (their mean eval
     cross-entropy) and ``group_accs``.
     """
     _threads(config)
-    data: ProtocolData = config["data"]
+    data: ProtocolData | None = config.get("data")
+    spec: StreamSpec | None = config.get("stream")
     session = TrainSession(config.get("checkpoint_dir"), config.get("checkpoint_every", 0))
     dev = session.device
 
@@ -51,61 +55,74 @@ def contrastive_run_loop(config: dict[str, Any]) -> None:
         )
 
     weights = config.get("weights")
-    model = fit_encoder(
-        data.train,
-        data.synthetic,
-        config["method"],
-        None if weights is None else np.asarray(weights, np.float32),
-        data.num_classes,
-        config["encoder"],
-        config["model_cfg"],
-        config["aug_kind"],
-        config["seed"],
-        dev,
-        rank=session.rank,
-        world_size=session.world_size,
-        prepare=session.prepare,
-        restore=session.restore,
-        on_epoch=on_epoch,
-    )
+    num_classes = data.num_classes if data is not None else config["num_classes"]
+    args = (config["method"], None if weights is None else np.asarray(weights, np.float32),
+            num_classes, config["encoder"], config["model_cfg"], config["aug_kind"],
+            config["seed"], dev)
+    hooks = {"prepare": session.prepare, "restore": session.restore, "on_epoch": on_epoch}
+    if spec is not None:  # streamed: this worker's equal shard of the method's rows
+        decode = FlaggedDecode(spec.channels, spec.image_size, "the training rows")
+        model = fit_encoder_streamed(session.dataset("train"), decode, *args, **hooks)
+    else:
+        model = fit_encoder(data.train, data.synthetic, *args, rank=session.rank,
+                            world_size=session.world_size, **hooks)
     metrics: dict[str, Any] = {
         "accs": [], "nlls": [], "group_accs": [], "world_size": session.world_size
     }
     if session.rank == 0:
         if config.get("save_dir"):
             write_checkpoint(config["save_dir"], model, config["model_cfg"])
-        metrics.update(
-            classify_runs(model, data, config["classifier"], config["seed"], config["n_classif"], dev)
-        )
+        feats = _features(model, config, session, dev)
+        groups = data.groups if data is not None else config["groups"]
+        metrics.update(classify_runs(*feats, groups, num_classes, config["classifier"],
+                                     config["seed"], config["n_classif"]))
     session.report(metrics)
 
 
+def _features(
+    model: torch.nn.Module, config: dict[str, Any], session: TrainSession, dev: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """Frozen features and labels of the pool and of the eval split: from the arrays, or
+    (streamed) from the ``pool`` and ``eval`` datasets read here (only features are kept)."""
+    space = config["classifier"].features
+    spec: StreamSpec | None = config.get("stream")
+    if spec is None:
+        data: ProtocolData = config["data"]
+        return tuple(t for s in (data.pool, data.eval) for t in (
+            model.embed(torch.from_numpy(s.x).to(dev), space), torch.from_numpy(s.y).to(dev)))
+    out: tuple[torch.Tensor, ...] = ()
+    for name, what in (("pool", "the real pool split"), ("eval", "the evaluation split")):
+        decode = KeyedDecode(spec.channels, spec.image_size, what)
+        out += embed_shard(model, session.dataset(name), decode, space, dev)
+    return out
+
+
 def classify_runs(
-    model: torch.nn.Module,
-    data: ProtocolData,
+    pool_f: torch.Tensor,
+    pool_y: torch.Tensor,
+    eval_f: torch.Tensor,
+    eval_y: torch.Tensor,
+    groups: dict[str, list[int]],
+    num_classes: int,
     cfg: Any,
     seed: int,
     n_classif: int,
-    device: torch.device,
 ) -> dict[str, list]:
-    """``n_classif`` MLPs on frozen embeddings, each on its own draw from the pool: accuracy,
-    mean cross-entropy and per-group accuracy of each on ``data.eval``."""
-    pool_f = model.embed(torch.from_numpy(data.pool.x).to(device), cfg.features)
-    eval_f = model.embed(torch.from_numpy(data.eval.x).to(device), cfg.features)
-    pool_y = torch.from_numpy(data.pool.y).to(device)
-    eval_y = torch.from_numpy(data.eval.y).to(device)
-    accs, nlls, groups = [], [], []
+    """``n_classif`` MLPs on frozen features, each on its own draw from the pool: accuracy,
+    mean cross-entropy and per-group accuracy of each on the eval features."""
+    pool_labels = pool_y.cpu().numpy()
+    accs, nlls, group_accs = [], [], []
     for j in range(n_classif):
         s = stable_seed(seed, "classifier", j)
-        idx = sample_per_class(data.pool.y, cfg.per_class, np.random.default_rng(s), data.num_classes)
-        idx_t = torch.from_numpy(idx).to(device)
-        mlp = fit_mlp(pool_f[idx_t], pool_y[idx_t], data.num_classes, cfg, s)
+        idx = sample_per_class(pool_labels, cfg.per_class, np.random.default_rng(s), num_classes)
+        idx_t = torch.from_numpy(idx).to(pool_f.device)
+        mlp = fit_mlp(pool_f[idx_t], pool_y[idx_t], num_classes, cfg, s)
         with torch.no_grad():
             logits = mlp(eval_f)
         accs.append(accuracy(logits, eval_y))
         nlls.append(float(torch.nn.functional.cross_entropy(logits, eval_y)))
-        groups.append(group_accuracy(logits, eval_y, data.groups))
-    return {"accs": accs, "nlls": nlls, "group_accs": groups}
+        group_accs.append(group_accuracy(logits, eval_y, groups))
+    return {"accs": accs, "nlls": nlls, "group_accs": group_accs}
 
 
 def end_to_end_loop(config: dict[str, Any]) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from raysynth import columns as col
+from raysynth import ray_data
 from raysynth.config.schema import RunConfig
 from raysynth.files import cached
 from raysynth.seeding import stable_seed
@@ -22,6 +24,7 @@ from raysynth.train.augment import resolve_kind
 from raysynth.train.loops import contrastive_run_loop
 from raysynth.train.models import encoder_config
 from raysynth.train.session import run_trainer
+from raysynth.train.streamed import StreamSpec
 
 
 @dataclass
@@ -75,7 +78,44 @@ def fold_class_groups(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def model_config(cfg: RunConfig, data: ProtocolData) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StreamedData:
+    """The protocol's data as datasets (``ray_data.image_table``, nothing decoded here): the real
+    train split ``real``, the accepted synthetic rows ``synthetic`` (None when there are none),
+    the real ``pool`` and the ``eval`` split; ``spec`` their per-class counts and image shape.
+    Each encoder run's training rows are :meth:`training`; the Train workers decode them."""
+
+    real: Any
+    synthetic: Any | None
+    pool: Any
+    eval: Any
+    spec: StreamSpec
+    num_classes: int
+    groups: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return self.spec.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.spec.channels
+
+    def training(self, method: str) -> Any:
+        """The rows ``method`` trains on, each flagged ``is_synthetic``, in a new random order
+        each pass: the real rows, and the synthetic ones unless the method is ``supcon_real``
+        (as ``contrastive._training_rows``)."""
+        syn = None if method == "supcon_real" else self.synthetic
+        return ray_data.shuffled(ray_data.flagged_union(self.real, syn, col.IS_SYNTHETIC))
+
+    def datasets(self, method: str) -> dict[str, Any]:
+        return {"train": self.training(method), "pool": self.pool, "eval": self.eval}
+
+
+Data = ProtocolData | StreamedData
+
+
+def model_config(cfg: RunConfig, data: Data) -> dict[str, Any]:
     enc = encoder_config(
         cfg.encoder.arch, data.channels, data.image_size, cfg.encoder.width, cfg.encoder.feat_dim,
         cfg.encoder.pretrained,
@@ -93,7 +133,7 @@ def draw_synthetic(data: ProtocolData, seed: int) -> ProtocolData:
 
 
 def evaluate(
-    data: ProtocolData,
+    data: Data,
     method: str,
     weights: np.ndarray | list[float] | None,
     cfg: RunConfig,
@@ -108,7 +148,9 @@ def evaluate(
 ) -> ProtocolResult:
     """Run the protocol for one method (and one weight vector for UniCon).
 
-    Each encoder run is one Ray Train run named ``{name}-r{r}`` under ``storage``. With
+    Each encoder run is one Ray Train run named ``{name}-r{r}`` under ``storage``, on arrays
+    in its loop config or (:class:`StreamedData`) on datasets given to the trainer, the
+    training rows split equally across its workers (DDP stays in step). With
     ``resumable`` the runs checkpoint to ``storage/{name}-r{r}/ckpt`` and resume from there;
     with ``save_models`` the final encoder is written to ``storage/{name}-r{r}/model``.
     ``on_run()`` is called after each encoder run (progress).
@@ -128,7 +170,8 @@ def evaluate(
         if save_models:
             loop_cfg["save_dir"] = run_dir / "model"
         done = run_dir / "result.json" if resumable else None
-        metrics = _encoder_run(loop_cfg, cfg, f"{name}-r{r}", storage, done)
+        datasets = data.datasets(method) if isinstance(data, StreamedData) else None
+        metrics = _encoder_run(loop_cfg, cfg, f"{name}-r{r}", storage, done, datasets)
         accs.extend(metrics["accs"])
         nlls.extend(metrics.get("nlls", []))  # absent from results written by older versions
         groups.extend(metrics["group_accs"])
@@ -138,7 +181,7 @@ def evaluate(
 
 
 def _loop_config(
-    data: ProtocolData,
+    data: Data,
     method: str,
     weights: np.ndarray | list[float] | None,
     cfg: RunConfig,
@@ -147,9 +190,13 @@ def _loop_config(
     aug: str,
     threads: int,
 ) -> dict[str, Any]:
-    """The config of one encoder run's ``contrastive_run_loop`` (its synthetic rows drawn)."""
+    """The config of one encoder run's ``contrastive_run_loop`` (its synthetic rows drawn, or
+    the description of the streamed datasets)."""
+    inputs: dict[str, Any] = {"data": draw_synthetic(data, run_seed)} if isinstance(
+        data, ProtocolData) else {"stream": data.spec, "num_classes": data.num_classes,
+                                  "groups": data.groups}
     return {
-        "data": draw_synthetic(data, run_seed),
+        **inputs,
         "method": method,
         "weights": None if weights is None else [float(w) for w in weights],
         "encoder": cfg.encoder,
@@ -165,11 +212,13 @@ def _loop_config(
 
 
 def _encoder_run(
-    loop_cfg: dict[str, Any], cfg: RunConfig, run_name: str, storage: str | Path, done: Path | None
+    loop_cfg: dict[str, Any], cfg: RunConfig, run_name: str, storage: str | Path,
+    done: Path | None, datasets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One encoder run's metrics; with ``done`` (resumable runs) they are written there, and a
     run that finished before an interruption is read back from there instead of redone."""
     def train() -> dict[str, Any]:
-        return run_trainer(contrastive_run_loop, loop_cfg, cfg.train, run_name, storage)
+        return run_trainer(contrastive_run_loop, loop_cfg, cfg.train, run_name, storage,
+                           datasets, ("train",))
 
     return train() if done is None else cached(done, train)

@@ -9,6 +9,7 @@ is one pass per epoch, the synthetic table an endless stream of passes, ``n`` ro
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +43,26 @@ class DecodeBatch:
                 "remove the row or regenerate it, then resume — the rows already written stay"
             ) from None
         return torch.from_numpy(x), torch.from_numpy(np.array(batch[col.LABEL], np.int64))
+
+
+class FlaggedDecode(DecodeBatch):
+    """``collate_fn`` of the contrastive encoder's training rows (real ∪ synthetic, each row
+    flagged: ``ray_data.flagged_union``): ``(x, y, is_synthetic [B] bool)``."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+        x, y = super().__call__(batch)
+        return x, y, torch.from_numpy(np.asarray(batch[col.IS_SYNTHETIC], bool))
+
+
+class KeyedDecode(DecodeBatch):
+    """``(x, y, key)``: ``key[i]`` a stable int64 of row i's ``sample_id``, so that rows read in
+    any order can be put in one order (sorted by key)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+        x, y = super().__call__(batch)
+        keys = [int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=7).digest(), "big")
+                for s in batch[col.SAMPLE_ID]]
+        return x, y, torch.tensor(keys, dtype=torch.int64)
 
 
 class PairedDecode(DecodeBatch):
