@@ -136,3 +136,54 @@ def test_each_rank_reads_its_equal_share_of_the_methods_rows_each_epoch(
     orders = [[i for b in seen[0][e]["batches"] + seen[1][e]["batches"] for i in b["ids"]]
               for e in (0, 1)]
     assert orders[0] != orders[1]  # shuffled anew each pass
+
+
+def test_unicon_final_stage_streams_decodes_no_image_on_the_driver_and_resumes(
+        ray_local, tmp_path, monkeypatch):
+    """Flow ``unicon`` with ``train.stream: always``, fixed weights (no search) and 1 Train
+    worker: after the synthesis stage the driver opens no image at all (the encoder runs read
+    the real and accepted synthetic rows, the pool and the test split in the worker); all three
+    methods are scored per class; a run interrupted after its last checkpoint (no result.json)
+    resumes from it — the same accuracies, no epoch retrained — and finished runs are reused."""
+    from PIL import Image
+
+    from raysynth.flows import unicon
+    from raysynth.flows.run import run_flow
+
+    cfg = build_config("digits", overrides={
+        "budget": "smoke", "data.classes": ["0", "1", "7"], "data.k": 6, "seed": 3,
+        "synthesis.quota": "fixed", "synthesis.per_class": 2, "filter.enabled": False,
+        "synthesis.generator.pixel_train_steps": 10, "synthesis.generator.pixel_channels": [8, 16],
+        "synthesis.generator.num_steps": 2, "encoder.width": 4, "encoder.feat_dim": 8,
+        "encoder.epochs": 1, "encoder.batch_size": 16, "classifier.epochs": 5,
+        "protocol.n_contr": 1, "protocol.n_classif": 1, "tune.weights": [0.25, 0.5, 1.0],
+        "train.stream": "always", "train.num_workers": 1, "train.checkpoint_every": 1})
+    opened: list = []
+    real_open, inputs = Image.open, unicon.synthetic_inputs
+
+    def count_opens_after_synthesis(*args, **kwargs):
+        out = inputs(*args, **kwargs)
+        monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+        return out
+
+    monkeypatch.setattr(unicon, "synthetic_inputs", count_opens_after_synthesis)
+    out = tmp_path / "run"
+    report = run_flow(cfg, out)
+    monkeypatch.setattr(Image, "open", real_open)
+    assert opened == []
+    acc = report["accuracy"]
+    assert set(acc) == {"supcon_real", "supcon_mixed", "unicon"}
+    for summary in acc.values():
+        assert summary["runs"] == 1 and 0 <= summary["mean"] <= 1
+        assert len(summary["per_class"]) == 3
+
+    runs = out / "train"
+    (runs / "unicon-r0" / "result.json").unlink()  # killed after its last checkpoint
+    ckpt = {p: p.stat().st_mtime_ns for p in (runs / "unicon-r0" / "ckpt").iterdir()}
+    done = {p: p.stat().st_mtime_ns for p in runs.glob("supcon_*-r0/result.json")}
+    assert ckpt and len(done) == 2
+    again = run_flow(cfg, out, resume=True)
+    assert again["accuracy"] == acc
+    assert (runs / "unicon-r0" / "result.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in ckpt} == ckpt  # resumed after the last epoch
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished runs not redone
