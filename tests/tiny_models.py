@@ -314,3 +314,22 @@ def hub_cache(home: Path, hub_id: str, commit: str, pipe) -> Path:
     (repo / "refs" / "main").write_text(commit)
     shutil.rmtree(saved)
     return snapshot
+
+
+def image_table(path: Path, labels, values, ids, accepted=None, size: int = 8) -> str:
+    """A tiny image table (``sample_id``, ``label``, ``image``, optional ``accepted``) at
+    ``path``: row i's image is a ``size``-px grey square of value ``values[i]``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysynth import columns as col
+    from raysynth.data.images import encode_png
+
+    pngs = [encode_png(np.full((size, size), v, np.uint8)) for v in values]
+    cols = {col.SAMPLE_ID: ids, col.LABEL: pa.array(labels, pa.int64()),
+            col.IMAGE: pa.array(pngs, pa.binary())}
+    if accepted is not None:
+        cols[col.ACCEPTED] = accepted
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+    return str(path)

@@ -8,14 +8,11 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
+from tiny_models import image_table
 
-from raysynth import columns as col
 from raysynth.config import build_config
-from raysynth.data.images import encode_png
 from raysynth.data.tables import describe_table
 from raysynth.flows.end_to_end import table_dataset
 from raysynth.train import contrastive
@@ -28,15 +25,8 @@ SIZE = 4
 
 
 def _table(path: Path, labels, values, ids, accepted=None) -> str:
-    """One image table; row i's image is filled with ``values[i]`` (its identity once decoded)."""
-    pngs = [encode_png(np.full((SIZE, SIZE), v, np.uint8)) for v in values]
-    cols = {col.SAMPLE_ID: ids, col.LABEL: pa.array(labels, pa.int64()),
-            col.IMAGE: pa.array(pngs, pa.binary())}
-    if accepted is not None:
-        cols[col.ACCEPTED] = accepted
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(cols), path)
-    return str(path)
+    """Row i's image is filled with ``values[i]`` (its identity once decoded)."""
+    return image_table(path, labels, values, ids, accepted, SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +168,7 @@ def test_unicon_final_stage_streams_decodes_no_image_on_the_driver_and_resumes(
         assert len(summary["per_class"]) == 3
 
     runs = out / "train"
+    assert all((runs / f"{m}-r0" / "model").is_dir() for m in acc)  # save_models
     (runs / "unicon-r0" / "result.json").unlink()  # killed after its last checkpoint
     ckpt = {p: p.stat().st_mtime_ns for p in (runs / "unicon-r0" / "ckpt").iterdir()}
     done = {p: p.stat().st_mtime_ns for p in runs.glob("supcon_*-r0/result.json")}

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tiny_models import image_table
 
 from raysynth import columns as col
 from raysynth.config import build_config
-from raysynth.data.images import encode_png
 from raysynth.data.tables import describe_table
 from raysynth.errors import DataError
 from raysynth.flows.classifier import check_classes
@@ -23,15 +23,8 @@ from raysynth.train import classifier, streamed
 SIZE = 8
 
 
-def _table(path: Path, labels, value: int, ids, accepted=None, image=None) -> str:
-    png = encode_png(np.full((SIZE, SIZE), value, np.uint8))
-    cols = {col.SAMPLE_ID: ids, col.LABEL: pa.array(labels, pa.int64()),
-            col.IMAGE: pa.array([image or png] * len(ids), pa.binary())}
-    if accepted is not None:
-        cols[col.ACCEPTED] = accepted
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(cols), path)
-    return str(path)
+def _table(path: Path, labels, value: int, ids, accepted=None) -> str:
+    return image_table(path, labels, [value] * len(ids), ids, accepted, SIZE)
 
 
 @pytest.fixture(scope="module")
