@@ -262,7 +262,8 @@ def image_table(
 
     from raysynth import columns as col
 
-    wanted = list(dict.fromkeys([*columns, *([col.ACCEPTED] if accepted_only else [])]))
+    wanted = list(dict.fromkeys([*columns, *([col.ACCEPTED] if accepted_only else []),
+                                 *([col.SAMPLE_ID] if drop else [])]))
     ds = ray.data.read_parquet(list(files), columns=wanted, include_paths=bool(drop))
     if accepted_only:
         ds = ds.filter(lambda row: bool(row[col.ACCEPTED]))
