@@ -51,18 +51,19 @@ def _fmt(fields: dict[str, Any]) -> str:
 class Counter:
     """``done`` of ``total`` ``unit``s of one step, with named figures (``accepted=…``)."""
 
-    def __init__(self, desc: str, total: int, unit: str, log_every: int = 1) -> None:
+    def __init__(self, desc: str, total: int, unit: str, log_every: int = 1, start: int = 0
+                 ) -> None:
         self.desc, self.total, self.unit = desc, int(total), unit
         self.log_every = max(1, int(log_every))
-        self.done = 0
+        self.done = self.start = int(start)  # counted before this process (a resumed run)
         self.fields: dict[str, Any] = {}
         self.t0 = time.perf_counter()
-        self._logged = 0
+        self._logged = self.done
         self._bar = None
         if live():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=sys.stderr,
+            self._bar = tqdm(total=self.total, initial=self.done, desc=desc, unit=unit, file=sys.stderr,
                              mininterval=0.5, leave=True, **_fixed_size())
 
     def update(self, n: int = 1, **fields: Any) -> None:
@@ -78,10 +79,10 @@ class Counter:
 
     def eta(self) -> float | None:
         """Seconds left at the rate so far (None before the first count)."""
-        if not self.done:
+        if self.done <= self.start:
             return None
         elapsed = time.perf_counter() - self.t0
-        return max(0.0, elapsed / self.done * (self.total - self.done))
+        return max(0.0, elapsed / (self.done - self.start) * (self.total - self.done))
 
     def _line(self) -> None:
         self._logged = self.done

@@ -80,8 +80,8 @@ def map_pool(
         extra["batch_size"] = pool.batch_size if batch_size is POOL_BATCH else batch_size
     elif batch_size is None:
         extra["batch_size"] = None
-    if on_driver_node:
-        extra["scheduling_strategy"] = driver_node_strategy()
+    if on_driver_node:  # a label every node has (Ray 2.60: ``scheduling_strategy`` here is a
+        extra["label_selector"] = {NODE_ID_LABEL: driver_node_id()}  # deprecated remote arg)
     upstream = _CLAIMS.get(ds, {})
     sized = size_pool(getattr(fn, "__name__", "actor"), pool, upstream, on_driver_node)
     out = ds.map_batches(
@@ -181,13 +181,24 @@ def show_progress(on: bool) -> None:
 
     DataContext.get_current().enable_progress_bars = on
     logging.getLogger("ray.data").setLevel(logging.INFO if on else logging.WARNING)
+    # ... and not its warning that they are off ("Progress bars disabled. To enable, …")
+    logging.getLogger("ray.data._internal.progress").setLevel(
+        logging.NOTSET if on else logging.ERROR)
+
+
+NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node: its node id
+
+
+def driver_node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def driver_node_strategy() -> Any:
-    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return NodeAffinitySchedulingStrategy(driver_node_id(), soft=False)
 
 
 def from_tables(tables: Sequence[Any]) -> Any:
@@ -262,7 +273,8 @@ def image_table(
 
     from raysynth import columns as col
 
-    wanted = list(dict.fromkeys([*columns, *([col.ACCEPTED] if accepted_only else [])]))
+    wanted = list(dict.fromkeys([*columns, *([col.ACCEPTED] if accepted_only else []),
+                                 *([col.SAMPLE_ID] if drop else [])]))
     ds = ray.data.read_parquet(list(files), columns=wanted, include_paths=bool(drop))
     if accepted_only:
         ds = ds.filter(lambda row: bool(row[col.ACCEPTED]))

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from raysynth import progress as steps
+from raysynth import ray_data
 from raysynth.config.schema import RunConfig
 from raysynth.data import listing, load_dataset, make_splits
 from raysynth.data.store import real_exists, real_path, write_real
 from raysynth.data.streamed import stream_real
-from raysynth.data.tables import ImageTable
+from raysynth.data.tables import ImageTable, describe_table
 from raysynth.files import cached
 from raysynth.filter.loop import accepted_images
 from raysynth.filter.rounds import Synthesis, synthesize
@@ -36,6 +37,14 @@ from raysynth.flows.end_to_end import (
 from raysynth.flows.measurement import measurement
 from raysynth.flows.real import RealData
 from raysynth.generate.generators import GeneratorSpec
+from raysynth.generate.table import parquet_files
+from raysynth.report.samples import (
+    RECOGNITION_COLUMNS,
+    RecognitionCounts,
+    rates,
+    recognition_rate,
+    write_sample_grid,
+)
 from raysynth.rundir import RunDir
 from raysynth.rundir.names import ALLOCATION_JSONL, REAL_CLASSIFIER_RUN
 from raysynth.storage import as_path, spec_path
@@ -228,8 +237,6 @@ def synthesis_stage(
 ) -> dict[str, Any]:
     """The synthesis stage (plan → generate → filter rounds) once per run
     (``synthesis.json``), with ``samples.png`` and the recognition rate of its images."""
-    from raysynth.report.samples import recognition_rate, write_sample_grid
-
     run.stage("synthesis")
 
     def compute() -> dict[str, Any]:
@@ -243,12 +250,27 @@ def synthesis_stage(
         result = synthesize(job, real.real_train(real_path(run.root, "train")), spec, classifier,
                             loop)
         write_sample_grid(run.synthetic, run.samples_png, real.num_classes)
-        result["recognised"] = (
-            recognition_rate(run.synthetic, classifier, real.channels) if classifier else None
-        )
+        result["recognised"] = recognition(run, cfg, real, classifier) if classifier else None
         return result
 
     return cached(run.synthesis_path, compute)
+
+
+def recognition(run: RunDir, cfg: RunConfig, real: RealData, classifier: Path) -> dict[str, float]:
+    """The recognition rate of the synthetic images (``report.samples``): counted on the driver
+    one file at a time, or, when the classifiers stream a training set this size
+    (``train.stream``), on an actor pool of ``filter.pool``'s size over Ray Data (only the counts
+    come back: no synthetic image is decoded on the driver)."""
+    files = [str(f) for f in parquet_files(run.synthetic)]
+    table = describe_table(files, real.num_classes, real.channels, real.image_size,
+                           what=f"the synthetic table {run.synthetic}")
+    if not files or not streams(cfg, sum(real.train_counts()) + len(table), mixes=False):
+        return recognition_rate(run.synthetic, classifier, real.channels)
+    ds = ray_data.image_table(table.files, RECOGNITION_COLUMNS, drop=table.drop)
+    ds = ray_data.map_pool(ds, RecognitionCounts, cfg.filter.pool,
+                           {"folder": spec_path(classifier), "channels": real.channels})
+    hits = sum(b["hits"].sum(0) for b in ray_data.iter_numpy(ds, ["hits"]))
+    return rates(np.asarray(hits))
 
 
 def accepted_arrays(root: Path, real: RealData) -> LabeledArrays:

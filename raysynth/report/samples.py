@@ -14,31 +14,59 @@ from raysynth import columns as col
 from raysynth.files import atomic_open
 from raysynth.generate.table import iter_tables
 
+RECOGNITION_COLUMNS = (col.LABEL, col.IMAGE, col.ROUND, col.ACCEPTED)
+RATES = ("all", "round0", "accepted")  # hits / rows of each, in this order, twice each
+
 
 def recognition_rate(root: Path, classifier_folder: Path, channels: int) -> dict[str, float]:
     """Share of generated images the real-split classifier labels with their intended class —
-    all rows, round 0 alone (unfiltered first draws) and accepted rows."""
-    import torch
+    all rows, round 0 alone (unfiltered first draws) and accepted rows — counted here, one file
+    at a time (:class:`RecognitionCounts` counts the same on an actor pool)."""
+    counter = RecognitionCounts(classifier_folder, channels)
+    total = np.zeros(2 * len(RATES), np.int64)
+    for t in iter_tables(root, list(RECOGNITION_COLUMNS)):
+        total += counter({c: t[c].to_numpy(zero_copy_only=False) for c in RECOGNITION_COLUMNS}
+                         )["hits"][0]
+    return rates(total)
 
-    from raysynth.data import to_tensor_array
-    from raysynth.train.checkpoint import load_model
 
-    model = load_model(classifier_folder).eval()
-    hits = {"all": [0, 0], "round0": [0, 0], "accepted": [0, 0]}
-    for t in iter_tables(root, [col.LABEL, col.IMAGE, col.ROUND, col.ACCEPTED]):
-        t = t.filter(t[col.IMAGE].is_valid())
-        if t.num_rows == 0:
-            continue
-        x = torch.from_numpy(to_tensor_array(t[col.IMAGE].to_pylist(), channels))
-        with torch.no_grad():
-            pred = model(x).argmax(1).numpy()
-        ok = pred == np.asarray(t[col.LABEL].to_pylist())
-        r0 = np.asarray(t[col.ROUND].to_pylist()) == 0
-        acc = np.asarray(t[col.ACCEPTED].fill_null(False).to_pylist(), bool)
-        for key, mask in (("all", np.ones_like(ok)), ("round0", r0), ("accepted", acc)):
-            hits[key][0] += int(ok[mask].sum())
-            hits[key][1] += int(mask.sum())
-    return {k: (h / n if n else float("nan")) for k, (h, n) in hits.items()}
+def rates(hits: np.ndarray) -> dict[str, float]:
+    """``{all, round0, accepted}`` from the summed ``[hits, rows] × 3`` counts (NaN: no row)."""
+    return {k: (float(hits[2 * i] / hits[2 * i + 1]) if hits[2 * i + 1] else float("nan"))
+            for i, k in enumerate(RATES)}
+
+
+class RecognitionCounts:
+    """Callable class: a batch of synthetic rows (:data:`RECOGNITION_COLUMNS`) → ``{"hits":
+    [[hits, rows] × (all, round0, accepted)]}``, one row of counts. Rows without an image (a
+    failed generation) are not counted; an unfiltered row (``accepted`` null) is not accepted.
+    ``folder``: the classifier checkpoint, local or the run directory's ``RemotePath``."""
+
+    def __init__(self, folder: str | Path, channels: int) -> None:
+        from raysynth.storage import as_path
+        from raysynth.train.checkpoint import load_model
+
+        self.model = load_model(as_path(folder)).eval()
+        self.channels = channels
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from raysynth.data.images import to_tensor_array
+
+        has = np.array([b is not None for b in batch[col.IMAGE]], bool)
+        out = np.zeros(2 * len(RATES), np.int64)
+        if has.any():
+            pngs = [b for b, ok in zip(batch[col.IMAGE], has) if ok]
+            x = torch.from_numpy(to_tensor_array(pngs, self.channels))
+            with torch.inference_mode():
+                pred = self.model(x).argmax(1).numpy()
+            ok = pred == np.asarray(batch[col.LABEL], np.int64)[has]
+            r0 = np.asarray(batch[col.ROUND], np.int64)[has] == 0
+            acc = np.array([a is True or a == 1 for a in batch[col.ACCEPTED]], bool)[has]
+            for i, mask in enumerate((np.ones_like(ok), r0, acc)):
+                out[2 * i], out[2 * i + 1] = int(ok[mask].sum()), int(mask.sum())
+        return {"hits": out[None, :]}
 
 
 def write_sample_grid(root: Path, out: Path, num_classes: int, per_class: int = 8) -> Path:

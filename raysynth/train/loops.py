@@ -146,7 +146,10 @@ def end_to_end_loop(config: dict[str, Any]) -> None:
     opt = end_to_end_optimizer(model, cfg)
     start = session.restore(model, opt)
 
+    ends: list[float] = []  # when each epoch ended (raysynth bench learn: per-epoch rates)
+
     def on_epoch(epoch: int, loss: float, m: torch.nn.Module, o: torch.optim.Optimizer) -> None:
+        ends.append(time.perf_counter())
         session.end_epoch(epoch, cfg.epochs, loss, m, model_cfg, o, "end-to-end classifier")
 
     spec: StreamSpec | None = config.get("stream")
@@ -174,8 +177,9 @@ def end_to_end_loop(config: dict[str, Any]) -> None:
         if config.get("save_dir"):
             write_checkpoint(config["save_dir"], net, model_cfg)  # a local or remote folder
         metrics = _evaluate(net, config, session, dev)
-        if config.get("timing"):  # raysynth bench learn: rank 0's training time
+        if config.get("timing"):  # raysynth bench learn: rank 0's training time, per epoch
             metrics["train_s"] = train_s
+            metrics["epoch_s"] = list(np.diff([started, *ends]))
     session.report(metrics)
 
 

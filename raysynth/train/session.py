@@ -23,11 +23,12 @@ import torch
 
 from raysynth.config.schema import ScalingConfig
 from raysynth.devices import threads_for, torch_threads
-from raysynth.errors import RaysynthError, TrainingError
+from raysynth.errors import RaysynthError, TrainingError, find_cause
 from raysynth.progress import verbose
 from raysynth.storage import RemotePath, ray_storage
 from raysynth.storage import path as storage_path
 from raysynth.train.checkpoint import read_state, restore_training, write_checkpoint
+from raysynth.train.epoch_relay import EpochBar, driver_epoch, epoch_bar, epoch_relay
 
 log = logging.getLogger("raysynth.train")
 
@@ -128,9 +129,10 @@ class TrainSession:
                 "stopped. Lower the learning rate or check the inputs for NaN/inf values."
             )
         due = self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0)
+        self._progress(epoch, epochs, loss, report=not due)
         if not due:
             return
-        metrics = {"epoch": epoch, "loss": loss}
+        metrics = {"epoch": epoch, "epochs": epochs, "loss": loss}
         state = {"epoch": epoch, "loss": loss}
         if self.rank == 0:
             if self.checkpoint_dir is not None:
@@ -144,6 +146,13 @@ class TrainSession:
                 self._train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)))
         else:
             self._train.report(metrics)
+
+    def _progress(self, epoch: int, epochs: int, loss: float, report: bool) -> None:
+        """The epoch on the driver's bar: shown directly by a loop in the driver (Ray Train's
+        local mode); else (``report``: an epoch without a checkpoint report) every rank reports
+        it, as a report is a barrier, and rank 0's is relayed (``epoch_relay``)."""
+        if not driver_epoch(epoch, epochs, loss) and report and self._train is not None:
+            self._train.report({"epoch": epoch, "epochs": epochs, "loss": loss})
 
     def report(self, metrics: dict[str, Any]) -> None:
         """The final report. Ray Train V2 keeps only metrics attached to a checkpoint, so rank 0
@@ -227,12 +236,13 @@ def run_trainer(
         finally:
             _IN_PROCESS.reset(token)
         return dict(box["metrics"])
-    if scaling.num_workers == 0:  # the loop runs in the driver: on the driver's cores, restored
-        threads = threads_for(scaling.driver_threads)
-        with torch_threads(threads):
-            return _fit(loop, {**loop_config, "threads": threads}, scaling, name, storage_path,
-                        datasets, split)
-    return _fit(loop, loop_config, scaling, name, storage_path, datasets, split)
+    with epoch_bar(name, in_driver=scaling.num_workers == 0) as bar:
+        if scaling.num_workers == 0:  # the loop runs in the driver: on its cores, restored
+            threads = threads_for(scaling.driver_threads)
+            with torch_threads(threads):
+                return _fit(loop, {**loop_config, "threads": threads}, scaling, name,
+                            storage_path, datasets, split)
+        return _fit(loop, loop_config, scaling, name, storage_path, datasets, split, bar)
 
 
 def _fit(
@@ -243,12 +253,14 @@ def _fit(
     storage_path: str | Path | RemotePath,
     datasets: dict[str, Any] | None = None,
     split: tuple[str, ...] = (),
+    bar: EpochBar | None = None,
 ) -> dict[str, Any]:
     from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
     storage, storage_fs = ray_storage(storage_path)  # the run directory's location, or s3://…
+    relay, stop_relay = epoch_relay(bar) if bar is not None else (None, None)
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -266,33 +278,17 @@ def _fit(
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             # "Reported metrics: …" and the like only with --verbose
             logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
+            callbacks=[relay] if relay is not None else None,
         ),
     )
     try:
         result = trainer.fit()
     except Exception as e:  # Ray wraps worker errors; surface ours (bad data, NaN) unchanged
-        cause = _find_cause(e, RaysynthError)
+        cause = find_cause(e, RaysynthError)
         if cause is not None:
             raise cause from e
         raise
+    finally:
+        if stop_relay is not None:
+            stop_relay()
     return dict(result.metrics or {})
-
-
-def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    seen = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, kind):
-            return e
-        for attr in ("cause", "__cause__", "__context__", "error"):
-            nxt = getattr(e, attr, None)
-            if isinstance(nxt, BaseException):
-                stack.append(nxt)
-        for nxt in getattr(e, "worker_failures", {}).values() if hasattr(e, "worker_failures") else []:
-            if isinstance(nxt, BaseException):
-                stack.append(nxt)
-    return None

@@ -84,7 +84,8 @@ def test_submitted_run_succeeds_and_writes_its_report(head):
     for i, stage in enumerate(("data", "generator", "synthesis", "search", "final", "report"), 1):
         assert f"[{i}/6] {stage}" in job_logs
     for step in ("pixel model: 40/40 steps", "synthesis round 0: 12/12 images, accepted 12",
-                 "search: 2/2 trials, best 0.", "final training: 3/3 runs"):
+                 "search: 2/2 trials, best 0.", "final training: 3/3 runs",
+                 "training unicon-r0: 4/4 epochs, loss "):  # each final run's epochs
         assert step in job_logs, job_logs[-6000:]
     assert "Reported metrics" not in job_logs and "Running Dataset" not in job_logs
     assert "DiffusionGenerator pool: 1 actor(s)" in job_logs  # the chosen pool sizes

@@ -1,7 +1,8 @@
 """The progress view on a terminal (issue 17): `raysynth run` at the smoke budget under a
 pseudo-terminal draws a bar per step with its count (pixel-model steps, images of the synthesis
-round, search trials with the best so far, final runs), keeps the `[i/n]` stage lines, and shows
-none of Ray's own progress or metric lines (those come back with --verbose)."""
+round, search trials with the best so far, final runs and each one's epochs), keeps the `[i/n]`
+stage lines, and shows none of Ray's own progress or metric lines (those come back with
+--verbose)."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_terminal_shows_a_bar_per_step_with_its_count(tmp_path):
                              "--out", str(out)])
     assert code == 0, text[-4000:]
     bars = {d: final_bar(text, d) for d in ("pixel model", "synthesis round 0", "search",
-                                            "final training")}
+                                            "final training", "training unicon-r0")}
     # count, percentage, and the bar's timing [elapsed<left, rate]
     assert re.search(r"100%\|.*\| 40/40 \[", bars["pixel model"]), bars
     assert "loss" in bars["pixel model"]
@@ -72,6 +73,7 @@ def test_terminal_shows_a_bar_per_step_with_its_count(tmp_path):
     assert "accepted 12" in bars["synthesis round 0"]  # filter off: every image accepted
     assert re.search(r"100%\|.*\| 2/2 \[.*best 0\.\d{3}", bars["search"]), bars  # 2 trials
     assert re.search(r"100%\|.*\| 3/3 \[.*method unicon", bars["final training"]), bars
+    assert re.search(r"100%\|.*\| 4/4 \[.*loss \d", bars["training unicon-r0"]), bars  # epochs
     for i, stage in enumerate(("data", "generator", "synthesis", "search", "final", "report"), 1):
         assert f"[{i}/6] {stage}" in text
     # Ray's own progress and metric lines stay off without --verbose

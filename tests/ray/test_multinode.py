@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -241,3 +242,34 @@ def test_pools_place_one_actor_per_gpu_and_survive_a_node_loss(
     assert {s[1] for s in spans} <= {n for n, g in capacity.items() if g >= 1}  # GPU nodes only
     assert len(spans) <= cfg.filter.pool.max_actors
     assert not over_placed(spans, capacity)
+
+
+class NodeOf:
+    """Each row → the id of the node its actor runs on."""
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+        import ray
+
+        return {"node": np.array([ray.get_runtime_context().get_node_id()] * len(batch["i"]))}
+
+
+def test_a_pool_pinned_to_the_driver_node_runs_there_only(cluster):
+    import pyarrow as pa
+    import ray
+    import ray.cloudpickle
+
+    from raysynth.config.schema import Resources
+    from raysynth.ray_data import from_tables, iter_numpy
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import it
+    blocks = [pa.table({"i": list(range(j * 4, j * 4 + 4))}) for j in range(6)]
+    here = ray.get_runtime_context().get_node_id()
+
+    def nodes(pinned: bool) -> set[str]:
+        ds = map_pool(from_tables(blocks), NodeOf, Resources(min_actors=3, max_actors=3,
+                      cpus_per_actor=1), batch_size=None, on_driver_node=pinned)
+        return {n for b in iter_numpy(ds) for n in b["node"]}
+
+    assert nodes(pinned=True) == {here}  # 3 actors of the head's share of its 1 CPU, all there
+    assert nodes(pinned=False) - {here}  # unpinned, 3 one-CPU actors cannot all fit the head

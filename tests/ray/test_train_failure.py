@@ -5,12 +5,15 @@ checkpoint Ray Train holds, not from epoch 0 (DESIGN §2, raysynth.train.session
 The loop is raysynth's own ``contrastive_run_loop`` on two gloo workers; a wrapper makes rank 1
 raise once (a marker file remembers it did) and records, per attempt and rank, the epoch the
 session's ``restore`` returned. No ``checkpoint_dir`` is given, so the only way to resume is
-Ray Train's checkpoint.
+Ray Train's checkpoint. The epochs the workers report reach the driver's progress counter
+(``train/epoch_relay.py``), across the retry.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,10 +66,10 @@ def digits3():
     return digits3_protocol()
 
 
-def _run(data, tmp_path, max_failures: int, fail_at: int):
+def _run(data, tmp_path, max_failures: int, fail_at: int, workers: int = 2):
     cfg = build_config(overrides={
         "encoder.epochs": EPOCHS, "encoder.width": 8, "encoder.feat_dim": 32,
-        "classifier.epochs": 10, "train.num_workers": 2, "train.cpus_per_worker": 1,
+        "classifier.epochs": 10, "train.num_workers": workers, "train.cpus_per_worker": 1,
         "train.checkpoint_every": EVERY, "train.max_failures": max_failures})
     loop_cfg = {
         "data": data, "method": "unicon", "weights": [0.5, 0.5, 0.5], "encoder": cfg.encoder,
@@ -80,7 +83,22 @@ def _run(data, tmp_path, max_failures: int, fail_at: int):
     return metrics, journal
 
 
-def test_worker_failure_is_retried_from_the_last_checkpoint(ray_local, digits3, tmp_path):
+def _epoch_lines(caplog) -> list[tuple[int, int]]:
+    """The ``training flaky: i/n epochs`` counts the driver's progress counter logged."""
+    return [(int(m[1]), int(m[2])) for r in caplog.records
+            if (m := re.search(r"training flaky: (\d+)/(\d+) epochs", r.getMessage()))]
+
+
+@pytest.fixture
+def progress_lines(monkeypatch, caplog):
+    monkeypatch.setenv("RAYSYNTH_PROGRESS", "lines")
+    caplog.set_level(logging.INFO, logger="raysynth.progress")
+    return caplog
+
+
+def test_worker_failure_is_retried_from_the_last_checkpoint(
+    ray_local, digits3, tmp_path, progress_lines
+):
     metrics, journal = _run(digits3, tmp_path, max_failures=1, fail_at=4)
     assert (tmp_path / "failed-once").exists()  # the failure did happen
     first, retry = journal[:2], journal[2:]
@@ -89,6 +107,18 @@ def test_worker_failure_is_retried_from_the_last_checkpoint(ray_local, digits3, 
     assert sorted(r["rank"] for r in retry) == [0, 1] and all(r["start"] == 3 for r in retry)
     assert metrics["world_size"] == 2 and len(metrics["accs"]) == 2
     assert all(0.0 <= a <= 1.0 for a in metrics["accs"])
+    # every epoch of rank 0 reached the driver's counter through the Train controller, once, in
+    # order (epoch 3, run again by the retry, is not counted twice); the last line is 6/6
+    lines = _epoch_lines(progress_lines)
+    assert [d for d, _ in lines] == list(range(1, EPOCHS + 1)) and {n for _, n in lines} == {EPOCHS}
+
+
+def test_epochs_of_a_loop_in_the_driver_reach_its_counter(
+    ray_local, digits3, tmp_path, progress_lines
+):
+    metrics, _ = _run(digits3, tmp_path, max_failures=0, fail_at=-1, workers=0)
+    assert metrics["world_size"] == 1
+    assert [d for d, _ in _epoch_lines(progress_lines)] == list(range(1, EPOCHS + 1))
 
 
 def test_without_retries_the_failure_ends_the_run(ray_local, digits3, tmp_path):

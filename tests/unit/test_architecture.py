@@ -26,6 +26,7 @@ RAY_MODULES = {
     "raysynth.ray_data",
     "raysynth.warm_pools",
     "raysynth.train.session",
+    "raysynth.train.epoch_relay",
     "raysynth.tune.tuner",
     "raysynth.tune.search",
     "raysynth.tune.ledger",
