@@ -288,12 +288,10 @@ def flagged_union(first: Any, second: Any | None, flag: str) -> Any:
     ``first``'s rows, true on ``second``'s (the contrastive encoder's real and synthetic rows)."""
     import pyarrow as pa
 
-    def flagged(ds: Any, value: bool) -> Any:
-        return ds.add_column(flag, lambda t: pa.array([value] * t.num_rows, pa.bool_()),
-                             batch_format="pyarrow")
-
-    out = flagged(first, False)
-    return out if second is None else out.union(flagged(second, True))
+    parts = [(first, False)] + ([] if second is None else [(second, True)])
+    flagged = [ds.add_column(flag, lambda t, v=v: pa.array([v] * t.num_rows, pa.bool_()),
+                             batch_format="pyarrow") for ds, v in parts]
+    return flagged[0].union(*flagged[1:]) if len(flagged) > 1 else flagged[0]
 
 
 def shuffled(ds: Any) -> Any:
