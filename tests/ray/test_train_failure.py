@@ -66,10 +66,10 @@ def digits3():
     return digits3_protocol()
 
 
-def _run(data, tmp_path, max_failures: int, fail_at: int, workers: int = 2):
+def _run(data, tmp_path, max_failures: int, fail_at: int):
     cfg = build_config(overrides={
         "encoder.epochs": EPOCHS, "encoder.width": 8, "encoder.feat_dim": 32,
-        "classifier.epochs": 10, "train.num_workers": workers, "train.cpus_per_worker": 1,
+        "classifier.epochs": 10, "train.num_workers": 2, "train.cpus_per_worker": 1,
         "train.checkpoint_every": EVERY, "train.max_failures": max_failures})
     loop_cfg = {
         "data": data, "method": "unicon", "weights": [0.5, 0.5, 0.5], "encoder": cfg.encoder,
@@ -111,14 +111,6 @@ def test_worker_failure_is_retried_from_the_last_checkpoint(
     # order (epoch 3, run again by the retry, is not counted twice); the last line is 6/6
     lines = _epoch_lines(progress_lines)
     assert [d for d, _ in lines] == list(range(1, EPOCHS + 1)) and {n for _, n in lines} == {EPOCHS}
-
-
-def test_epochs_of_a_loop_in_the_driver_reach_its_counter(
-    ray_local, digits3, tmp_path, progress_lines
-):
-    metrics, _ = _run(digits3, tmp_path, max_failures=0, fail_at=-1, workers=0)
-    assert metrics["world_size"] == 1
-    assert [d for d, _ in _epoch_lines(progress_lines)] == list(range(1, EPOCHS + 1))
 
 
 def test_without_retries_the_failure_ends_the_run(ray_local, digits3, tmp_path):
