@@ -33,20 +33,14 @@ def pool_strategy(
     callable class runs on the actor's own task thread, with ``tasks_in_flight`` batches queued
     per actor.
 
-    - Ray Data's default (``enable_true_multi_threading=False``) wraps a callable class so that
-      each call is handed to a one-thread ``ThreadPoolExecutor`` while the task thread waits on
-      the future. Our pools run one call per actor at a time (``max_concurrent_calls_per_actor``
-      stays 1), so the hand-off overlaps nothing: it only adds a second busy thread per actor,
-      contending for the GIL and the actor's core. With one call at a time the UDF still never
-      runs concurrently within an actor (no GPU memory shared between calls).
-    - Ray Data queues 2 tasks per actor by default; with two generator actors on a 2-core
-      machine the actors then sat idle 6-8% of the time waiting for their next batch (``/proc/
-      stat``: 0.13-0.16 of 2 cores idle). Four keep them fed (0.01 idle) at the cost of a few
-      more queued plan rows per actor.
+    - Ray Data's default (``enable_true_multi_threading=False``) hands each call to a one-thread
+      executor while the task thread waits: with one call per actor at a time (as here) that
+      overlaps nothing and adds a second busy thread contending for the GIL and the core.
+    - Ray Data queues 2 tasks per actor; two generator actors on 2 cores then sat idle 6-8% of
+      the time (``/proc/stat``); four keep them fed (1% idle).
 
-    Together: the digits-sized generator pool of two 1-CPU actors went from 141 to 158 images/s
-    and one actor stayed at 96-98 (``raysynth bench synthesis`` and per-thread ``/proc``
-    sampling on the 2-core machine), same bytes out."""
+    Together: two 1-CPU generator actors went from 141 to 158 images/s, one stayed at 96-98
+    (``raysynth bench synthesis``, 2-core machine), same bytes out."""
     from ray.data import ActorPoolStrategy
 
     sizes = (
@@ -171,10 +165,8 @@ def fit_pool(pool: Resources, free: dict[str, float]) -> Resources:
 
 
 def show_progress(on: bool) -> None:
-    """Ray Data's own progress output in this driver: its bars on a terminal, and elsewhere the
-    multi-line progress block it logs every 10 s per dataset (raysynth's own counters,
-    :mod:`raysynth.progress`, report the stages instead); its INFO lines ("Starting execution
-    of Dataset …") go with it."""
+    """Ray Data's own progress output in this driver: its bars on a terminal, elsewhere the block
+    it logs every 10 s per dataset, and its INFO lines (:mod:`raysynth.progress` reports instead)."""
     import logging
 
     from ray.data import DataContext
@@ -294,7 +286,15 @@ def flagged_union(first: Any, second: Any | None, flag: str) -> Any:
     return flagged[0].union(*flagged[1:]) if len(flagged) > 1 else flagged[0]
 
 
-def shuffled(ds: Any) -> Any:
-    """``ds`` with its rows in a new random order each time it is read (Ray Data's all-to-all
-    shuffle: rows pass through the object store, which spills to disk when they do not fit)."""
-    return ds.random_shuffle()
+def shuffled(ds: Any, seed: int | None = None) -> Any:
+    """``ds`` shuffled once (``seed``) into the object store in blocks of ~512 rows, read in a
+    new block order each pass (the reader's local buffer mixes rows: ``train.streams``). Done on
+    the driver before a Train run: no read task then waits for CPUs its workers hold, and an
+    epoch pays no read or shuffle barrier. Blocks spill to disk; the driver holds references."""
+    once = ds.random_shuffle(seed=seed).repartition(target_num_rows_per_block=512)
+    return once.materialize().randomize_block_order()
+
+
+def cached(ds: Any) -> Any:
+    """``ds`` read once into the object store, before the Train run that reads it."""
+    return ds.materialize()

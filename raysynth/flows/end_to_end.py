@@ -54,9 +54,10 @@ def train_end_to_end(
     own = mix_fraction > 0 and cfg.mix.pairing == "own" and len(synthetic) > 0
     loop_cfg["stream"] = StreamSpec(real.counts, synthetic.counts, channels, size,
                                     own_partners(synthetic) if own else None)
-    datasets = {"real": table_dataset(real), "eval": table_dataset(evaluate, shuffle=False)}
+    datasets = {"real": table_dataset(real, seed=seed),
+                "eval": table_dataset(evaluate, shuffle=False)}
     if len(synthetic):
-        datasets["synthetic"] = table_dataset(synthetic)
+        datasets["synthetic"] = table_dataset(synthetic, seed=seed + 1)
     return run_trainer(end_to_end_loop, loop_cfg, cfg.train, name, storage, datasets, ("real",))
 
 
@@ -76,12 +77,13 @@ def _shape(x: Inputs) -> tuple[int, int]:
     return x.channels, x.image_size
 
 
-def table_dataset(table: ImageTable, shuffle: bool = True) -> Any:
-    """The Ray Dataset of ``table``'s rows; shuffled anew each time a worker reads it (a full
-    shuffle: real splits and synthetic parts are stored class by class, so a local shuffle
-    buffer would leave batches of a few classes)."""
+def table_dataset(table: ImageTable, shuffle: bool = True, seed: int | None = None) -> Any:
+    """The Ray Dataset of ``table``'s rows, read into the object store now (before the Train run
+    that reads it: ``ray_data.cached``); ``shuffle``: shuffled once with ``seed`` and read in a
+    new block order each pass (``ray_data.shuffled``; real splits and synthetic parts are stored
+    class by class, so a local shuffle buffer alone would leave batches of a few classes)."""
     ds = ray_data.image_table(table.files, STREAM_COLUMNS, table.accepted_only, table.drop)
-    return ray_data.shuffled(ds) if shuffle else ds
+    return ray_data.shuffled(ds, seed) if shuffle else ray_data.cached(ds)
 
 
 def streams(cfg: RunConfig, rows: int, mixes: bool = True) -> bool:

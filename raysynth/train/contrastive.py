@@ -93,7 +93,8 @@ def fit_encoder_streamed(
                                         prepare, restore)
 
     def losses(_perm: torch.Tensor, gen: torch.Generator) -> Iterator[torch.Tensor]:
-        for x, y, is_syn in batches(shard, cfg.batch_size, decode, seed, device):
+        # the epoch's own local mix (the generator's seed, (seed, epoch), without drawing from it)
+        for x, y, is_syn in batches(shard, cfg.batch_size, decode, gen.initial_seed(), device):
             if len(y) >= 2:  # a single row has no contrast (as in the in-memory batches)
                 yield _loss(model, x, y, is_syn, w, mode, cfg, aug_kind, gen)
 

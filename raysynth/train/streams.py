@@ -3,8 +3,10 @@ with Ray Data's ``iter_torch_batches``).
 
 PNG bytes are decoded in the iterator's ``collate_fn``, which Ray Data runs on its prefetch
 thread, so decoding the next batch overlaps the current step (measured by ``raysynth bench
-learn``). The datasets arrive shuffled anew on every pass (``ray_data.shuffled``); the real split
-is one pass per epoch, the synthetic table an endless stream of passes, ``n`` rows per batch.
+learn``). The datasets arrive shuffled once, their blocks in a new order on every pass
+(``ray_data.shuffled``), and a local buffer of :data:`SHUFFLE_BUFFER` rows mixes the rows of
+several blocks anew each pass; the real split is one pass per epoch, the synthetic table an
+endless stream of passes, ``n`` rows per batch.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from raysynth.errors import DataError
 from raysynth.storage import fs_path
 
 COLUMNS = (col.SAMPLE_ID, col.LABEL, col.IMAGE)
+SHUFFLE_BUFFER = 1024  # rows (PNG bytes) a worker holds to mix; two of ray_data.shuffled's blocks
 
 
 class DecodeBatch:
@@ -117,10 +120,11 @@ def _first_unreadable(pngs: list, channels: int, size: int, ids: np.ndarray) -> 
 def batches(
     shard: Any, batch_size: int, decode: DecodeBatch, seed: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """One pass over ``shard`` in ``batch_size`` batches (``seed``: the order of a shard that
-    shuffles locally; Ray's shards arrive shuffled already)."""
+    """One pass over ``shard`` in ``batch_size`` batches, its rows mixed in a local buffer
+    (``seed``: that mix; Ray's shards arrive in a new block order already)."""
     it = shard.iter_torch_batches(
-        batch_size=batch_size, collate_fn=decode, local_shuffle_seed=seed, prefetch_batches=2,
+        batch_size=batch_size, collate_fn=decode, local_shuffle_buffer_size=SHUFFLE_BUFFER,
+        local_shuffle_seed=seed, prefetch_batches=2,
     )
     for out in it:  # (x, y), or (x, y, g, has) from PairedDecode
         yield tuple(t.to(device) for t in out)
