@@ -86,7 +86,7 @@ def fit_encoder_streamed(
     """:func:`fit_encoder` on a Train worker's shard of the training rows (``shard``: anything
     with Ray Data's ``iter_torch_batches``; ``decode`` its ``collate_fn``, giving ``(x, y,
     is_synthetic)``). The shard holds the rows ``method`` trains on (real rows, plus for
-    ``supcon_mixed``/``unicon`` the accepted synthetic ones, flagged) and arrives shuffled anew
+    ``supcon_mixed``/``unicon`` the accepted synthetic ones, flagged) and arrives in a new order
     each pass; an epoch is one pass over it, in batches of ``cfg.batch_size`` (two views each,
     drawn from the epoch's generator). Equal shards keep DDP ranks in step."""
     model, opt, start, w, mode = _start(method, weights, num_classes, cfg, model_cfg, seed, device,

@@ -102,8 +102,8 @@ class StreamedData:
         return self.spec.channels
 
     def training(self, method: str) -> Any:
-        """The rows ``method`` trains on, each flagged ``is_synthetic``, in a new random order
-        each pass: the real rows, and the synthetic ones unless the method is ``supcon_real``
+        """The rows ``method`` trains on, each flagged ``is_synthetic``, shuffled once and read in
+        a new order each pass (``ray_data.shuffled``): the real rows, and the synthetic ones unless the method is ``supcon_real``
         (as ``contrastive._training_rows``)."""
         syn = None if method == "supcon_real" else self.synthetic
         return ray_data.shuffled(ray_data.flagged_union(self.real, syn, col.IS_SYNTHETIC))
