@@ -150,6 +150,10 @@ def _connect_ray(address: str | None, verbose: bool = False) -> None:
         else:  # our own local Ray: never the cluster a stale /tmp/ray/ray_current_cluster names
             ray.init(address="local", include_dashboard=False, **kwargs)
     show_progress(verbose)
+    if not verbose:  # Ray's C++ lines on descriptor 2 that no logger level reaches
+        from raysynth import stderr_filter
+
+        stderr_filter.install()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,0 +1,80 @@
+"""Ray's known noise on the driver's standard error, left out without ``--verbose``.
+
+Ray's C++ core worker writes some lines straight to file descriptor 2, past Python's logging,
+so no logger level reaches them. The one a raysynth run meets is the error-level
+
+    core_worker.cc:NNNN: Actor with class name: 'MapWorker(…)' … has constructor arguments in the
+    object store and max_restarts > 0. If the arguments … are lost, the actor restart will fail.
+    See https://github.com/ray-project/ray/issues/53727 …
+
+which every Ray Data actor pool's creation prints once per process: Ray Data hands each pool's
+callable class over by reference and keeps that reference for as long as the dataset runs, so
+the restart it warns about works (raysynth's own kill tests restart such actors). It reads like a
+failure to a user who has done nothing wrong.
+
+:func:`install` puts a pipe in front of descriptor 2: a thread copies every line through to the
+real standard error except those lines (:data:`NOISE`). Called after ``ray.init`` (processes Ray
+starts then keep the real descriptor); :func:`uninstall` (also at exit) puts it back and flushes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import sys
+import threading
+
+NOISE = (re.compile(rb"core_worker\.cc:\d+: Actor .*has constructor arguments in the object store"),)
+
+_state: dict[str, object] = {}
+
+
+def is_noise(line: bytes) -> bool:
+    return any(p.search(line) for p in NOISE)
+
+
+def install() -> None:
+    """Filter descriptor 2 of this process from now on (once; no-op when already filtering)."""
+    if _state:
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+    thread = threading.Thread(target=_copy, args=(read, real), name="stderr-filter", daemon=True)
+    thread.start()
+    _state.update(real=real, thread=thread)
+    atexit.register(uninstall)
+
+
+def uninstall() -> None:
+    """Give descriptor 2 back to the real standard error once every line before has passed."""
+    if not _state:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    real, thread = _state.pop("real"), _state.pop("thread")
+    os.dup2(real, 2)  # closes the pipe's last write end: the thread sees EOF
+    thread.join(timeout=5)  # type: ignore[attr-defined]
+    os.close(real)  # type: ignore[arg-type]
+
+
+def _copy(read: int, real: int) -> None:
+    held = b""  # the start of a line that may be Ray's (its C++ lines begin "[")
+    with os.fdopen(read, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            *lines, held = (held + chunk).split(b"\n")
+            out = b"".join(line + b"\n" for line in lines if not is_noise(line))
+            if held and not held.startswith(b"["):  # a bar redrawn in place, a prompt: now
+                out, held = out + held, b""
+            _write(real, out)
+    if not is_noise(held):
+        _write(real, held)
+
+
+def _write(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
