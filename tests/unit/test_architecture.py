@@ -18,7 +18,7 @@ LAYERS = [
     {"report"},
     {"flows"},
     {"bench"},
-    {"cli"},
+    {"cli", "stderr_filter"},
 ]
 # Modules that may import Ray: the adapters (Ray Data, the warm actor pools), the Train and Tune builders, the CLI, and the memory
 # bench's child process (it starts its own local Ray to measure the driver's memory).
