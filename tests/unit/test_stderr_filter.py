@@ -43,3 +43,4 @@ def test_ray_constructor_argument_line_is_dropped_and_the_rest_passes_in_order()
 def test_without_the_filter_the_line_reaches_stderr():
     out = _run(CHILD.replace("stderr_filter.install()", ""))
     assert out.stderr.count(b"constructor arguments in the object store") == 2
+
