@@ -12,7 +12,7 @@ callable class over by reference and keeps that reference for as long as the dat
 the restart it warns about works (raysynth's own kill tests restart such actors). It reads like a
 failure to a user who has done nothing wrong.
 
-:func:`install` puts a pipe in front of descriptor 2: a thread copies every line through to the
+:func:`install` puts a pipe (on a terminal: a pseudo-terminal) in front of descriptor 2: a thread copies every line through to the
 real standard error except those lines (:data:`NOISE`). Called after ``ray.init`` (processes Ray
 starts then keep the real descriptor); :func:`uninstall` (also at exit) puts it back and flushes.
 """
@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import re
 import sys
+import termios
 import threading
+import tty
+from typing import Any
 
 NOISE = (re.compile(rb"core_worker\.cc:\d+: Actor .*has constructor arguments in the object store"),)
 
@@ -36,12 +40,21 @@ def is_noise(line: bytes) -> bool:
 
 
 def install() -> None:
-    """Filter descriptor 2 of this process from now on (once; no-op when already filtering)."""
+    """Filter descriptor 2 of this process from now on (once; no-op when already filtering).
+    On a terminal the filter is a pseudo-terminal of the same size in raw mode, so the process
+    still writes to a terminal (its progress bars stay live bars) and bytes pass unchanged."""
     if _state:
         return
     sys.stderr.flush()
     real = os.dup(2)
-    read, write = os.pipe()
+    if os.isatty(real):
+        read, write = os.openpty()
+        tty.setraw(write)
+        with contextlib.suppress(OSError):
+            size = fcntl.ioctl(real, termios.TIOCGWINSZ, b"\0" * 8)
+            fcntl.ioctl(write, termios.TIOCSWINSZ, size)
+    else:
+        read, write = os.pipe()
     os.dup2(write, 2)
     os.close(write)
     thread = threading.Thread(target=_copy, args=(read, real), name="stderr-filter", daemon=True)
@@ -65,7 +78,7 @@ def uninstall() -> None:
 def _copy(read: int, real: int) -> None:
     held = b""  # the start of a line that may be Ray's (its C++ lines begin "[")
     with os.fdopen(read, "rb", buffering=0) as pipe:
-        while chunk := pipe.read(65536):
+        while chunk := _read(pipe):
             *lines, held = (held + chunk).split(b"\n")
             out = b"".join(line + b"\n" for line in lines if not is_noise(line))
             if held and not held.startswith(b"["):  # a bar redrawn in place, a prompt: now
@@ -73,6 +86,13 @@ def _copy(read: int, real: int) -> None:
             _write(real, out)
     if not is_noise(held):
         _write(real, held)
+
+
+def _read(pipe: Any) -> bytes:
+    try:
+        return pipe.read(65536)
+    except OSError:  # EIO: a pseudo-terminal's last writer closed it
+        return b""
 
 
 def _write(fd: int, data: bytes) -> None:

@@ -44,3 +44,41 @@ def test_without_the_filter_the_line_reaches_stderr():
     out = _run(CHILD.replace("stderr_filter.install()", ""))
     assert out.stderr.count(b"constructor arguments in the object store") == 2
 
+
+
+TERMINAL_CHILD = CHILD.replace(
+    "stderr_filter.install()",
+    "stderr_filter.install()\n"
+    "print(sys.stderr.isatty(), os.get_terminal_size(2), flush=True)")
+
+
+def test_on_a_terminal_the_process_still_writes_to_a_terminal_of_the_same_size():
+    """A terminal's process keeps a terminal on descriptor 2 (live progress bars are drawn by
+    detection, at the terminal's width), and the terminal gets the same bytes minus Ray's line."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-c", TERMINAL_CHILD], stdout=subprocess.PIPE,
+                            stderr=slave, cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert stdout.splitlines()[0] == b"True os.terminal_size(columns=111, lines=33)"
+    # the outer terminal turns \n into \r\n as a terminal does; nothing else changes
+    assert b"".join(chunks) == (b"before\r\n\rbar 1/2\rbar 2/2\r\n[2026 E 1 1] raylet.cc:9: "
+                                b"another error\r\nlast, no newline")
