@@ -375,7 +375,7 @@ class LoopConfig:
     measure: str = "auto"
     measure_epochs: int = 20  # epochs of the quick classifier (end_to_end.* otherwise)
     # the per-class trust closed_loop multiplies in: auto (probe where the flow searches UniCon
-    # weights and the rounds are scored by the probe, else none) | probe (each round, a weight in
+    # weights, the rounds are scored by the probe and the allocation is closed_loop, else none) | probe (each round, a weight in
     # {0, .25, .5, .75, 1} per class on its synthetic rows, chosen on the validation split by
     # coordinate ascent on the probe's log-likelihood) | none (1 for every class)
     trust: str = "auto"

@@ -124,8 +124,9 @@ def test_trust_key_is_checked_and_resolved():
     with pytest.raises(ConfigError, match="trust: probe .*measure=classifier there is no probe"):
         build_config(preset="digits", overrides={"synthesis.loop.trust": "probe",
                                                  "synthesis.loop.measure": "classifier"})
-    unicon = build_config(preset="digits")
+    unicon = build_config(preset="digits", overrides={"synthesis.allocation": "closed_loop"})
     assert trust_kind(unicon, "probe") == "probe" and trust_kind(unicon, "classifier") == "none"
+    assert trust_kind(build_config(preset="digits"), "probe") == "none"  # fixed: not used
     assert trust_kind(build_config(preset="digits-lt"), "probe") == "none"  # no UniCon weights
     probe = build_config(preset="digits-lt", overrides={"synthesis.loop.trust": "probe"})
     assert trust_kind(probe, "probe") == "probe"
