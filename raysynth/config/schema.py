@@ -374,6 +374,11 @@ class LoopConfig:
     # | classifier (the quick end-to-end classifier, measure_epochs epochs)
     measure: str = "auto"
     measure_epochs: int = 20  # epochs of the quick classifier (end_to_end.* otherwise)
+    # the per-class trust closed_loop multiplies in: auto (probe where the flow searches UniCon
+    # weights, the rounds are scored by the probe and the allocation is closed_loop, else none) | probe (each round, a weight in
+    # {0, .25, .5, .75, 1} per class on its synthetic rows, chosen on the validation split by
+    # coordinate ascent on the probe's log-likelihood) | none (1 for every class)
+    trust: str = "auto"
     explore: float = 0.1  # exploration weight (closed_loop, ucb)
     stop_z: float = 1.0  # closed_loop stops a class whose accuracy moved <= z standard errors
     patience: int = 2  # ... over this many rounds in which it received images
@@ -381,6 +386,11 @@ class LoopConfig:
     def __post_init__(self) -> None:
         _check_choice(self.measure, "synthesis.loop.measure", ("auto", "probe", "classifier"))
         _check(self.measure_epochs >= 1, "synthesis.loop.measure_epochs", "must be >= 1")
+        _check_choice(self.trust, "synthesis.loop.trust", ("auto", "probe", "none"))
+        _check(not (self.trust == "probe" and self.measure == "classifier"),
+               "synthesis.loop.trust", "probe learns the trust on the probe's features; with "
+               "synthesis.loop.measure=classifier there is no probe — set measure to probe (or "
+               "auto) or trust to none")
         _check(self.explore >= 0, "synthesis.loop.explore", "must be >= 0")
         _check(self.stop_z >= 0, "synthesis.loop.stop_z", "must be >= 0")
         _check(self.patience >= 1, "synthesis.loop.patience", "must be >= 1")

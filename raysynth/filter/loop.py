@@ -56,7 +56,8 @@ MEASURED = ("error", "entropy", "generated", "accepted", "trust", "gain", "val",
 class Loop:
     """What the closed loop needs besides the synthesis stage's own inputs: the measurement hook
     (``None``: record counts only — enough for ``fixed`` / ``balance``), where the decisions are
-    recorded, and the per-class trust (a UniCon weight; ``None``: 1 for every class)."""
+    recorded, and a fixed per-class trust (``None``: 1 for every class) — a measurement that
+    learns the trust each round (``ClassScores.trust``) takes its place."""
 
     measure: MeasureFn | None
     log: Path
@@ -113,9 +114,11 @@ def measure_round(
     """The per-class measurements before a round, as the record's ``classes`` columns."""
     acc, rej = counts
     k = len(plan.real)
+    trust = loop.trust or (1.0,) * k
     if loop.measure is not None and images is not None:
         s = loop.measure(images)
         error, entropy, val, overall = 1 - s.accuracy, s.entropy, s.count, s.overall
+        trust = trust if s.trust is None else s.trust  # learned this round
     else:
         error, entropy, val, overall = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k), None
     gain: list[float | None] = [None] * k
@@ -125,7 +128,6 @@ def measure_round(
             new = int(acc[c]) - prev[c].accepted
             if new > 0 and math.isfinite(prev[c].error) and math.isfinite(error[c]):
                 gain[c] = float(prev[c].error - error[c]) / new
-    trust = loop.trust or (1.0,) * k
     cols = {
         "error": error, "entropy": entropy, "generated": acc + rej, "accepted": acc,
         "trust": trust, "gain": gain, "val": val, "real": plan.real, "quota": plan.quota,

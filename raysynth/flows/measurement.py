@@ -4,6 +4,8 @@ scorer (``synthesis.loop.measure``), on which arrays and features — the scorer
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +14,8 @@ from raysynth.errors import ConfigError
 from raysynth.filter.loop import Loop
 from raysynth.seeding import stable_seed
 from raysynth.train.arrays import LabeledArrays
+
+log = logging.getLogger("raysynth.flows")
 
 if TYPE_CHECKING:
     from raysynth.flows.real import RealData
@@ -22,11 +26,12 @@ def measurement(cfg: RunConfig, real: RealData, classifier: Path | None) -> Loop
     validation split (the test split stays untouched): a linear probe on the real-split
     classifier's features (``synthesis.loop.measure`` ``probe``, and ``auto`` where the run
     trains that classifier), or the end-to-end classifier trained ``measure_epochs`` epochs
-    (``classifier``). No trust: the learned UniCon weights come after this stage (a caller that
-    has weights passes them as ``Loop.trust``)."""
+    (``classifier``). With the probe, each round also learns the per-class trust in the
+    synthetic images (:func:`trust_kind`); the UniCon weights themselves come after this stage."""
     kind = cfg.synthesis.loop.measure
     if kind == "auto":
         kind = "probe" if classifier is not None else "classifier"
+    trust = trust_kind(cfg, kind)
     if kind == "probe":
         if classifier is None:
             raise ConfigError(
@@ -34,7 +39,7 @@ def measurement(cfg: RunConfig, real: RealData, classifier: Path | None) -> Loop
                 "features, which this run does not train (no classifier embedder or feedback "
                 "guidance); set synthesis.loop.measure=classifier (or auto)"
             )
-        return Loop(probe_measure(cfg, real, classifier), Path())
+        return Loop(probe_measure(cfg, real, classifier, trust == "probe"), Path())
     from raysynth.train.augment import resolve_kind
     from raysynth.train.measure import quick_scores
     from raysynth.train.models import encoder_config
@@ -52,11 +57,36 @@ def measurement(cfg: RunConfig, real: RealData, classifier: Path | None) -> Loop
     return Loop(measure, Path())
 
 
-def probe_measure(cfg: RunConfig, real: RealData, classifier: Path) -> Any:
+def trust_kind(cfg: RunConfig, measure: str) -> str:
+    """``synthesis.loop.trust`` resolved against the measurement ``measure`` (probe |
+    classifier): ``probe`` (the per-round weight search on the probe) or ``none`` (1 for every
+    class). ``auto`` learns it where the flow searches UniCon weights, the rounds are scored by
+    the probe and the policy uses it (``closed_loop``: the search is most of a round's
+    measurement); ``probe`` asks for it (recorded for any policy) and is refused where there is
+    no probe."""
+    trust = cfg.synthesis.loop.trust
+    if trust == "auto":
+        used = cfg.flow == "unicon" and cfg.synthesis.allocation == "closed_loop"
+        return "probe" if used and measure == "probe" else "none"
+    if trust == "probe" and measure != "probe":
+        raise ConfigError(
+            "synthesis.loop.trust=probe learns the per-class trust on the probe's features, but "
+            "this run scores its rounds with the quick classifier (synthesis.loop.measure="
+            f"{cfg.synthesis.loop.measure} → classifier); set synthesis.loop.measure=probe "
+            "(needs a real-split classifier: a classifier embedder or feedback guidance) or "
+            "synthesis.loop.trust=none"
+        )
+    return trust
+
+
+def probe_measure(cfg: RunConfig, real: RealData, classifier: Path, trust: bool = False) -> Any:
     """The probe measurement: features of the real train and validation images computed once,
-    of each round's accepted images as they come (``train.measure.probe_scores``)."""
+    of each round's accepted images as they come (``train.measure.probe_scores``), with the
+    learned trust (``train.measure.probe_trust``) when ``trust``."""
+    from dataclasses import replace
+
     from raysynth.filter.classifier_embedder import ClassifierEmbedder
-    from raysynth.train.measure import Features, probe_scores
+    from raysynth.train.measure import Features, probe_scores, probe_trust
 
     train, val = real.arrays("train"), real.arrays("val")
     embedder = ClassifierEmbedder(classifier, real.channels, int(train.x.shape[-1]))
@@ -68,7 +98,15 @@ def probe_measure(cfg: RunConfig, real: RealData, classifier: Path) -> Any:
     e2e = cfg.end_to_end
 
     def measure(synthetic: LabeledArrays) -> Any:
-        return probe_scores(train_f, features(synthetic), val_f, real.num_classes,
-                            e2e.synthetic_share, e2e.balanced_softmax)
+        syn = features(synthetic)
+        args = (train_f, syn, val_f, real.num_classes, e2e.synthetic_share, e2e.balanced_softmax)
+        scores = probe_scores(*args)
+        if not trust:
+            return scores
+        start = time.perf_counter()
+        learned = probe_trust(*args)
+        log.info("closed loop: learned trust %s in %.2f s", learned.round(2).tolist(),
+                 time.perf_counter() - start)
+        return replace(scores, trust=learned)
 
     return measure

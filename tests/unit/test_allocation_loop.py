@@ -53,12 +53,15 @@ class Table:
 
 
 def measure(shift: float = 0.0):
-    """Accuracy rising with a class's images (a need that falls as it is filled)."""
+    """Accuracy rising with a class's images (a need that falls as it is filled); a learned
+    trust that distrusts class c once it has more than 10 + 100·shift·c synthetic images."""
 
     def scores(syn: LabeledArrays) -> ClassScores:
-        n = np.bincount(syn.y, minlength=3) + np.array(REAL)
+        made = np.bincount(syn.y, minlength=3)
+        n = made + np.array(REAL)
         acc = np.clip(0.3 + 0.0175 * n + shift * np.arange(3), 0, 1)
-        return ClassScores(acc, 1 - acc, np.full(3, 25), float(acc.mean()))
+        trust = np.where(made > 10 + 100 * shift * np.arange(3), 0.25, 1.0)
+        return ClassScores(acc, 1 - acc, np.full(3, 25), float(acc.mean()), trust)
 
     return scores
 
@@ -89,6 +92,9 @@ def test_each_round_is_recorded_and_spends_the_budget(whole, tmp_path):
     # the loop saw its own images: class a (40 real) is needed least in every round
     assert all(r["counts"][0] < r["counts"][2] for r in records[:3])
     assert records[1]["classes"]["accepted"] == records[0]["counts"]
+    # the learned trust is recorded each round (class c distrusted past 10 images)
+    assert [r["classes"]["trust"] for r in records] == [
+        [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.25, 0.25], [1.0, 0.25, 0.25]]
 
 
 def test_killed_mid_round_resumes_to_the_same_decisions_and_ids(whole, tmp_path):
@@ -111,6 +117,9 @@ def test_resume_replays_recorded_decisions_even_when_a_remeasure_would_differ(wh
         run(t, tmp_path / "log.jsonl")
     shifted = run(t, tmp_path / "log.jsonl", shift=0.3)  # a quick classifier that changed
     assert [r["counts"] for r in shifted[:2]] == [r["counts"] for r in records[:2]]
+    assert [r["classes"]["trust"] for r in shifted[:2]] == [r["classes"]["trust"]
+                                                            for r in records[:2]]
+    assert shifted[2]["classes"]["trust"] == [1.0, 1.0, 1.0]  # measured afresh: trust too
     assert shifted[2]["counts"] != records[2]["counts"]  # measured afresh: the shift shows
     fresh = run(Table(), tmp_path / "fresh.jsonl", shift=0.3)
     assert fresh[1]["counts"] != records[1]["counts"]  # without the record, round 1 differs

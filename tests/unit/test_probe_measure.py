@@ -1,16 +1,22 @@
 """The closed loop's probe measurement (``synthesis.loop.measure=probe``): a linear probe on fixed
 features, deterministic, mirroring the end-to-end classifier's synthetic share and balanced
-softmax; and the wiring that picks it."""
+softmax; its learned per-class trust (``synthesis.loop.trust=probe``); and the wiring that
+picks them."""
 
 from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from raysynth.config import build_config
+from raysynth.config.schema import LoopConfig
 from raysynth.errors import ConfigError
-from raysynth.flows.measurement import measurement
-from raysynth.train.measure import Features, probe_scores
+from raysynth.filter.loop import Loop, decide, measure_round, plan_of
+from raysynth.flows.measurement import measurement, trust_kind
+from raysynth.train.measure import Features, probe_scores, probe_trust
 
 
 def gaussians(counts: list[int], seed: int, spread: float = 1.0) -> Features:
@@ -67,3 +73,62 @@ def test_probe_needs_a_real_split_classifier():
 def test_measure_key_is_checked():
     with pytest.raises(ConfigError, match="synthesis.loop.measure"):
         build_config(preset="digits-lt", overrides={"synthesis.loop.measure": "probes"})
+
+
+def trust_case() -> tuple[Features, Features, Features]:
+    """3 overlapping classes, class 1 rare (5 real rows). Synthetic rows: 40 of class 1 drawn
+    like class 1 (they help), 40 labelled 0 but drawn like class 2 (the wrong label)."""
+    real, val = gaussians([30, 5, 30], 0), gaussians([20, 20, 20], 1)
+    helps = gaussians([0, 40, 0], 2)
+    wrong = gaussians([0, 0, 40], 3)
+    syn = Features(np.concatenate([helps.x, wrong.x]),
+                   np.concatenate([helps.y, np.zeros(40, np.int64)]))
+    return real, syn, val
+
+
+def test_trust_is_0_for_wrongly_labelled_rows_and_1_for_rows_that_help():
+    real, syn, val = trust_case()
+    w = probe_trust(real, syn, val, 3, 0.5, True)
+    assert w.tolist() == [0.0, 1.0, 1.0]  # class 2 has no synthetic rows: nothing to distrust
+    assert probe_trust(real, syn, val, 3, 0.5, True).tolist() == w.tolist()  # deterministic
+    assert probe_trust(real, EMPTY, val, 3, 0.5, True).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_trust_of_noise_rows_is_0():
+    """Rows labelled 1 at random places (noise): trusting them lowers the validation
+    likelihood, so their weight goes to 0; the other classes have no synthetic rows."""
+    real, val = gaussians([30, 5, 30], 0), gaussians([20, 20, 20], 1)
+    rng = np.random.default_rng(5)
+    noise = Features(rng.uniform(-6, 10, (40, 2)).astype(np.float32), np.ones(40, np.int64))
+    assert probe_trust(real, noise, val, 3, 0.5, True).tolist() == [1.0, 0.0, 1.0]
+
+
+def test_learned_trust_moves_closed_loop_allocation_away_from_the_distrusted_class():
+    """The trust above, through the loop's record, into closed_loop's exact counts."""
+    real, syn, val = trust_case()
+    scores = probe_scores(real, syn, val, 3, 0.5, True)
+    learned = replace(scores, trust=probe_trust(real, syn, val, 3, 0.5, True))
+    plan = plan_of("closed_loop", LoopConfig(explore=0.0), 30, 1, [30, 5, 30], {})
+    acc = np.bincount(syn.y, minlength=3)
+    with_trust = measure_round(plan, Loop(lambda _: learned, Path()), (acc, acc * 0), syn, None)
+    without = measure_round(plan, Loop(lambda _: scores, Path()), (acc, acc * 0), syn, None)
+    assert with_trust["classes"]["trust"] == [0.0, 1.0, 1.0]
+    assert without["classes"]["trust"] == [1.0, 1.0, 1.0]
+    assert decide(plan, [], with_trust, 0)["counts"] == [0, 16, 14]
+    assert decide(plan, [], without, 0)["counts"] == [8, 12, 10]
+
+
+def test_trust_key_is_checked_and_resolved():
+    with pytest.raises(ConfigError, match="synthesis.loop.trust"):
+        build_config(preset="digits", overrides={"synthesis.loop.trust": "learned"})
+    with pytest.raises(ConfigError, match="trust: probe .*measure=classifier there is no probe"):
+        build_config(preset="digits", overrides={"synthesis.loop.trust": "probe",
+                                                 "synthesis.loop.measure": "classifier"})
+    unicon = build_config(preset="digits", overrides={"synthesis.allocation": "closed_loop"})
+    assert trust_kind(unicon, "probe") == "probe" and trust_kind(unicon, "classifier") == "none"
+    assert trust_kind(build_config(preset="digits"), "probe") == "none"  # fixed: not used
+    assert trust_kind(build_config(preset="digits-lt"), "probe") == "none"  # no UniCon weights
+    probe = build_config(preset="digits-lt", overrides={"synthesis.loop.trust": "probe"})
+    assert trust_kind(probe, "probe") == "probe"
+    with pytest.raises(ConfigError, match="synthesis.loop.trust=none"):
+        measurement(probe, None, None)  # type: ignore[arg-type]  # auto → classifier: no probe
