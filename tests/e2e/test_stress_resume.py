@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from train_checkpoints import registered
 
@@ -101,6 +102,7 @@ def _kill_when_registered(proc: subprocess.Popen, run, timeout: float = 900) -> 
     raise AssertionError(f"no registered checkpoint of {run} (exit {proc.poll()}):\n{out[-3000:]}")
 
 
+@pytest.mark.slow  # ~160-230 s on 2 loaded cores; runs in the plain `python -m pytest -q`
 def test_stress_preset_killed_mid_final_run_resumes_from_its_checkpoint(s3_root):
     out = str(s3_root)
     run = s3_root / "train" / FINAL
