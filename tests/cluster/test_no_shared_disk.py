@@ -23,6 +23,7 @@ import time
 import pytest
 from harness import HarnessError
 from jobdir import CLASSES, TEXT2IMAGE, UNCLIP_ID, write_recipe
+from train_checkpoints import registered
 
 from raysynth.plan.rows import sample_id
 
@@ -83,15 +84,9 @@ def _final_checkpoints(cluster, name: str) -> dict[str, dict[str, int]]:
 
 
 def _registered(cluster, name: str, run: str) -> str | None:
-    """The newest checkpoint Ray Train has registered for ``run`` (its controller's snapshot in
-    the bucket, what a new run of the same name resumes from): its folder name, when that holds a
-    training state (not the metrics-only checkpoint of the last report)."""
-    keys = set(cluster.s3.keys(f"runs/{name}/train/{run}"))
-    if "checkpoint_manager_snapshot.json" not in keys:
-        return None
-    snapshot = json.loads(cluster.s3.read(f"runs/{name}/train/{run}/checkpoint_manager_snapshot.json"))
-    folder = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
-    return folder if f"{folder}/state.json" in keys else None
+    """The newest checkpoint Ray Train has registered for ``run`` (tests/train_checkpoints.py)."""
+    prefix = f"runs/{name}/train/{run}"
+    return registered(set(cluster.s3.keys(prefix)), lambda k: cluster.s3.read(f"{prefix}/{k}"))
 
 
 def _kill_mid_final(cluster, job_id: str, name: str, timeout: float = 1800) -> None:

@@ -4,6 +4,7 @@ stay out; bad tables give clear errors."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,33 @@ def test_streamed_batches_hold_the_share_and_the_loss_the_prior(
     assert sum(len(x) - n_syn for x in seen) == 24  # every real row once
     want = np.array([0.75 * (1 - share), 0.25 * (1 - share) + share])
     np.testing.assert_allclose(priors[0], want, atol=1e-12)
+
+
+def test_two_workers_holding_every_cpu_finish(ray_local, tables, tmp_path):
+    """2 Train workers × 1 CPU on the 2-CPU local Ray: no CPU is left for Ray Data tasks while
+    they train. The streamed run once hung there (its Parquet reads waited for a CPU forever);
+    the tables are now read before the run. A hang fails the test after 240 s."""
+    assert ray_local.cluster_resources()["CPU"] == 2
+    cfg = build_config(overrides={"end_to_end.epochs": 1, "end_to_end.batch_size": 8,
+                                  "encoder.arch": "small_cnn", "encoder.width": 4,
+                                  "encoder.feat_dim": 8, "train.num_workers": 2,
+                                  "train.cpus_per_worker": 1})
+    done: list = []
+
+    def train() -> None:
+        try:
+            done.append(train_end_to_end(cfg, tables["real"], tables["syn"], tables["real"], {},
+                                         2, 0, tmp_path / "m", tmp_path / "c", tmp_path, "cpus"))
+        except BaseException as e:  # noqa: BLE001 - raised again below, in the test's thread
+            done.append(e)
+
+    run = threading.Thread(target=train, daemon=True)  # daemon: a hung run cannot keep pytest
+    run.start()
+    run.join(timeout=240)
+    assert done, "the run hung: 2 workers × 1 CPU on a 2-CPU Ray, not finished after 240 s"
+    if isinstance(done[0], BaseException):
+        raise done[0]
+    assert 0 <= done[0]["overall"] <= 1
 
 
 def test_corrupt_synthetic_png_names_the_row(ray_local, tables, tmp_path):
