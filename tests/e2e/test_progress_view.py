@@ -17,6 +17,7 @@ import termios
 import time
 from pathlib import Path
 
+from terminal import read_terminal
 from test_job_submit import RUN_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,23 +34,14 @@ def run_in_pty(args: list[str], timeout: float = 900) -> tuple[int, str]:
     proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT,
                             close_fds=True)
     os.close(slave)
-    chunks: list[bytes] = []
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
+    text = read_terminal(master, timeout)
     try:
         code = proc.wait(timeout=max(1.0, deadline - time.time()))
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    return code, b"".join(chunks).decode(errors="replace")
+    return code, text.decode(errors="replace")
 
 
 def final_bar(text: str, desc: str) -> str:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from terminal import read_terminal
+
 ROOT = Path(__file__).resolve().parents[2]
 RAY_LINE = (b"[2026-12-04 12:00:00,000 E 71 71] core_worker.cc:2465: Actor with class name: "
             b"'MapWorker(MapBatches(Generate))' and ID: 'ab12' has constructor arguments in the "
@@ -66,19 +68,10 @@ def test_on_a_terminal_the_process_still_writes_to_a_terminal_of_the_same_size()
     proc = subprocess.Popen([sys.executable, "-c", TERMINAL_CHILD], stdout=subprocess.PIPE,
                             stderr=slave, cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
+    written = read_terminal(master, timeout=60)
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert stdout.splitlines()[0] == b"True os.terminal_size(columns=111, lines=33)"
     # the outer terminal turns \n into \r\n as a terminal does; nothing else changes
-    assert b"".join(chunks) == (b"before\r\n\rbar 1/2\rbar 2/2\r\n[2026 E 1 1] raylet.cc:9: "
+    assert written == (b"before\r\n\rbar 1/2\rbar 2/2\r\n[2026 E 1 1] raylet.cc:9: "
                                 b"another error\r\nlast, no newline")
