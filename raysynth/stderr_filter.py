@@ -32,7 +32,7 @@ from typing import Any
 
 NOISE = (re.compile(rb"core_worker\.cc:\d+: Actor .*has constructor arguments in the object store"),)
 
-_state: dict[str, object] = {}
+_installed: list[tuple[int, threading.Thread]] = []  # (the real descriptor 2, the copier)
 
 
 def is_noise(line: bytes) -> bool:
@@ -43,7 +43,7 @@ def install() -> None:
     """Filter descriptor 2 of this process from now on (once; no-op when already filtering).
     On a terminal the filter is a pseudo-terminal of the same size in raw mode, so the process
     still writes to a terminal (its progress bars stay live bars) and bytes pass unchanged."""
-    if _state:
+    if _installed:
         return
     sys.stderr.flush()
     real = os.dup(2)
@@ -59,20 +59,21 @@ def install() -> None:
     os.close(write)
     thread = threading.Thread(target=_copy, args=(read, real), name="stderr-filter", daemon=True)
     thread.start()
-    _state.update(real=real, thread=thread)
+    _installed.append((real, thread))
     atexit.register(uninstall)
 
 
 def uninstall() -> None:
     """Give descriptor 2 back to the real standard error once every line before has passed."""
-    if not _state:
+    if not _installed:
         return
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.flush()
-    real, thread = _state.pop("real"), _state.pop("thread")
+    real, thread = _installed.pop()
     os.dup2(real, 2)  # closes the pipe's last write end: the thread sees EOF
-    thread.join(timeout=5)  # type: ignore[attr-defined]
-    os.close(real)  # type: ignore[arg-type]
+    thread.join(timeout=5)
+    if not thread.is_alive():  # else a child still holds the pipe: the copier keeps its target
+        os.close(real)
 
 
 def _copy(read: int, real: int) -> None:

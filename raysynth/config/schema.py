@@ -375,9 +375,10 @@ class LoopConfig:
     measure: str = "auto"
     measure_epochs: int = 20  # epochs of the quick classifier (end_to_end.* otherwise)
     # the per-class trust closed_loop multiplies in: auto (probe where the flow searches UniCon
-    # weights, the rounds are scored by the probe and the allocation is closed_loop, else none) | probe (each round, a weight in
-    # {0, .25, .5, .75, 1} per class on its synthetic rows, chosen on the validation split by
-    # coordinate ascent on the probe's log-likelihood) | none (1 for every class)
+    # weights, the rounds are scored by the probe and the allocation is closed_loop, else none)
+    # | probe (each round, a weight in {0, .25, .5, .75, 1} per class on its synthetic rows,
+    # chosen on the validation split by coordinate ascent on the probe's log-likelihood)
+    # | none (1 for every class)
     trust: str = "auto"
     explore: float = 0.1  # exploration weight (closed_loop, ucb)
     stop_z: float = 1.0  # closed_loop stops a class whose accuracy moved <= z standard errors
