@@ -374,14 +374,20 @@ class LoopConfig:
     # | classifier (the quick end-to-end classifier, measure_epochs epochs)
     measure: str = "auto"
     measure_epochs: int = 20  # epochs of the quick classifier (end_to_end.* otherwise)
-    # the per-class trust closed_loop multiplies in: auto (probe where the flow searches UniCon
-    # weights, the rounds are scored by the probe and the allocation is closed_loop, else none)
-    # | probe (each round, a weight in {0, .25, .5, .75, 1} per class on its synthetic rows,
-    # chosen on the validation split by coordinate ascent on the probe's log-likelihood)
+    # the per-class trust closed_loop multiplies in: auto (probe where the flow is unicon or
+    # classifier, the rounds are scored by the probe and the allocation is closed_loop, else
+    # none) | probe (each round, a weight in {0, .25, .5, .75, 1} per class on its synthetic
+    # rows, chosen on the validation split by coordinate ascent on the probe's log-likelihood)
     # | none (1 for every class)
     trust: str = "auto"
+    # flow classifier: the classifier with synthetic images trains on round(trust × n) of each
+    # class's n accepted images (a stable hash of the sample id picks them) with the synthetic
+    # batch share scaled by the share kept — as the probe weighs them — where the loop learned a
+    # trust; false: on every accepted image (the trust then steers only the allocation)
+    train_by_trust: bool = True
     explore: float = 0.1  # exploration weight (closed_loop, ucb)
     stop_z: float = 1.0  # closed_loop stops a class whose accuracy moved <= z standard errors
+    # (or, after one round, fell by more than z standard errors)
     patience: int = 2  # ... over this many rounds in which it received images
 
     def __post_init__(self) -> None:

@@ -4,13 +4,15 @@ The driver reads only the narrow metadata columns (``sample_id``, ``label``, ``a
 file, never the images; the Train workers read the images from the files through Ray Data
 (``ray_data.image_table``). The per-class counts are what balanced softmax and the empty-class
 check need; ``drop`` lists the repeats of a ``sample_id`` (only its first occurrence, in file
-order, is a row of the table — as :func:`raysynth.generate.table.iter_tables` reads it).
+order, is a row of the table — as :func:`raysynth.generate.table.iter_tables` reads it) and the
+rows a learned per-class trust leaves out (:func:`keep_trusted`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -82,6 +84,42 @@ def describe_table(
             counts[y] += 1
     return ImageTable(tuple(str(f) for f in files), tuple(int(c) for c in counts), channels,
                       image_size, accepted_only, frozenset(drop))
+
+
+def trusted_rows(ids: Sequence[str], labels: Sequence[int], trust: Sequence[float]) -> np.ndarray:
+    """Which rows a per-class ``trust`` keeps: ``round(trust[c] × n_c)`` of class c's ``n_c``
+    rows, those whose ``sample_id`` hashes lowest (blake2b: stable across runs and machines, and
+    independent of the rows' order or of which round made them). A row's loss weighed by
+    ``trust[c]`` in expectation, with whole images (trust 1 keeps all, 0 none)."""
+    labels = np.asarray(labels, np.int64)
+    keep = np.zeros(len(labels), bool)
+    keys = np.array([hashlib.blake2b(str(s).encode(), digest_size=8).hexdigest() for s in ids])
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        w = float(trust[c]) if 0 <= c < len(trust) else 1.0
+        n = int(round(min(1.0, max(0.0, w)) * len(rows)))
+        keep[rows[np.argsort(keys[rows], kind="stable")[:n]]] = True
+    return keep
+
+
+def keep_trusted(table: ImageTable, trust: Sequence[float]) -> ImageTable:
+    """``table`` with only the rows :func:`trusted_rows` keeps (the others added to ``drop``;
+    reads the metadata columns again, never the images)."""
+    need = [col.SAMPLE_ID, col.LABEL] + ([col.ACCEPTED] if table.accepted_only else [])
+    rows: list[tuple[str, str, int]] = []
+    for f in table.files:
+        t = pq.read_table(f, columns=need)
+        ok = (t[col.ACCEPTED].fill_null(False).to_pylist() if table.accepted_only
+              else [True] * t.num_rows)
+        for sid, y, a in zip(t[col.SAMPLE_ID].to_pylist(), t[col.LABEL].to_pylist(), ok):
+            if a and (f, sid) not in table.drop:
+                rows.append((f, sid, int(y)))
+    keep = trusted_rows([r[1] for r in rows], [r[2] for r in rows], trust)
+    counts = np.zeros(len(table.counts), np.int64)
+    for (_, _, y), k in zip(rows, keep):
+        counts[y] += int(k)
+    drop = table.drop | {(f, sid) for (f, sid, _), k in zip(rows, keep) if not k}
+    return replace(table, counts=tuple(int(c) for c in counts), drop=frozenset(drop))
 
 
 def own_partners(table: ImageTable) -> dict[str, tuple[str, int]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from raysynth import columns as col
 from raysynth.data import to_tensor_array
+from raysynth.data.tables import trusted_rows
 from raysynth.errors import ConfigError, RunDirError
 from raysynth.files import atomic_write_text, finite
 from raysynth.generate.table import iter_tables
@@ -207,10 +208,11 @@ def _images(loop: Loop, images: ImagesFn, r: int) -> LabeledArrays | None:
     return images(r) if loop.measure is not None else None
 
 
-def accepted_images(root: Path, channels: int, size: int, before_round: int | None = None
-                    ) -> LabeledArrays:
-    """The accepted synthetic images (rounds ``< before_round`` when given) as training arrays,
-    in ``sample_id`` order: which Parquet part holds a row depends on how Ray Data happened to
+def accepted_images(root: Path, channels: int, size: int, before_round: int | None = None,
+                    trust: Sequence[float] | None = None) -> LabeledArrays:
+    """The accepted synthetic images (rounds ``< before_round`` when given; with ``trust``, only
+    the rows :func:`raysynth.data.tables.trusted_rows` keeps) as training arrays, in
+    ``sample_id`` order: which Parquet part holds a row depends on how Ray Data happened to
     batch the stream, so the parts' order would make the images drawn for training depend on
     timing (DESIGN §2: nothing depends on order of arrival)."""
     rows: list[tuple[str, int, bytes]] = []
@@ -220,10 +222,13 @@ def accepted_images(root: Path, channels: int, size: int, before_round: int | No
             keep = keep.filter(pc.less(keep[col.ROUND], before_round))
         ids, labels, pngs = (keep[c].to_pylist() for c in (col.SAMPLE_ID, col.LABEL, col.IMAGE))
         rows.extend(zip(ids, labels, pngs))
+    rows.sort(key=lambda r: r[0])
+    if trust is not None and rows:
+        keep = trusted_rows([r[0] for r in rows], [r[1] for r in rows], trust)
+        rows = [r for r, k in zip(rows, keep) if k]
     if not rows:
         empty = np.zeros((0, channels, size, size), np.float32)
         return LabeledArrays(empty, np.zeros(0, np.int64))
-    rows.sort(key=lambda r: r[0])
     x = to_tensor_array([r[2] for r in rows], channels)
     return LabeledArrays(x, np.array([r[1] for r in rows], np.int64))
 
@@ -249,6 +254,9 @@ def summary(records: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
         "stopped": records[-1]["stopped"], "curve": curve,
         "acceptance": [_acceptance(a, b) for a, b in zip(records, records[1:])],
         "trust": [r["classes"]["trust"] for r in records[:-1]],
+        # learned on every accepted image (the measurement after the last round): what the
+        # classifier flow keeps of each class's synthetic images (synthesis.loop.train_by_trust)
+        "final_trust": records[-1]["classes"]["trust"],
     }
 
 

@@ -5,14 +5,14 @@ only, per class group (many/medium/few) on the test split."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from raysynth.config.schema import RunConfig
-from raysynth.data.tables import ImageTable
+from raysynth.data.tables import ImageTable, keep_trusted
 from raysynth.errors import DataError
 from raysynth.files import cached
 from raysynth.flows.end_to_end import Inputs, empty_like, real_table, streams, train_end_to_end
@@ -40,16 +40,49 @@ def run(job: Job) -> dict[str, Any] | None:
     shape = (real.num_classes, real.channels, real.image_size)
     train = real_table(job.run.root, "train", *shape)
     check_classes(train, table, real.class_names)
-    if streams(job.cfg, len(train) + len(table)):
+    cfg, trust = job.cfg, learned_trust(job.cfg, synthesis)
+    if trust is not None:
+        table, cfg = trusted(table, trust, job.cfg, job.report, real.class_names)
+    if streams(cfg, len(train) + len(table)):
         log.info("final classifiers stream %d real and %d synthetic rows from Parquet",
                  len(train), len(table))
         data = (train, table, real_table(job.run.root, "test", *shape))
     else:
-        data = (real.arrays("train"), accepted_arrays(job.run.synthetic, real),
+        data = (real.arrays("train"), accepted_arrays(job.run.synthetic, real, trust),
                 real.arrays("test"))
-    job.report["classifier"] = compare(*data, real.splits.groups, real.num_classes, job.cfg,
+    job.report["classifier"] = compare(*data, real.splits.groups, real.num_classes, cfg,
                                        job.run.train, real.contexts("test"))
     return None
+
+
+def learned_trust(cfg: RunConfig, synthesis: dict[str, Any]) -> list[float] | None:
+    """The closed loop's per-class trust learned on every accepted image (the synthesis
+    summary's ``allocation.final_trust``), where the loop learned one (some class below 1) and
+    ``synthesis.loop.train_by_trust`` is on; else None (train on every accepted image)."""
+    if not cfg.synthesis.loop.train_by_trust:
+        return None
+    alloc = synthesis.get("allocation") if isinstance(synthesis, dict) else None
+    trust = alloc.get("final_trust") if isinstance(alloc, dict) else None
+    if not trust or all(t is None or t >= 1 for t in trust):
+        return None
+    return [1.0 if t is None else float(t) for t in trust]
+
+
+def trusted(table: ImageTable, trust: list[float], cfg: RunConfig, report: dict[str, Any],
+            names: list[str]) -> tuple[ImageTable, RunConfig]:
+    """The rows of ``table`` the trust keeps (:func:`raysynth.data.tables.keep_trusted`) and the
+    config with the synthetic batch share scaled by the share kept — so each kept image is drawn
+    as often as with every image, as the probe that learned the trust weighs them — recorded in
+    ``report["trust"]``."""
+    kept = keep_trusted(table, trust)
+    share = cfg.end_to_end.synthetic_share * len(kept) / max(1, len(table))
+    log.info("the closed loop's trust keeps %d of %d synthetic images (%s); synthetic batch "
+             "share %.3f", len(kept), len(table),
+             ", ".join(f"{n} {k}/{a}" for n, k, a in zip(names, kept.counts, table.counts)),
+             share)
+    report["trust"] = {"trust": trust, "accepted": list(table.counts),
+                       "kept": list(kept.counts), "synthetic_share": share}
+    return kept, replace(cfg, end_to_end=replace(cfg.end_to_end, synthetic_share=share))
 
 
 def check_classes(real: ImageTable, synthetic: ImageTable, names: list[str]) -> None:

@@ -273,10 +273,12 @@ def recognition(run: RunDir, cfg: RunConfig, real: RealData, classifier: Path) -
     return rates(np.asarray(hits))
 
 
-def accepted_arrays(root: Path, real: RealData) -> LabeledArrays:
-    """The accepted synthetic images as training arrays (decoded on the driver: few-shot scale),
-    in ``sample_id`` order (:func:`raysynth.filter.loop.accepted_images`)."""
-    return accepted_images(root, real.channels, real.image_size)
+def accepted_arrays(root: Path, real: RealData, trust: list[float] | None = None
+                    ) -> LabeledArrays:
+    """The accepted synthetic images (with ``trust``: the share of each class it keeps) as
+    training arrays (decoded on the driver: few-shot scale), in ``sample_id`` order
+    (:func:`raysynth.filter.loop.accepted_images`)."""
+    return accepted_images(root, real.channels, real.image_size, trust=trust)
 
 
 def synthetic_inputs(

@@ -102,8 +102,9 @@ def stopped(m: Measurements, opts: PolicyOptions) -> frozenset[int]:
     """Classes whose marginal gain is indistinguishable from zero: over their last
     ``patience`` measured rounds in which they received images, the validation accuracy rose by
     no more than ``stop_z`` standard errors of a difference of two accuracies on ``val`` images
-    (p clamped to [1/val, 1 - 1/val], so a class at 100% is not infinitely certain). Once
-    stopped, a class stays stopped."""
+    (p clamped to [1/val, 1 - 1/val], so a class at 100% is not infinitely certain) — or, after
+    a single such round, fell by more than ``stop_z`` standard errors (a clear loss needs no
+    second round to confirm it). Once stopped, a class stays stopped."""
     out = set(m.stopped)
     rounds = (*m.history, m.classes)
     for c in range(m.num_classes):
@@ -111,13 +112,15 @@ def stopped(m: Measurements, opts: PolicyOptions) -> frozenset[int]:
             continue
         moved = [r[c].gain * _new_accepted(rounds, i, c) for i, r in enumerate(rounds)
                  if i and r[c].gain is not None and _new_accepted(rounds, i, c) > 0]
-        if len(moved) < opts.patience:
+        if not moved:
             continue
         cur = m.classes[c]
         n = max(1, cur.val)
         p = min(max(1 - cur.error, 1 / n), 1 - 1 / n) if n > 1 else 0.5
         se = math.sqrt(2 * p * (1 - p) / n)
-        if sum(moved[-opts.patience:]) <= opts.stop_z * se:
+        if moved[-1] < -opts.stop_z * se:
+            out.add(c)  # a clear loss in the last round
+        elif len(moved) >= opts.patience and sum(moved[-opts.patience:]) <= opts.stop_z * se:
             out.add(c)
     return frozenset(out)
 

@@ -18,6 +18,7 @@ from raysynth.report.explain import explain
 from raysynth.report.groups import worst_group_table
 from raysynth.report.tables import (
     GROUPS,
+    TRUST_NOTE,
     Table,
     accuracy_table,
     air_tables,
@@ -31,6 +32,7 @@ from raysynth.report.tables import (
     summary_line,
     synthesis_tables,
     timings_table,
+    trust_table,
     tune_table,
     weights_of,
     weights_table,
@@ -155,6 +157,9 @@ def build_html(
     if (t := worst_group_table(report)) is not None:
         body += ["<h2>Worst-group accuracy</h2>", _html_table(t)]
     body += _weights_section(report, notes.get("weights_note"))
+    if (t := trust_table(report)) is not None:
+        body += ["<h2>Trust per class (closed loop)</h2>",
+                 f'<p class="note">{_e(TRUST_NOTE)}</p>', _html_table(t)]
     body += _air_section(report, prototypes)
     if tables := synthesis_tables(report):
         body += ["<h2>Synthesis</h2>", *map(_html_table, tables)]

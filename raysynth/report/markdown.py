@@ -59,6 +59,7 @@ def build_markdown(report: dict, skipped: Any = ()) -> str:
         if isinstance(why := notes.get("weights_note"), str):
             note += " " + md_text(why)
         section("Learned weight per class", [tables.weights_table(weights)], note)
+    section("Trust per class (closed loop)", [tables.trust_table(report)], tables.TRUST_NOTE)
     section(
         "AiR: pseudo-labels and prompt learning",
         tables.air_tables(report),

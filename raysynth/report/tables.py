@@ -115,6 +115,24 @@ def weights_table(weights: dict[str, float]) -> Table:
     return Table(["class", "weight"], [[c, num(w)] for c, w in weights.items()])
 
 
+TRUST_NOTE = ("Learned by the closed loop on the validation split (0 = distrust the class's "
+              "synthetic images, 1 = trust them); the classifier with synthetic images trained "
+              "on that share of each class's accepted images.")
+
+
+def trust_table(report: dict) -> Table | None:
+    """The classifier flow's per-class trust (``report["trust"]``): trust, accepted, kept."""
+    t = as_dict(report.get("trust"))
+    trust, accepted, kept = (t.get(k) for k in ("trust", "accepted", "kept"))
+    if not isinstance(trust, list) or not isinstance(accepted, list) or not isinstance(kept, list):
+        return None
+    classes = [str(c) for c in report.get("classes", [])]
+    rows = [[class_name(classes, i), num(w), num(a), num(k)]
+            for i, (w, a, k) in enumerate(zip(trust, accepted, kept))]
+    rows.append(["synthetic batch share", DASH, DASH, num(t.get("synthetic_share"))])
+    return Table(["class", "trust", "accepted", "trained on"], rows)
+
+
 def synthesis_tables(report: dict) -> list[Table]:
     syn = as_dict(report.get("synthesis"))
     if not syn:

@@ -87,6 +87,18 @@ def test_stop_rule_stops_a_flat_class_after_patience_rounds_only():
     assert allocate("closed_loop", again, 7, opts).counts == (0, 0)
 
 
+def test_stop_rule_stops_a_clear_loss_after_one_round():
+    # class 0: accuracy 0.8 → 0.6 over 10 images (−0.2 < −1 se = −0.139 at p = 0.6, 25 val);
+    # class 1: 0.8 → 0.76 (−0.04: within noise, kept until patience judges it)
+    r0 = [M(0.2, val=25), M(0.2, val=25)]
+    r1 = [M(0.4, val=25, accepted=10, gain=-0.02), M(0.24, val=25, accepted=10, gain=-0.004)]
+    opts = PolicyOptions(stop_z=1.0, patience=2)
+    m = Measurements(tuple(r1), (tuple(r0),))
+    assert stopped(m, opts) == frozenset({0})
+    assert stopped(m, PolicyOptions(stop_z=1.5, patience=2)) == frozenset()  # 1.5 se = 0.208
+    assert counts("closed_loop", r1, 9, history=[r0], opts=opts) == [0, 9]
+
+
 def test_apportion_never_loses_or_overspends():
     rng = random.Random(0)
     for _ in range(500):

@@ -127,7 +127,12 @@ def test_trust_key_is_checked_and_resolved():
     unicon = build_config(preset="digits", overrides={"synthesis.allocation": "closed_loop"})
     assert trust_kind(unicon, "probe") == "probe" and trust_kind(unicon, "classifier") == "none"
     assert trust_kind(build_config(preset="digits"), "probe") == "none"  # fixed: not used
-    assert trust_kind(build_config(preset="digits-lt"), "probe") == "none"  # no UniCon weights
+    assert trust_kind(build_config(preset="digits-lt"), "probe") == "none"  # fixed: not used
+    lt_loop = build_config(preset="digits-lt", overrides={"synthesis.allocation": "closed_loop"})
+    assert trust_kind(lt_loop, "probe") == "probe"  # the classifier flow trains on the trust
+    air = build_config(preset="digits", overrides={"flow": "air",
+                                                   "synthesis.allocation": "closed_loop"})
+    assert trust_kind(air, "probe") == "none"  # no flow of its own uses it
     probe = build_config(preset="digits-lt", overrides={"synthesis.loop.trust": "probe"})
     assert trust_kind(probe, "probe") == "probe"
     with pytest.raises(ConfigError, match="synthesis.loop.trust=none"):
