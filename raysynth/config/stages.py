@@ -40,11 +40,32 @@ FLOW_STAGES = {
 }
 
 
+# Keys inside an upstream section that only the final stage reads: left out of the other
+# stages' hashes, so changing one on --resume redoes the final classifiers, not the synthesis.
+FINAL_ONLY = (("synthesis", "loop", "train_by_trust"),)
+
+
 def stage_key(name: str, cfg: RunConfig) -> str:
     """The hash of the config sections stage ``name`` depends on."""
     d = to_dict(cfg)
+    if name not in ("final", "report"):
+        d = _without(d, FINAL_ONLY)
     sections = STAGE_SECTIONS[name]
     picked = d if sections == ("*",) else {
         s: (d[s] if s != "air" or d["flow"] == "air" else None) for s in sections
     }
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _without(d: dict, keys: tuple[tuple[str, ...], ...]) -> dict:
+    """``d`` (nested dicts) without the nested ``keys`` (a copy; ``d`` is left as it is)."""
+    import copy
+
+    out = copy.deepcopy(d)
+    for path in keys:
+        node = out
+        for k in path[:-1]:
+            node = node.get(k, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return out
