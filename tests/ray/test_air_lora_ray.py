@@ -35,6 +35,8 @@ from raysynth.generate.pixel import build_unet, save_pixel_model
 from raysynth.generate.pixel import sampling_scheduler_config as pixel_scheduler_config
 
 CLASSES = ["cat", "dog"]
+# steps of the 2-worker SD adapter: enough for the saved adapter to lower the fixed-batch loss
+STEPS = 20
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -153,7 +155,7 @@ def test_sd_lora_on_two_gloo_workers(ray_local, tmp_path, monkeypatch):
     monkeypatch.setattr(lora_train, "lora_train_loop", recording_lora_loop)
     model = save_sd(tmp_path / "sd")
     images, labels = sd_images()
-    spec = LoraTrainSpec(learning_rate=1e-2, steps=40, batch_size=2, checkpoint_every=20)
+    spec = LoraTrainSpec(learning_rate=1e-2, steps=STEPS, batch_size=2, checkpoint_every=STEPS // 2)
     scaling = ScalingConfig(num_workers=2, cpus_per_worker=1)
     res = train_sd_lora(
         model,
@@ -166,11 +168,12 @@ def test_sd_lora_on_two_gloo_workers(ray_local, tmp_path, monkeypatch):
         scaling=scaling,
         threads=1,
     )
-    assert res.world_size == 2 and len(res.losses) == 40 and all(np.isfinite(res.losses))
+    assert res.world_size == 2 and len(res.losses) == STEPS and all(np.isfinite(res.losses))
     assert (res.folder / "pytorch_lora_weights.safetensors").is_file()
     meta = json.loads((res.folder / RESULT_FILE).read_text())
     assert meta["world_size"] == 2 and meta["prompts"]["dog"] == "Pets: dog"
-    assert json.loads((tmp_path / "adapter-checkpoint" / "state.json").read_text())["epoch"] == 39
+    ckpt = json.loads((tmp_path / "adapter-checkpoint" / "state.json").read_text())
+    assert ckpt["epoch"] == STEPS - 1
     ranks = [torch.load(tmp_path / "record" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
     # disjoint shards that cover the 4 images: rank 0 the cats (0, 2), rank 1 the dogs (1, 3)
