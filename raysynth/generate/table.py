@@ -95,6 +95,18 @@ def existing_ids(root: str | AnyPath) -> set[str]:
     return ids
 
 
+def part_name(sample_ids: Sequence[str]) -> str:
+    """The file name :class:`PartWriter` gives the part of these ``sample_id``\\ s (a hash of
+    them, in order: a retried block overwrites its own part)."""
+    ids = "\n".join(sample_ids).encode()
+    return f"part-{hashlib.sha256(ids).hexdigest()[:24]}.parquet"
+
+
+def part_ids(path: str | AnyPath) -> list[str]:
+    """The ``sample_id``\\ s of one part (reads only that column)."""
+    return _read(as_path(path), [col.SAMPLE_ID])[col.SAMPLE_ID].to_pylist()
+
+
 def _read(path: AnyPath, columns: list[str] | None) -> pa.Table:
     fs, where = fs_path(path)
     return pq.read_table(where, columns=columns, filesystem=fs)
@@ -150,8 +162,7 @@ class PartWriter:
 
     def __call__(self, block: pa.Table) -> pa.Table:
         table = conform(block)
-        ids = "\n".join(table[col.SAMPLE_ID].to_pylist()).encode()
-        name = f"part-{hashlib.sha256(ids).hexdigest()[:24]}.parquet"
+        name = part_name(table[col.SAMPLE_ID].to_pylist())
         with atomic_open(self.path / name, "wb") as f:
             pq.write_table(table, f)
         return pa.table({"file": [name], "rows": [table.num_rows]})

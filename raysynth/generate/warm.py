@@ -5,7 +5,11 @@ start once per synthesis stage and are fed round after round (:mod:`raysynth.war
 several rounds started every pool (and loaded every model) once per round. :class:`WarmGenerate`
 is the same call — the rows whose ``sample_id`` is not written yet, in the same blocks, through
 the same callable classes, written by the same :class:`~raysynth.generate.table.PartWriter` into
-``<out_root>/<name>/`` — on pools started when it is entered and killed when it is left::
+``<out_root>/<name>/`` — on pools started when it is entered and killed when it is left. The
+``sample_id``\\ s already written are read from ``out_root`` once, at the first round, and kept
+(each part it writes adds its own), so a round's check for what is left to make reads no file
+— :func:`~raysynth.generate.stage.generate` reads every part of every round before each round,
+a cost that grows with the rounds (and with each file's latency on an object store)::
 
     with WarmGenerate(spec, out_root, cfg.synthesis, [filter_stage]) as generate:
         for r in rounds:
@@ -19,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from raysynth import columns as col
 from raysynth.config.schema import SynthesisConfig
 from raysynth.generate.actor import DiffusionGenerator
 from raysynth.generate.generators import GeneratorSpec
@@ -30,6 +35,7 @@ from raysynth.generate.stage import (
     writer_stage,
     writers_for,
 )
+from raysynth.generate.table import existing_ids, part_ids, part_name
 from raysynth.ray_data import PoolStage
 from raysynth.storage import as_path
 from raysynth.warm_pools import Pipeline
@@ -51,6 +57,9 @@ class WarmGenerate:
             writer_stage(self.out_root, writers_for(cfg.pool)),
         ])
         self.started = False
+        # the sample ids written under out_root: read once, then each part this object writes
+        # added as it is written (a round's check reads no part; None: read it again)
+        self.written: set[str] | None = None
 
     def __enter__(self) -> WarmGenerate:
         return self
@@ -63,20 +72,31 @@ class WarmGenerate:
         """Generate the rows not written under ``out_root`` yet into ``out_root/name/`` (as
         :func:`~raysynth.generate.stage.generate`; ``on_written(n)`` as each part is written)."""
         t0 = time.perf_counter()
-        todo, stats = still_to_make(rows, self.out_root)
+        if self.written is None:
+            self.written = existing_ids(self.out_root)
+        todo, stats = still_to_make(rows, self.out_root, self.written)
         if todo:
             if not self.started:
                 self.started = True
                 self.pipeline.open()
             last = len(self.pipeline.stages) - 1
+            blocks = plan_blocks(todo, self.cfg.pool)
+            ids = [b.column(col.SAMPLE_ID).to_pylist() for b in blocks]
+            by_part = {part_name(i): i for i in ids}
+            done = self.written
 
             def written(part: Any) -> None:
+                for file in part.column("file").to_pylist():  # a stage that drops rows: read it
+                    done.update(by_part.get(file) or part_ids(self.out_root / name / file))
                 n = int(sum(part.column("rows").to_pylist()))
                 if on_written is not None and n:
                     on_written(n)
 
-            self.pipeline.run(plan_blocks(todo, self.cfg.pool),
-                              {last: {"path": self.out_root / name}}, written)
+            try:
+                self.pipeline.run(blocks, {last: {"path": self.out_root / name}}, written)
+            except BaseException:
+                self.written = None  # a failed round: the next one reads what is there
+                raise
         return finished(stats, name, t0)
 
     def pids(self) -> list[list[int]]:

@@ -13,7 +13,7 @@ from raysynth.config import build_config
 from raysynth.filter.loop import Loop
 from raysynth.filter.rounds import RealTrain, Synthesis, synthesize
 from raysynth.generate.generators import GeneratorSpec
-from raysynth.generate.table import read_table
+from raysynth.generate.table import existing_ids, read_table
 from raysynth.generate.warm import WarmGenerate
 from raysynth.plan.quotas import plan_round
 
@@ -100,3 +100,21 @@ def test_killed_warm_generator_loses_and_duplicates_nothing(ray_local, pixel_fol
     ids = read_table(tmp_path / "s", [col.SAMPLE_ID])[col.SAMPLE_ID].to_pylist()
     planned = [row[col.SAMPLE_ID] for rows in rounds for row in rows]
     assert sorted(ids) == sorted(planned) and len(ids) == len(set(ids))
+
+
+def test_written_ids_are_read_once_and_kept_as_the_table_grows(ray_local, pixel_folder, tmp_path):
+    cfg, spec = _spec(pixel_folder)
+    rounds = [plan_round(cfg.synthesis, CLASSES, REAL_IDS, {c: n for c in range(3)}, cfg.seed, r)
+              for r, n in enumerate((3, 2))]
+    ids = [{row[col.SAMPLE_ID] for row in rows} for rows in rounds]
+    out = tmp_path / "s"
+    with WarmGenerate(spec, out, cfg.synthesis) as generate:
+        first = generate(rounds[0], "round-000")
+        assert generate.written == existing_ids(out) == ids[0]  # each written part added
+        again = generate(rounds[0], "round-000")  # from the kept ids: nothing made twice
+        second = generate(rounds[1], "round-001")
+        assert generate.written == existing_ids(out) == ids[0] | ids[1]
+    assert [first.generated, again.generated, again.skipped, second.generated] == [9, 0, 9, 6]
+    with WarmGenerate(spec, out, cfg.synthesis) as resumed:  # a new stage reads them from disk
+        stats = resumed(rounds[1], "round-001")
+        assert (stats.skipped, stats.generated, resumed.started) == (6, 0, False)
