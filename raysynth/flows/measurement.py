@@ -60,11 +60,11 @@ def measurement(cfg: RunConfig, real: RealData, classifier: Path | None) -> Loop
 def trust_kind(cfg: RunConfig, measure: str) -> str:
     """``synthesis.loop.trust`` resolved against the measurement ``measure`` (probe |
     classifier): ``probe`` (the per-round weight search on the probe) or ``none`` (1 for every
-    class). ``auto`` learns it where the flow uses it — UniCon, whose own weight search comes
-    after this stage, and the classifier flow, which trains on the trusted share of each class
-    (``synthesis.loop.train_by_trust``) — the rounds are scored by the probe and the policy uses
-    it (``closed_loop``: the search is most of a round's measurement); ``probe`` asks for it
-    (recorded for any policy) and is refused where there is no probe."""
+    class). ``auto`` learns it in the unicon and classifier flows (UniCon's own weight search
+    comes after this stage; the classifier flow can also train on the trusted share of each
+    class, ``synthesis.loop.train_by_trust``) where the rounds are scored by the probe and the
+    policy uses it (``closed_loop``: the search is most of a round's measurement); ``probe``
+    asks for it (recorded for any policy) and is refused where there is no probe."""
     trust = cfg.synthesis.loop.trust
     if trust == "auto":
         used = cfg.flow in ("unicon", "classifier") and cfg.synthesis.allocation == "closed_loop"

@@ -154,7 +154,7 @@ CHANGES = [
     ({"budget": "smoke", "preset": "other"}, ORDER[:-1]),  # only the report is rewritten
     ({"air.top_k": 3}, ORDER[:-1]),  # the air section counts in the air flow only
     ({"mix.fraction": 0.25}, ORDER[:4]),  # final + report
-    ({"synthesis.loop.train_by_trust": False}, ORDER[:4]),  # read by the final stage only
+    ({"synthesis.loop.train_by_trust": True}, ORDER[:4]),  # read by the final stage only
     ({"synthesis.loop.explore": 0.5}, ORDER[:2]),  # the rest of synthesis.loop: synthesis on
     ({"tune.num_samples": 7}, ORDER[:3]),  # search, final, report
     ({"tune.weights": [0.2, 0.4, 0.6]}, ORDER[:3]),

@@ -76,14 +76,15 @@ def test_the_streamed_table_and_the_arrays_keep_the_same_rows(tmp_path):
 
 def test_the_classifier_flow_scales_the_share_and_reports_the_trust(tmp_path):
     table, _, _ = _table(tmp_path)
-    cfg = build_config(preset="digits-lt", overrides={"synthesis.allocation": "closed_loop"})
+    cfg = build_config(preset="digits-lt", overrides={"synthesis.allocation": "closed_loop",
+                                                      "synthesis.loop.train_by_trust": True})
     synthesis = {"allocation": {"final_trust": [0.5, 0.25]}}
     trust = learned_trust(cfg, synthesis)
     assert trust == [0.5, 0.25]
     assert learned_trust(cfg, {"allocation": {"final_trust": [1.0, 1.0]}}) is None
     assert learned_trust(cfg, {}) is None  # a run without the loop (or an older summary)
-    off = build_config(preset="digits-lt", overrides={"synthesis.loop.train_by_trust": False})
-    assert learned_trust(off, synthesis) is None
+    off = build_config(preset="digits-lt", overrides={"synthesis.allocation": "closed_loop"})
+    assert learned_trust(off, synthesis) is None  # off by default: the trust steers allocation
     report: dict = {"classes": ["zero", "one"]}
     kept, scaled = trusted(table, trust, cfg, report, ["zero", "one"])
     assert kept.counts == (2, 2)
