@@ -18,13 +18,12 @@ time (written under a temporary name, then renamed into place). Per path:
   of its first block through the generator, filter and writer (a floor no start-up removes);
 - ``round_s``: the median over rounds of a round's first to last part written (its images
   being made); ``ratio`` = ``gap_s / round_s`` (the issue's target: ≤ 0.1 warm);
-- ``first_block_s``: a round's first block's share of ``round_s`` (its rows / the round's: a
-  quarter of a generator batch, :func:`~raysynth.generate.stage.first_block_rows`), near the
-  floor of ``gap_s``: a round's plan waits for the round before it, so its first images take
-  its first block to make (more than its share: a generator call has a fixed cost, 0.41 s for 2
-  digits images against 0.88 s for 8 on the 2-core machine);
+- ``first_block_s``: a round's first block's share of ``round_s`` (its rows / the round's: one
+  generator batch, :func:`~raysynth.generate.stage.plan_blocks`), the floor of ``gap_s``: a
+  round's plan waits for the round before it, so its first images take one batch to make;
 - ``wall_s``: the median over rounds of a round's call, start to end (what a round costs the
-  loop; the first block moves images from ``round_s`` into ``gap_s``' place, not out of it);
+  loop: a smaller first block would lower ``gap_s`` by moving images from ``round_s`` into its
+  place, not by making the round shorter);
 - per round: ``start``, ``first``, ``last``, ``end`` (s from the path's start) and images.
 
 ``same_images``: both paths wrote the same rows with the same bytes.

@@ -87,33 +87,19 @@ def still_to_make(rows: list[dict[str, Any]], out_root: Any, done: set[str] | No
     return todo, GenerationStats(len(rows), len(rows) - len(todo), len(todo), 0.0)
 
 
-def first_block_rows(rows: int, batch_size: int) -> int:
-    """The rows of a round's first block: a quarter of a generator batch (at least one row).
-
-    A round's plan waits for the round before it, so its first images take the first block to
-    make: the pipeline behind the generator (filter, writer) idles until then, and so does the
-    progress. A short first block fills it sooner (``raysynth bench rounds``, digits: 2 images
-    take 0.41 s on the 2-core machine where a batch of 8 takes 0.88 s: a UNet call's fixed cost).
-    It costs one more generator call per round when the rows are a whole number of batches
-    (that call's fixed cost, about 0.3 s of the 8.8 s a digits round of 80 takes to make) and
-    none when the round's short last batch held that many rows or fewer: the rest of the round
-    is planned in whole batches from the first block on. A round's wall time is not shortened
-    (its images are made by the same calls, plus that one); its first images, and the filter
-    and writer behind them, start sooner."""
-    return min(rows, max(1, -(-batch_size // 4)))
-
-
 def plan_blocks(todo: list[dict[str, Any]], pool: Resources) -> list[Any]:
     """The plan rows as Arrow blocks of whole generator batches
     (:func:`batches_per_block`), so the actor pool can spread the work (no all-to-all
     repartition); the generator is called once per batch within a block. The first block is a
-    quarter of a batch (:func:`first_block_rows`): a round's first images are written after
-    that, not after a whole block (the gap between rounds, ``raysynth bench rounds``); the
-    blocks after it hold whole batches, the last one what is left."""
+    single batch: a round's first images are written after one batch, not one block (the gap
+    between rounds, ``raysynth bench rounds``), with no new batch shape for the generator. (A
+    smaller first block was tried: it lowered that gap by moving time into the round — one more
+    generator call, about 0.3 s of fixed cost per digits round — without making a round
+    shorter.)"""
     plan = plan_table(todo)
     b = pool.batch_size
     per_block = b * batches_per_block(len(plan), b, pool.max_actors)
-    first = first_block_rows(len(plan), b)
+    first = min(b, per_block)
     return [plan.slice(0, first)] + [plan.slice(i, per_block)
                                      for i in range(first, len(plan), per_block)]
 

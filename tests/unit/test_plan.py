@@ -154,22 +154,13 @@ def _blocks(n: int, batch: int, actors: int) -> tuple[list[int], list[str], list
     return [b.num_rows for b in blocks], ids, [r[col.SAMPLE_ID] for r in rows]
 
 
-def test_a_round_starts_with_a_quarter_batch_then_whole_batches():
-    # digits (batch 8, one generator actor): 2 rows first (the pipeline fills after a quarter
-    # batch), then blocks of two batches; the rows and their order are the plan's
+def test_a_round_starts_with_one_batch_then_whole_batch_blocks():
+    # digits (batch 8, one generator actor): one batch first (a round's first images after one
+    # batch, not one block), then blocks of two batches; the rows and their order are the plan's
     sizes, ids, want = _blocks(80, 8, 1)
-    assert sizes == [2, 16, 16, 16, 16, 14]
+    assert sizes == [8, 16, 16, 16, 16, 8]
     assert ids == want
-    assert _blocks(80, 8, 2)[0] == [2, 8, 8, 8, 8, 8, 8, 8, 8, 8, 6]
-    assert _blocks(3, 8, 1)[0] == [2, 1]
-    assert _blocks(1, 8, 1)[0] == [1]
-    assert _blocks(20, 1, 1)[0] == [1, 4, 4, 4, 4, 3]  # a batch of one: nothing to split
-    assert _blocks(66, 16, 1)[0] == [4, 16, 16, 16, 14]
-
-
-def test_a_round_whose_last_batch_was_short_costs_no_extra_generator_call():
-    def calls(sizes: list[int], batch: int) -> int:  # the warm host calls per block, batch by batch
-        return sum(-(-s // batch) for s in sizes)
-
-    assert calls(_blocks(81, 8, 1)[0], 8) == 11 == -(-81 // 8)  # 2 + 79: the short batch moved
-    assert calls(_blocks(80, 8, 1)[0], 8) == 11  # a whole number of batches: one call more
+    assert _blocks(80, 8, 2)[0] == [8] * 10
+    assert _blocks(3, 8, 1)[0] == [3]
+    assert _blocks(20, 1, 1)[0] == [1, 4, 4, 4, 4, 3]
+    assert _blocks(66, 16, 1)[0] == [16, 16, 16, 16, 2]  # a block of one batch: 66 rows are 5
