@@ -126,10 +126,12 @@ def test_stress_preset_killed_mid_final_run_resumes_from_its_checkpoint(s3_root)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     after = _objects(s3_root)
 
-    # Continued after the newest checkpoint (at or after the registered one), not from epoch 0:
-    # new checkpoints are exactly the later epochs.
+    # Continued after a checkpoint written before the kill — the registered one or a later one
+    # (a later one the kill caught mid-upload is rightly passed over: both were seen in full
+    # suites) — not from epoch 0: new checkpoints are exactly the epochs after that one.
     new = {k: v for k, v in _epochs(run, _keys(run)).items() if k not in _epochs(run, before_keys)}
-    assert sorted(new.values()) == list(range(done + 1, EPOCHS)), (at, done, new)
+    assert any(sorted(new.values()) == list(range(e + 1, EPOCHS)) for e in range(at, done + 1)), (
+        at, done, new)
 
     # Nothing written before the kill changed (the finished real-only run included).
     kept = {k for k in before if not k.startswith(REWRITTEN)}
