@@ -10,6 +10,7 @@ folder is named by the hash of its data and config already.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 
@@ -59,8 +60,6 @@ def stage_key(name: str, cfg: RunConfig) -> str:
 
 def _without(d: dict, keys: tuple[tuple[str, ...], ...]) -> dict:
     """``d`` (nested dicts) without the nested ``keys`` (a copy; ``d`` is left as it is)."""
-    import copy
-
     out = copy.deepcopy(d)
     for path in keys:
         node = out
