@@ -61,10 +61,9 @@ def stage_key(name: str, cfg: RunConfig) -> str:
 def _without(d: dict, keys: tuple[tuple[str, ...], ...]) -> dict:
     """``d`` (nested dicts) without the nested ``keys`` (a copy; ``d`` is left as it is)."""
     out = copy.deepcopy(d)
-    for path in keys:
+    for *path, last in keys:
         node = out
-        for k in path[:-1]:
-            node = node.get(k, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
+        for k in path:
+            node = node[k]
+        node.pop(last, None)
     return out

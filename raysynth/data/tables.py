@@ -11,8 +11,9 @@ rows a learned per-class trust leaves out (:func:`keep_trusted`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -105,21 +106,28 @@ def trusted_rows(ids: Sequence[str], labels: Sequence[int], trust: Sequence[floa
 def keep_trusted(table: ImageTable, trust: Sequence[float]) -> ImageTable:
     """``table`` with only the rows :func:`trusted_rows` keeps (the others added to ``drop``;
     reads the metadata columns again, never the images)."""
-    need = [col.SAMPLE_ID, col.LABEL] + ([col.ACCEPTED] if table.accepted_only else [])
-    rows: list[tuple[str, str, int]] = []
+    rows = [(f, sid, int(y)) for f, _, (sid, y) in _rows(table, [col.SAMPLE_ID, col.LABEL])]
+    keep = trusted_rows([r[1] for r in rows], [r[2] for r in rows], trust)
+    counts = np.bincount(np.array([y for (_, _, y), k in zip(rows, keep) if k], np.int64),
+                         minlength=len(table.counts))
+    drop = table.drop | {(f, sid) for (f, sid, _), k in zip(rows, keep) if not k}
+    return replace(table, counts=tuple(int(c) for c in counts), drop=frozenset(drop))
+
+
+def _rows(table: ImageTable, columns: list[str]) -> Iterator[tuple[str, int, tuple[Any, ...]]]:
+    """``(file, row, values of columns)`` of each row of ``table`` (accepted where it keeps only
+    accepted rows, not dropped), in file order; reads ``columns`` (+ the flags) only."""
+    need = list(dict.fromkeys([col.SAMPLE_ID, *columns]
+                              + ([col.ACCEPTED] if table.accepted_only else [])))
     for f in table.files:
         t = pq.read_table(f, columns=need)
         ok = (t[col.ACCEPTED].fill_null(False).to_pylist() if table.accepted_only
               else [True] * t.num_rows)
-        for sid, y, a in zip(t[col.SAMPLE_ID].to_pylist(), t[col.LABEL].to_pylist(), ok):
+        ids = t[col.SAMPLE_ID].to_pylist()
+        values = list(zip(*(t[c].to_pylist() for c in columns)))
+        for row, (sid, a, v) in enumerate(zip(ids, ok, values)):
             if a and (f, sid) not in table.drop:
-                rows.append((f, sid, int(y)))
-    keep = trusted_rows([r[1] for r in rows], [r[2] for r in rows], trust)
-    counts = np.zeros(len(table.counts), np.int64)
-    for (_, _, y), k in zip(rows, keep):
-        counts[y] += int(k)
-    drop = table.drop | {(f, sid) for (f, sid, _), k in zip(rows, keep) if not k}
-    return replace(table, counts=tuple(int(c) for c in counts), drop=frozenset(drop))
+                yield str(f), row, v
 
 
 def own_partners(table: ImageTable) -> dict[str, tuple[str, int]]:
@@ -127,7 +135,6 @@ def own_partners(table: ImageTable) -> dict[str, tuple[str, int]]:
     first row of ``table`` (in file order, a row of the table: accepted, not a dropped repeat)
     whose ``cond_id`` names it — DiffCoRe-Mix's counterpart G_i of I_i (``mix.pairing: own``).
     Reads only ``sample_id``, ``cond_id`` and ``accepted``."""
-    out: dict[str, tuple[str, int]] = {}
     for f in table.files:
         names = pq.read_schema(f).names
         if col.COND_ID not in names:
@@ -135,12 +142,8 @@ def own_partners(table: ImageTable) -> dict[str, tuple[str, int]]:
                 f"mix.pairing=own pairs each real image with the image generated from it, named "
                 f"by {col.COND_ID!r}, but {f} has no such column (it has {', '.join(names)}); "
                 "use mix.pairing=random for tables without it")
-        need = [col.SAMPLE_ID, col.COND_ID] + ([col.ACCEPTED] if table.accepted_only else [])
-        t = pq.read_table(f, columns=need)
-        keep = (t[col.ACCEPTED].fill_null(False).to_pylist() if table.accepted_only
-                else [True] * t.num_rows)
-        for row, (sid, cond, ok) in enumerate(zip(t[col.SAMPLE_ID].to_pylist(),
-                                                  t[col.COND_ID].to_pylist(), keep)):
-            if ok and cond and (f, sid) not in table.drop:
-                out.setdefault(cond, (str(f), row))
+    out: dict[str, tuple[str, int]] = {}
+    for f, row, (cond,) in _rows(table, [col.COND_ID]):
+        if cond:
+            out.setdefault(cond, (f, row))
     return out

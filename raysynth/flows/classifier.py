@@ -61,8 +61,7 @@ def learned_trust(cfg: RunConfig, synthesis: dict[str, Any]) -> list[float] | No
     ``synthesis.loop.train_by_trust`` is on; else None (train on every accepted image)."""
     if not cfg.synthesis.loop.train_by_trust:
         return None
-    alloc = synthesis.get("allocation") if isinstance(synthesis, dict) else None
-    trust = alloc.get("final_trust") if isinstance(alloc, dict) else None
+    trust = (synthesis.get("allocation") or {}).get("final_trust")
     if not trust or all(t is None or t >= 1 for t in trust):
         return None
     return [1.0 if t is None else float(t) for t in trust]

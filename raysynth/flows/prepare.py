@@ -273,11 +273,9 @@ def recognition(run: RunDir, cfg: RunConfig, real: RealData, classifier: Path) -
     return rates(np.asarray(hits))
 
 
-def accepted_arrays(root: Path, real: RealData, trust: list[float] | None = None
-                    ) -> LabeledArrays:
-    """The accepted synthetic images (with ``trust``: the share of each class it keeps) as
-    training arrays (decoded on the driver: few-shot scale), in ``sample_id`` order
-    (:func:`raysynth.filter.loop.accepted_images`)."""
+def accepted_arrays(root: Path, real: RealData, trust: list[float] | None = None) -> LabeledArrays:
+    """The accepted synthetic images (``trust``: the share of each class it keeps) as arrays,
+    decoded on the driver (few-shot scale) (:func:`raysynth.filter.loop.accepted_images`)."""
     return accepted_images(root, real.channels, real.image_size, trust=trust)
 
 

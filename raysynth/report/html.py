@@ -17,6 +17,7 @@ from raysynth.report.collect import Gallery, Thumb, make_thumb
 from raysynth.report.explain import explain
 from raysynth.report.groups import worst_group_table
 from raysynth.report.tables import (
+    AIR_NOTE,
     GROUPS,
     TRUST_NOTE,
     Table,
@@ -226,7 +227,8 @@ def _weights_section(report: dict, why: Any = None) -> list[str]:
 def _air_section(report: dict, prototypes: dict[str, bytes] | None) -> list[str]:
     if not (tables := air_tables(report)):
         return []
-    out = ["<h2>AiR: pseudo-labels and prompt learning</h2>", *map(_html_table, tables)]
+    out = ["<h2>AiR: pseudo-labels and prompt learning</h2>",
+           f'<p class="note">{_e(AIR_NOTE)}</p>', *map(_html_table, tables)]
     protos = [make_thumb(png, name, name) for name, png in (prototypes or {}).items()]
     if protos := [t for t in protos if t is not None]:
         out += [

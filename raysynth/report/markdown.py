@@ -60,12 +60,7 @@ def build_markdown(report: dict, skipped: Any = ()) -> str:
             note += " " + md_text(why)
         section("Learned weight per class", [tables.weights_table(weights)], note)
     section("Trust per class (closed loop)", [tables.trust_table(report)], tables.TRUST_NOTE)
-    section(
-        "AiR: pseudo-labels and prompt learning",
-        tables.air_tables(report),
-        "Pseudo-label accuracy is measured on the unlabeled images (their labels are never "
-        "trained on); test accuracy on the test split.",
-    )
+    section("AiR: pseudo-labels and prompt learning", tables.air_tables(report), tables.AIR_NOTE)
     section("Synthesis", tables.synthesis_tables(report))
     section("Weight search", [tables.tune_table(report)])
     scores = tables.trial_scores(report)

@@ -115,6 +115,8 @@ def weights_table(weights: dict[str, float]) -> Table:
     return Table(["class", "weight"], [[c, num(w)] for c, w in weights.items()])
 
 
+AIR_NOTE = ("Pseudo-label accuracy is measured on the unlabeled images (their labels are never "
+            "trained on); test accuracy on the test split.")
 TRUST_NOTE = ("Learned by the closed loop on the validation split (0 = distrust the class's "
               "synthetic images, 1 = trust them); the classifier with synthetic images trained "
               "on that share of each class's accepted images.")
